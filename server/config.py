@@ -1,0 +1,155 @@
+"""Configuration from the environment and ``.env`` (names as in docs/protocol.md §4).
+
+A bad value stops start-up with one line naming the setting (see ``load_settings``);
+secrets are ``SecretStr`` so that they never reach a log or a repr.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./parley.db"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None  # the server's own origin when behind a proxy
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    trust_proxy_headers: bool = False
+
+    # Storage
+    database_url: str = DEFAULT_SQLITE_URL
+    redis_url: str | None = None
+    migrate_on_start: bool = True
+    db_pool_size: int = Field(10, ge=1)
+
+    # Tokens
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str = "parley"
+    jwt_audience: str = "parley"
+    jwt_leeway_s: float = Field(10.0, ge=0)
+    access_token_ttl_s: int = Field(900, ge=10)
+    refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    ws_ticket_ttl_s: int = Field(60, ge=1)
+
+    # Limits
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_frame_bytes: int = Field(65_536, ge=1024)
+    max_content_chars: int = Field(32_768, ge=1)
+    messages_per_window: int = Field(20, ge=1)
+    message_window_s: int = Field(10, ge=1)
+    typing_per_window: int = Field(10, ge=1)
+    typing_window_s: int = Field(5, ge=1)
+    login_attempts_per_window: int = Field(10, ge=1)
+    login_window_s: int = Field(300, ge=1)
+    abuse_strikes_before_close: int = Field(20, ge=1)
+    send_queue_frames: int = Field(1024, ge=8)
+    heartbeat_s: float = Field(25.0, gt=0)
+    presence_ttl_s: int = Field(30, ge=2)
+    session_idle_expiry_s: int = Field(1800, ge=1)
+    sweep_interval_s: float = Field(30.0, gt=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+    replay_limit: int = Field(500, ge=1)
+
+    # Assistant
+    openrouter_api_key: SecretStr | None = None
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_referer: str = "https://github.com/parley-chat/parley"
+    openrouter_title: str = "Parley"
+    llm_model: str = "openai/gpt-4o-mini"
+    llm_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    llm_context_length: int | None = Field(None, ge=256)
+    llm_reply_reserve_tokens: int = Field(1024, ge=16)
+    llm_connect_timeout_s: float = Field(10.0, gt=0)
+    llm_first_token_timeout_s: float = Field(60.0, gt=0)
+    llm_idle_timeout_s: float = Field(30.0, gt=0)
+    llm_total_timeout_s: float = Field(300.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0)
+    llm_breaker_fail_max: int = Field(5, ge=1)
+    llm_breaker_reset_s: float = Field(30.0, gt=0)
+    offline_token_delay_s: float = Field(0.02, ge=0)
+    stream_log_ttl_s: int = Field(600, ge=1)
+
+    # Context
+    tavily_api_key: SecretStr | None = None
+    tavily_base_url: str = "https://api.tavily.com"
+    search_cache_ttl_s: int = Field(3600, ge=0)
+    embeddings_url: str | None = None
+    embeddings_api_key: SecretStr | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    max_document_bytes: int = Field(1_048_576, ge=1)
+    max_memory_chars: int = Field(1000, ge=1)
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("allowed_origins", "llm_fallback_models", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value.startswith(("postgres://", "postgresql://")):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if value.startswith("sqlite:///"):
+            value = "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must be a postgresql:// or sqlite:/// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == "":
+            return None
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _verification_key(self) -> Settings:
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def offline_model(self) -> bool:
+        return self.openrouter_api_key is None
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line meant for the operator."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]).upper() or "configuration"
+        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
