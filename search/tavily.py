@@ -1,0 +1,267 @@
+"""Client for Tavily's search API (``POST {base}/search``).
+
+Tavily answers ``{"query", "answer", "results": [{title, url, content, score,
+raw_content}], "response_time", …}`` and fails with ``{"detail": {"error": "…"}}`` and
+one of: 400 (bad parameters), 401 (missing or invalid key), 429 (too many requests,
+with ``Retry-After``), 432 (plan limit), 433 (pay-as-you-go limit), 5xx.
+
+Failures leave this module as ``server.errors``:
+
+- an empty query, or Tavily's own 400: ``BadRequest``;
+- everything else (401, 429, 432/433, 5xx, timeouts, connection errors, an open
+  circuit): ``Unavailable``, whose ``details["reason"]`` says which, and whose
+  ``retry_after`` is Tavily's ``Retry-After`` on a 429 or the time left before an open
+  circuit lets a trial call through.
+
+Only transient failures (5xx, timeouts, transport errors) are retried, and only they
+count against the circuit breaker: a 4xx will not go away by asking again, and a
+rate limit or an exhausted plan says nothing about whether Tavily is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import orjson
+import pybreaker
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from server.errors import BadRequest, Unavailable
+
+Depth = Literal["basic", "advanced"]
+MAX_QUERY_CHARS = 400  # Tavily rejects longer queries with a 400
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    title: str
+    url: str
+    content: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "url": self.url, "content": self.content, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SearchResult:
+        return cls(
+            title=str(raw.get("title") or ""),
+            url=str(raw.get("url") or ""),
+            content=str(raw.get("content") or ""),
+            score=float(raw.get("score") or 0.0),
+        )
+
+
+class _Transient(Exception):
+    """A failure worth retrying: 5xx, timeout or transport error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _OpenUntil(pybreaker.CircuitBreakerListener):
+    """Remembers when an opened circuit will let a trial call through."""
+
+    def __init__(self, reset_s: float) -> None:
+        self.reset_s = reset_s
+        self.until = 0.0
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
+            self.until = time.monotonic() + self.reset_s
+
+
+class TavilyClient:
+    """One Tavily account, shared by every session of this process.
+
+    The breaker is driven from synchronous calls only (``breaker.call`` with a function
+    that returns or raises at once), so its lock is never held across an ``await``; the
+    request itself runs outside it. While the circuit is open, calls fail at once
+    without touching the network. Concurrent calls after the reset timeout may all act
+    as trial calls; the first result decides the state.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 10.0,
+        max_retries: int = 2,
+        backoff_s: float = 0.25,
+        breaker_fail_max: int = 5,
+        breaker_reset_s: float = 30.0,
+    ) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + "/search"
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(timeout_s)
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._open_until = _OpenUntil(breaker_reset_s)
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=breaker_fail_max,
+            reset_timeout=breaker_reset_s,
+            listeners=[self._open_until],
+            name="tavily",
+        )
+
+    @property
+    def breaker_state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` (pybreaker's names)."""
+        return str(self._breaker.current_state)
+
+    async def search(
+        self, query: str, *, max_results: int = 5, depth: Depth = "basic"
+    ) -> list[SearchResult]:
+        query = " ".join(query.split())
+        if not query:
+            raise BadRequest("search query is empty")
+        query = query[:MAX_QUERY_CHARS]
+        self._admit()
+        body = {
+            "query": query,
+            "search_depth": depth,
+            "topic": "general",
+            "max_results": max_results,
+            "include_answer": False,
+            "include_raw_content": False,
+            "include_images": False,
+        }
+        try:
+            payload = await self._post_with_retries(body)
+        except _Transient as exc:
+            self._record_failure(exc)
+            raise Unavailable(
+                f"web search is unavailable: {exc.message}",
+                details={"upstream": "tavily", "reason": exc.reason},
+            ) from exc
+        except Unavailable:
+            raise
+        self._record_success()
+        return _parse_results(payload)
+
+    def _admit(self) -> None:
+        if self._breaker.current_state != pybreaker.STATE_OPEN:
+            return
+        left = self._open_until.until - time.monotonic()
+        if left > 0:
+            raise Unavailable(
+                "web search is unavailable: circuit open",
+                details={"upstream": "tavily", "reason": "circuit_open"},
+                retry_after=left,
+            )
+
+    def _record_success(self) -> None:
+        with contextlib.suppress(pybreaker.CircuitBreakerError):
+            self._breaker.call(lambda: None)
+
+    def _record_failure(self, exc: Exception) -> None:
+        def fail() -> None:
+            raise exc
+
+        with contextlib.suppress(type(exc), pybreaker.CircuitBreakerError):
+            self._breaker.call(fail)
+
+    async def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
+            stop=stop_after_attempt(self._max_retries + 1),
+            wait=wait_exponential(multiplier=self._backoff_s, max=4.0)
+            + wait_random(0, self._backoff_s),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._post(body)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": "application/json",
+        }
+        try:
+            response = await self._client.post(
+                self._url, content=orjson.dumps(body), headers=headers, timeout=self._timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise _Transient("timeout", "Tavily timed out") from exc
+        except httpx.TransportError as exc:
+            raise _Transient("down", f"cannot reach Tavily ({type(exc).__name__})") from exc
+        status = response.status_code
+        if status == 200:
+            try:
+                payload = orjson.loads(response.content)
+            except orjson.JSONDecodeError as exc:
+                raise _Transient("down", "Tavily answered with invalid JSON") from exc
+            if not isinstance(payload, dict):
+                raise _Transient("down", "Tavily answered with an unexpected body")
+            return payload
+        if status >= 500:
+            raise _Transient("down", f"Tavily answered {status}")
+        raise _client_error(response)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+        detail = body.get("detail")
+        if isinstance(detail, dict):
+            return str(detail.get("error") or "")
+        return str(detail or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare enough that the caller's default will do
+
+
+def _client_error(response: httpx.Response) -> Exception:
+    status, detail = response.status_code, _detail(response)
+    suffix = f": {detail}" if detail else ""
+    if status == 400:
+        return BadRequest(f"web search rejected the query{suffix}")
+    reason = {
+        401: "unauthorized",
+        403: "forbidden",
+        429: "rate_limited",
+        432: "out_of_credit",
+        433: "out_of_credit",
+    }.get(status, "rejected")
+    return Unavailable(
+        f"web search is unavailable ({status}){suffix}",
+        details={"upstream": "tavily", "reason": reason, "status": status},
+        retry_after=_retry_after(response) if status == 429 else None,
+    )
+
+
+def _parse_results(payload: dict[str, Any]) -> list[SearchResult]:
+    results = payload.get("results")
+    if not isinstance(results, list):
+        return []
+    return [
+        SearchResult.from_dict(item)
+        for item in results
+        if isinstance(item, dict) and item.get("url") and item.get("content")
+    ]
