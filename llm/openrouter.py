@@ -1,0 +1,432 @@
+"""OpenRouter's chat completions API, streamed over SSE.
+
+Wire format (https://openrouter.ai/docs/api-reference/streaming, .../errors):
+
+- Failures before the model starts are an HTTP status with a JSON body
+  ``{"error": {"code", "message", "metadata"}}``; 429 and 503 may carry Retry-After.
+- The stream is ``data: {chat.completion.chunk}`` events with
+  ``choices[0].delta.content``, interleaved with ``: OPENROUTER PROCESSING`` comment
+  lines while the provider is slow, then a chunk with ``usage`` and empty ``choices``,
+  then ``data: [DONE]``.
+- A failure mid-stream is a chunk with a top-level ``error`` and
+  ``choices[0].finish_reason == "error"``; the status stays 200.
+- The generation id is the ``X-Generation-Id`` header (and each chunk's ``id``);
+  ``GET /generation?id=`` reports its token counts, also for a cancelled stream.
+
+OpenRouter keeps the connection alive with comments for as long as a provider is
+slow, so an HTTP read timeout never fires: the deadlines here count *content*
+(first token, idle gap between content chunks, total) and are enforced with
+``asyncio.timeout_at`` around each read, whatever else arrives on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, aclosing
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from llm.catalog import ModelCatalog
+from llm.provider import (
+    ChatEvent,
+    ChatRequest,
+    FinishReason,
+    StreamFinished,
+    TextDelta,
+    ToolCall,
+    UpstreamBadRequest,
+    UpstreamUnavailable,
+    Usage,
+)
+from server.errors import ParleyError
+
+log = logging.getLogger(__name__)
+
+_FINISH_REASONS: Mapping[str, FinishReason] = {
+    "stop": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "error": "error",
+}
+
+
+class OpenRouterProvider:
+    name = "openrouter"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        *,
+        referer: str,
+        title: str,
+        connect_timeout_s: float = 10.0,
+        first_token_timeout_s: float = 60.0,
+        idle_timeout_s: float = 30.0,
+        total_timeout_s: float = 300.0,
+        context_length_override: int | None = None,
+        catalog_ttl_s: float = 3600.0,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "HTTP-Referer": referer,
+            "X-Title": title,
+        }
+        self._first_token_timeout_s = first_token_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._total_timeout_s = total_timeout_s
+        # The read timeout is only a backstop: the content deadlines below fire first.
+        self._timeout = httpx.Timeout(
+            connect=connect_timeout_s,
+            read=max(first_token_timeout_s, idle_timeout_s) + connect_timeout_s,
+            write=connect_timeout_s,
+            pool=connect_timeout_s,
+        )
+        self.catalog = ModelCatalog(
+            self._fetch_models, ttl_s=catalog_ttl_s, override=context_length_override
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    # -- streaming ---------------------------------------------------------------
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total_at = started + self._total_timeout_s
+        deadline = min(started + self._first_token_timeout_s, total_at)
+        body = _body(request, stream=True)
+        state = _StreamState(request.model)
+
+        async with AsyncExitStack() as stack:
+            try:
+                # The first-token deadline also covers connecting and the headers.
+                async with asyncio.timeout_at(deadline):
+                    source = await stack.enter_async_context(
+                        aconnect_sse(
+                            self._client,
+                            "POST",
+                            f"{self._base_url}/chat/completions",
+                            json=body,
+                            headers=dict(self._headers),
+                            timeout=self._timeout,
+                        )
+                    )
+                    response = source.response
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _status_error(response)
+            except TimeoutError as exc:
+                raise _deadline_error("did not start answering", deadline - started) from exc
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc) from exc
+
+            state.generation_id = response.headers.get("x-generation-id")
+            events = await stack.enter_async_context(aclosing(source.aiter_sse()))
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        sse = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    if deadline >= total_at:
+                        error = _deadline_error("did not finish", self._total_timeout_s)
+                    elif state.text_seen:
+                        error = _deadline_error("sent nothing more", self._idle_timeout_s)
+                    else:
+                        error = _deadline_error("did not start answering", deadline - started)
+                    if not state.text_seen:
+                        raise error from exc
+                    yield state.finished("error", error)
+                    return
+                except httpx.HTTPError as exc:
+                    error = _transport_error(exc)
+                    if not state.text_seen:
+                        raise error from exc
+                    yield state.finished("error", error)
+                    return
+
+                if sse.data == "[DONE]":
+                    break
+                for event in state.feed(sse):
+                    yield event
+                if state.error is not None:
+                    if not state.text_seen:
+                        raise state.error
+                    yield state.finished("error", state.error)
+                    return
+                if state.content_at_last_feed:
+                    deadline = min(loop.time() + self._idle_timeout_s, total_at)
+
+            for call in state.tool_calls():
+                yield call
+            if state.finish_reason is None and not state.done_ok:
+                error = UpstreamUnavailable("the model's stream ended early")
+                if not state.text_seen:
+                    raise error
+                yield state.finished("error", error)
+                return
+            yield state.finished(state.finish_reason or "stop", None)
+
+    # -- one-shot ------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> str:
+        body = _body(request, stream=False)
+        try:
+            async with asyncio.timeout(self._total_timeout_s):
+                response = await self._client.post(
+                    f"{self._base_url}/chat/completions",
+                    json=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                )
+        except TimeoutError as exc:
+            raise _deadline_error("did not answer", self._total_timeout_s) from exc
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code != 200:
+            raise _status_error(response)
+        payload = _json(response.content)
+        if isinstance(payload.get("error"), dict):
+            raise _body_error(payload["error"])
+        try:
+            content = payload["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise UpstreamUnavailable("the model sent a reply Parley cannot read") from exc
+        return str(content or "")
+
+    # -- catalogue and accounting ----------------------------------------------------
+
+    async def context_length(self, model: str) -> int | None:
+        return await self.catalog.context_length(model)
+
+    async def generation_usage(self, generation_id: str) -> Usage | None:
+        """Token counts OpenRouter recorded for a generation (also a cancelled one).
+
+        ``None`` when it is not (yet) known: OpenRouter records a generation a moment
+        after it ends, so callers off the hot path may ask again later.
+        """
+        try:
+            response = await self._client.get(
+                f"{self._base_url}/generation",
+                params={"id": generation_id},
+                headers=self._headers,
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise _status_error(response)
+        data = _json(response.content).get("data")
+        if not isinstance(data, dict):
+            return None
+        prompt = data.get("native_tokens_prompt", data.get("tokens_prompt"))
+        completion = data.get("native_tokens_completion", data.get("tokens_completion"))
+        if prompt is None and completion is None:
+            return None
+        return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))
+
+    async def _fetch_models(self) -> dict[str, int]:
+        try:
+            response = await self._client.get(
+                f"{self._base_url}/models", headers=self._headers, timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code != 200:
+            raise _status_error(response)
+        lengths: dict[str, int] = {}
+        for model in _json(response.content).get("data") or []:
+            if isinstance(model, dict) and isinstance(model.get("context_length"), int):
+                lengths[str(model["id"])] = model["context_length"]
+        return lengths
+
+    async def aclose(self) -> None:
+        """The httpx client belongs to the lifespan, which closes it."""
+
+
+class _StreamState:
+    """What one stream has said so far; fed one SSE event at a time."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.generation_id: str | None = None
+        self.text_seen = False
+        self.content_at_last_feed = False
+        self.finish_reason: FinishReason | None = None
+        self.done_ok = False
+        self.usage: Usage | None = None
+        self.error: ParleyError | None = None
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def feed(self, sse: ServerSentEvent) -> list[ChatEvent]:
+        self.content_at_last_feed = False
+        try:
+            chunk = orjson.loads(sse.data)
+        except orjson.JSONDecodeError:
+            log.debug("ignoring a non-JSON SSE event from OpenRouter")
+            return []
+        if not isinstance(chunk, dict):
+            return []
+        if self.generation_id is None and isinstance(chunk.get("id"), str):
+            self.generation_id = chunk["id"]
+        if isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+            self.usage = Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        if isinstance(chunk.get("error"), dict):
+            self.error = _body_error(chunk["error"], mid_stream=True)
+            return []
+        events: list[ChatEvent] = []
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                self.text_seen = self.content_at_last_feed = True
+                events.append(TextDelta(text))
+            for call in delta.get("tool_calls") or []:
+                self.content_at_last_feed = True
+                self._merge_call(call)
+            reason = choice.get("finish_reason")
+            if reason == "error":
+                self.error = UpstreamUnavailable("the model failed while answering")
+            elif reason:
+                self.finish_reason = _FINISH_REASONS.get(reason, "stop")
+                self.done_ok = True
+        return events
+
+    def _merge_call(self, call: dict[str, Any]) -> None:
+        # Tool calls stream in pieces keyed by index: id and name first, then
+        # fragments of the JSON arguments.
+        slot = self._calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "a": ""})
+        function = call.get("function") or {}
+        slot["id"] = call.get("id") or slot["id"]
+        slot["name"] = function.get("name") or slot["name"]
+        slot["a"] += function.get("arguments") or ""
+
+    def tool_calls(self) -> list[ToolCall]:
+        calls = [
+            ToolCall(id=slot["id"], name=slot["name"], arguments_json=slot["a"] or "{}")
+            for _, slot in sorted(self._calls.items())
+        ]
+        if calls:
+            self.text_seen = True
+        return calls
+
+    def finished(self, reason: FinishReason, error: ParleyError | None) -> StreamFinished:
+        return StreamFinished(
+            finish_reason=reason,
+            model=self.model,
+            usage=self.usage,
+            generation_id=self.generation_id,
+            error=error,
+        )
+
+
+def _body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": request.model, "messages": request.messages}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    optional = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "tools": request.tools,
+        "response_format": request.response_format,
+        "user": request.user,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    return body
+
+
+def _json(content: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _status_error(response: httpx.Response) -> ParleyError:
+    """An HTTP error status from OpenRouter as one of Parley's errors."""
+    status = response.status_code
+    error = _json(response.content).get("error")
+    detail = str(error.get("message")) if isinstance(error, dict) else response.reason_phrase
+    retry_after = _retry_after(response)
+    if status == 400 or (400 <= status < 500 and status not in (401, 402, 403, 408, 429)):
+        message = f"the model rejected the request: {detail}"
+        return UpstreamBadRequest(message, upstream_status=status)
+    if status == 401:
+        message = "the model provider refused Parley's API key (check OPENROUTER_API_KEY)"
+        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
+    if status == 402:
+        message = "the model provider's account is out of credit"
+        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
+    if status == 403:
+        message = f"the model provider refused the request (permissions or moderation): {detail}"
+        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
+    if status == 408:
+        return UpstreamUnavailable("the model provider timed out", upstream_status=status)
+    if status == 429:
+        return UpstreamUnavailable(
+            "the model provider is rate limiting Parley",
+            upstream_status=status,
+            retry_after=retry_after,
+        )
+    return UpstreamUnavailable(
+        f"the model is unavailable: {detail}", upstream_status=status, retry_after=retry_after
+    )
+
+
+def _body_error(error: dict[str, Any], *, mid_stream: bool = False) -> ParleyError:
+    code = error.get("code")
+    message = str(error.get("message") or "unknown error")
+    status = code if isinstance(code, int) else None
+    prefix = "the model failed while answering" if mid_stream else "the model failed"
+    return UpstreamUnavailable(f"{prefix}: {message}", upstream_status=status)
+
+
+def _transport_error(exc: httpx.HTTPError) -> UpstreamUnavailable:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamUnavailable("the model provider timed out")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamUnavailable("cannot reach the model provider")
+    return UpstreamUnavailable(f"the connection to the model provider failed: {type(exc).__name__}")
+
+
+def _deadline_error(what: str, seconds: float) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"the model {what} within {seconds:g} s")
