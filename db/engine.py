@@ -1,0 +1,86 @@
+"""The async engine and transactions, for SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from server.errors import Unavailable
+
+
+class Database:
+    """Owns the engine; ``transaction()`` is the unit of work every repository runs in."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "postgresql":
+            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+        else:
+            kwargs |= {"connect_args": {"timeout": 30}}
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            if _is_connection_failure(exc):
+                raise Unavailable("the database is unreachable") from exc
+            raise
+
+    async def ping(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (OSError, OperationalError, DBAPIError) as exc:
+            raise Unavailable("the database is unreachable") from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _is_connection_failure(exc: DBAPIError) -> bool:
+    return bool(getattr(exc, "connection_invalidated", False)) or isinstance(
+        exc.orig, ConnectionError | OSError
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE.
+
+    pysqlite's default deferred BEGIN lets two transactions both read and then both try
+    to write, and one fails at once with "database is locked" (the busy handler is not
+    consulted for that upgrade). Taking the write lock at BEGIN makes writers queue on
+    the busy timeout instead; WAL keeps readers from blocking on them.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

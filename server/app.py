@@ -1,0 +1,110 @@
+"""The ASGI application: routes, middleware, error mapping and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from server.bootstrap import build_container
+from server.config import Settings, load_settings
+from server.errors import (
+    BadRequest,
+    InternalError,
+    NotFound,
+    ParleyError,
+    TooLarge,
+)
+from server.http import error_response
+from server.metrics import Metrics
+from server.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
+from server.routes import auth, health, sessions
+
+log = logging.getLogger("parley")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    metrics_holder = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with build_container(settings, metrics_holder) as container:
+            app.state.container = container
+            yield
+
+    app = Starlette(
+        routes=_routes(),
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=metrics_holder),
+            Middleware(SecurityHeadersMiddleware, hsts=True),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.allowed_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+            ),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        exception_handlers={
+            ParleyError: _parley_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def _routes() -> list[BaseRoute]:
+    from server import openapi, static, ws
+
+    return [
+        *health.routes,
+        *auth.routes,
+        *sessions.routes,
+        *ws.routes,
+        *openapi.routes,
+        *static.routes,
+    ]
+
+
+async def _parley_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ParleyError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    mapped: ParleyError
+    if exc.status_code == 404:
+        mapped = NotFound("no such endpoint")
+    elif exc.status_code == 405:
+        mapped = BadRequest("method not allowed on this endpoint")
+        mapped.status = 405
+    elif exc.status_code == 413:
+        mapped = TooLarge(str(exc.detail))
+    else:
+        mapped = BadRequest(str(exc.detail))
+        mapped.status = exc.status_code
+    return error_response(mapped)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(InternalError("internal error"))

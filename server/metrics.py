@@ -1,0 +1,72 @@
+"""Prometheus metrics, one registry per app so that tests can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "parley_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "parley_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.ws_connections = Gauge(
+            "parley_ws_connections", "Open WebSocket connections", registry=r
+        )
+        self.rooms = Gauge("parley_rooms", "Rooms with local members on this node", registry=r)
+        self.frames_in = Counter("parley_frames_in", "Client frames received", ["type"], registry=r)
+        self.frames_out = Counter("parley_frames_out", "Frames sent to clients", registry=r)
+        self.messages_stored = Counter(
+            "parley_messages_stored", "Messages stored", ["role"], registry=r
+        )
+        self.fanout_latency = Histogram(
+            "parley_fanout_seconds",
+            "From publish to local delivery queue",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.slow_clients_dropped = Counter(
+            "parley_slow_clients_dropped",
+            "Connections closed because their queue filled",
+            registry=r,
+        )
+        self.handshake_refused = Counter(
+            "parley_ws_handshake_refused", "Refused WebSocket handshakes", ["reason"], registry=r
+        )
+        self.ttft = Histogram(
+            "parley_llm_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "parley_llm_tokens_per_second",
+            "Completion tokens per second",
+            ["model"],
+            buckets=(5, 10, 20, 40, 80, 160, 320, 640, 1280),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "parley_upstream_errors", "Upstream failures", ["upstream", "code"], registry=r
+        )
+        self.breaker_state = Gauge(
+            "parley_breaker_open", "1 when the upstream's circuit is open", ["upstream"], registry=r
+        )
+        self.generations = Counter(
+            "parley_generations", "Generations by outcome", ["outcome"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""Rate limits through the ``limits`` library: in memory on one node, in Redis for many."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+
+from server.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    amount: int
+    per_seconds: int
+
+    def item(self) -> RateLimitItem:
+        return RateLimitItemPerSecond(self.amount, self.per_seconds, namespace="parley")
+
+
+class RateLimiter:
+    """A moving window per (limit, identity); ``hit`` raises ``RateLimited``."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        self._storage: Storage
+        if redis_url:
+            scheme, rest = redis_url.split("://", 1)
+            self._storage = RedisStorage(f"async+{scheme}://{rest}")
+        else:
+            self._storage = MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._items: dict[Limit, RateLimitItem] = {}
+
+    async def hit(self, limit: Limit, identity: str, message: str | None = None) -> None:
+        item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
+        try:
+            allowed = await self._limiter.hit(item, limit.name, identity)
+            if allowed:
+                return
+            stats = await self._limiter.get_window_stats(item, limit.name, identity)
+        except StorageError:
+            # A limiter outage must not take the service down with it: fail open.
+            return
+        retry_after = max(0.0, stats.reset_time - time.time())
+        raise RateLimited(message or "too many requests, slow down", retry_after=retry_after)
+
+    async def clear(self, limit: Limit, identity: str) -> None:
+        item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
+        await self._limiter.clear(item, limit.name, identity)

@@ -1,0 +1,127 @@
+"""``/v1/auth/*`` and ``/v1/me``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.container import container_of
+from server.errors import BadRequest
+from server.http import JSONResponse, client_ip, ok, read_body
+from server.schemas import LoginBody, RefreshBody, RegisterBody
+from server.services.accounts import LoginResult, user_to_wire
+
+REFRESH_COOKIE = "parley_refresh"
+REFRESH_COOKIE_PATH = "/v1/auth"
+
+
+async def register(request: Request) -> Response:
+    body = await read_body(request, RegisterBody)
+    user = await container_of(request).accounts.register(
+        email=body.email, password=body.password, name=body.name.strip() or body.email
+    )
+    return ok(user_to_wire(user), 201)
+
+
+async def login(request: Request) -> Response:
+    body = await read_body(request, LoginBody)
+    result = await container_of(request).accounts.login(
+        email=body.email, password=body.password, client_ip=client_ip(request)
+    )
+    return _session_response(request, result)
+
+
+async def refresh(request: Request) -> Response:
+    token = await _refresh_token_from(request)
+    if not token:
+        raise BadRequest("no refresh token: send {refresh_token} or the refresh cookie")
+    result = await container_of(request).accounts.refresh(token)
+    return _session_response(request, result)
+
+
+async def logout(request: Request) -> Response:
+    container = container_of(request)
+    await container.authenticate(request)
+    await container.accounts.logout(await _refresh_token_from(request))
+    return _clear_cookies(ok({"logged_out": True}))
+
+
+async def logout_all(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    await container.accounts.logout_all(principal.user_id)
+    hub = container.extras.get("hub")
+    if hub is not None:
+        await hub.disconnect_user(str(principal.user_id), 4401, "logged out everywhere")
+    return _clear_cookies(ok({"logged_out": True}))
+
+
+async def ws_ticket(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    ticket, expires_in = await container.accounts.issue_ticket(principal)
+    return ok({"ticket": ticket, "expires_in": expires_in})
+
+
+async def me(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    return ok(await container.accounts.profile(principal.user_id))
+
+
+async def _refresh_token_from(request: Request) -> str | None:
+    if await request.body():
+        body = await read_body(request, RefreshBody)
+        if body.refresh_token:
+            return body.refresh_token
+    return request.cookies.get(REFRESH_COOKIE)
+
+
+def _session_response(request: Request, result: LoginResult) -> JSONResponse:
+    response = ok(
+        {
+            "access_token": result.access_token,
+            "token_type": "Bearer",
+            "expires_in": result.expires_in,
+            "refresh_token": result.refresh_token,
+            "user": user_to_wire(result.user),
+        }
+    )
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        "jwt",
+        result.access_token,
+        max_age=result.expires_in,
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+        path="/",
+    )
+    response.set_cookie(
+        REFRESH_COOKIE,
+        result.refresh_token,
+        max_age=result.refresh_expires_in,
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+        path=REFRESH_COOKIE_PATH,
+    )
+    return response
+
+
+def _clear_cookies(response: JSONResponse) -> JSONResponse:
+    response.delete_cookie("jwt", path="/")
+    response.delete_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH)
+    return response
+
+
+routes = [
+    Route("/v1/auth/register", register, methods=["POST"]),
+    Route("/v1/auth/login", login, methods=["POST"]),
+    Route("/v1/auth/refresh", refresh, methods=["POST"]),
+    Route("/v1/auth/logout", logout, methods=["POST"]),
+    Route("/v1/auth/logout-all", logout_all, methods=["POST"]),
+    Route("/v1/auth/ws-ticket", ws_ticket, methods=["POST"]),
+    Route("/v1/me", me, methods=["GET"]),
+]

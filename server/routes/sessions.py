@@ -1,0 +1,133 @@
+"""``/v1/sessions/*``: rooms, members and history."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.container import container_of
+from server.http import ok, query_int, read_body
+from server.schemas import MemberAddBody, MessagePostBody, SessionCreateBody, SessionPatchBody
+from server.services.sessions import DEFAULT_PAGE, parse_id
+
+
+async def create_session(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    body = await read_body(request, SessionCreateBody)
+    created = await container.sessions.create(
+        principal, title=body.title, model=body.model, system_prompt=body.system_prompt
+    )
+    return ok(created, 201)
+
+
+async def list_sessions(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    status = request.query_params.get("status", "active")
+    return ok({"sessions": await container.sessions.list(principal, status)})
+
+
+async def get_session(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    return ok(await container.sessions.get(principal, parse_id(request.path_params["id"])))
+
+
+async def patch_session(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    session_id = parse_id(request.path_params["id"])
+    body = await read_body(request, SessionPatchBody)
+    changes = body.model_dump(exclude_unset=True)
+    return ok(await container.sessions.update(principal, session_id, changes))
+
+
+async def close_session(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    return ok(await container.sessions.close(principal, parse_id(request.path_params["id"])))
+
+
+async def restore_session(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    return ok(await container.sessions.restore(principal, parse_id(request.path_params["id"])))
+
+
+async def add_member(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    session_id = parse_id(request.path_params["id"])
+    body = await read_body(request, MemberAddBody)
+    return ok(await container.sessions.add_member(principal, session_id, body.user_id), 201)
+
+
+async def remove_member(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    session_id = parse_id(request.path_params["id"])
+    user_id = parse_id(request.path_params["user_id"], "member")
+    await container.sessions.remove_member(principal, session_id, user_id)
+    hub = container.extras.get("hub")
+    if hub is not None:
+        await hub.revoke_membership(str(session_id), str(user_id))
+    return ok({"removed": True})
+
+
+async def list_messages(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    page = await container.sessions.history(
+        principal,
+        parse_id(request.path_params["id"]),
+        before_seq=query_int(request, "before_seq"),
+        after_seq=query_int(request, "after_seq"),
+        limit=query_int(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE,
+    )
+    return ok(page)
+
+
+async def post_message(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    session_id = parse_id(request.path_params["id"])
+    body = await read_body(request, MessagePostBody)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        sse = container.extras.get("sse")
+        if sse is not None:
+            return await sse.post_and_stream(principal, session_id, body)
+    posted = await container.messages.post(
+        principal,
+        session_id,
+        content=body.content,
+        client_msg_id=body.client_msg_id,
+        reply=body.reply,
+        search=body.search,
+    )
+    data = {"message": posted.message, "stream_id": posted.stream_id}
+    return ok(data, 201 if posted.created else 200)
+
+
+async def delete_message(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    session_id = parse_id(request.path_params["id"])
+    message_id = parse_id(request.path_params["message_id"], "message")
+    return ok(await container.sessions.delete_message(principal, session_id, message_id))
+
+
+routes = [
+    Route("/v1/sessions", create_session, methods=["POST"]),
+    Route("/v1/sessions", list_sessions, methods=["GET"]),
+    Route("/v1/sessions/{id}", get_session, methods=["GET"]),
+    Route("/v1/sessions/{id}", patch_session, methods=["PATCH"]),
+    Route("/v1/sessions/{id}/close", close_session, methods=["POST"]),
+    Route("/v1/sessions/{id}/restore", restore_session, methods=["POST"]),
+    Route("/v1/sessions/{id}/members", add_member, methods=["POST"]),
+    Route("/v1/sessions/{id}/members/{user_id}", remove_member, methods=["DELETE"]),
+    Route("/v1/sessions/{id}/messages", list_messages, methods=["GET"]),
+    Route("/v1/sessions/{id}/messages", post_message, methods=["POST"]),
+    Route("/v1/sessions/{id}/messages/{message_id}", delete_message, methods=["DELETE"]),
+]

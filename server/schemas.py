@@ -1,0 +1,61 @@
+"""Request bodies. The same models validate requests and describe them in OpenAPI."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RegisterBody(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=8, max_length=256)
+    name: str = Field(min_length=1, max_length=100)
+
+
+class LoginBody(Strict):
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshBody(Strict):
+    refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class SessionCreateBody(Strict):
+    title: str = Field(default="", max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    system_prompt: str | None = Field(default=None, max_length=8000)
+
+
+class SessionPatchBody(Strict):
+    title: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    system_prompt: str | None = Field(default=None, max_length=8000)
+
+
+class MemberAddBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: uuid.UUID
+
+
+class MessagePostBody(Strict):
+    content: str = Field(min_length=1)
+    client_msg_id: str | None = Field(default=None, min_length=1, max_length=128)
+    reply: Literal["auto", "none"] = "auto"
+    search: bool = False
+
+
+class MemoryAddBody(Strict):
+    content: str = Field(min_length=1)
+    kind: Literal["preference", "fact"] = "fact"
+
+
+class DocumentJsonBody(Strict):
+    title: str = Field(min_length=1, max_length=300)
+    content: str = Field(min_length=1)

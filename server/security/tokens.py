@@ -1,0 +1,139 @@
+"""Access tokens (JWT) issued and checked with PyJWT; refresh tokens are opaque.
+
+Parley signs its own access tokens with HS256 and ``JWT_SECRET``. With
+``JWT_PUBLIC_KEY`` or ``JWT_JWKS_URL`` it also accepts RS256/ES256 tokens issued by
+another service, so it can sit behind an existing login. The accepted algorithms are
+always an explicit list: a token naming ``none`` or an algorithm we did not pick is
+refused before its signature is looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from server.errors import Unauthorized
+
+SYMMETRIC_ALGORITHMS = ["HS256"]
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+REQUIRED_CLAIMS = ["sub", "exp", "iat", "iss", "aud", "jti"]
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: uuid.UUID
+    role: str
+    name: str | None
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+    external: bool
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        issuer: str,
+        audience: str,
+        access_ttl_s: int,
+        leeway_s: float,
+        public_key: str | None = None,
+        jwks_url: str | None = None,
+    ) -> None:
+        self._secret = secret
+        self._issuer = issuer
+        self._audience = audience
+        self.access_ttl_s = access_ttl_s
+        self._leeway = leeway_s
+        self._public_key = public_key
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+
+    def issue_access_token(
+        self, user_id: uuid.UUID, *, role: str, name: str, ttl_s: int | None = None
+    ) -> tuple[str, int]:
+        now = datetime.now(UTC)
+        ttl = ttl_s if ttl_s is not None else self.access_ttl_s
+        payload = {
+            "sub": str(user_id),
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + timedelta(seconds=ttl),
+            "jti": uuid.uuid4().hex,
+            "role": role,
+            "name": name,
+        }
+        return jwt.encode(payload, self._secret, algorithm="HS256"), ttl
+
+    async def verify(self, token: str) -> Claims:
+        """Check signature, algorithm, time claims (with leeway), issuer and audience."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("malformed token") from exc
+        algorithm = header.get("alg")
+        if algorithm in SYMMETRIC_ALGORITHMS:
+            key: Any = self._secret
+            external = False
+        elif algorithm in ASYMMETRIC_ALGORITHMS and (self._public_key or self._jwks):
+            key = await self._asymmetric_key(token)
+            external = True
+        else:
+            raise Unauthorized("token algorithm not accepted")
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        try:
+            user_id = uuid.UUID(str(payload["sub"]))
+        except ValueError as exc:
+            raise Unauthorized("invalid token subject") from exc
+        role = payload.get("role", "user")
+        return Claims(
+            user_id=user_id,
+            role=role if role in ("user", "admin") else "user",
+            name=payload.get("name"),
+            jti=str(payload["jti"]),
+            issued_at=datetime.fromtimestamp(int(payload["iat"]), UTC),
+            expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            external=external,
+        )
+
+    async def _asymmetric_key(self, token: str) -> Any:
+        if self._public_key:
+            return self._public_key
+        assert self._jwks is not None
+        try:
+            # PyJWKClient fetches over urllib, synchronously; keep it off the loop.
+            signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("token signing key not found") from exc
+        return signing_key.key

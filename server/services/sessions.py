@@ -1,0 +1,242 @@
+"""Sessions: the rules for who may see and change a chat room, and its lifecycle.
+
+Lifecycle: ``active`` → (30 min without activity, nobody present) → ``expired``;
+the owner may ``close`` it at any time. Activity (a join, a message) brings an expired
+session back by itself; a closed one comes back only through ``restore``. History
+and summary survive every state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from db.engine import Database
+from db.models import ChatSession
+from db.repositories import audit as audit_repo
+from db.repositories import messages as messages_repo
+from db.repositories import sessions as sessions_repo
+from db.repositories import users as users_repo
+from db.types import utcnow
+from server.errors import BadRequest, Conflict, Forbidden, NotFound
+from server.services.accounts import Principal
+from server.services.wire import message_to_wire, session_to_wire, summary_to_wire
+
+STATUSES = ("active", "expired", "closed")
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+
+OccupiedRooms = Callable[[Sequence[str]], Awaitable[set[str]]]
+
+
+def parse_id(value: str, what: str = "session") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        # An id that cannot exist is simply not found: the same answer as any other.
+        raise NotFound(f"{what} not found") from None
+
+
+class SessionService:
+    def __init__(self, database: Database, *, idle_expiry_s: int) -> None:
+        self._db = database
+        self._idle_expiry = timedelta(seconds=idle_expiry_s)
+
+    async def create(
+        self, principal: Principal, *, title: str, model: str | None, system_prompt: str | None
+    ) -> dict[str, Any]:
+        async with self._db.transaction() as session:
+            chat = await sessions_repo.create_session(
+                session,
+                owner_id=principal.user_id,
+                title=title,
+                model=model,
+                system_prompt=system_prompt,
+            )
+        return session_to_wire(chat)
+
+    async def list(self, principal: Principal, status: str, limit: int = 200) -> list[dict]:
+        if status not in (*STATUSES, "all"):
+            raise BadRequest("status must be active, expired, closed or all")
+        statuses = None if status == "all" else [status]
+        async with self._db.transaction() as session:
+            chats = await sessions_repo.list_sessions_for_user(
+                session, principal.user_id, statuses, limit
+            )
+        return [session_to_wire(chat) for chat in chats]
+
+    async def require_member(self, principal: Principal, session_id: uuid.UUID) -> ChatSession:
+        async with self._db.transaction() as session:
+            chat = await sessions_repo.get_session_for_member(
+                session, session_id, principal.user_id
+            )
+        if chat is None:
+            raise NotFound("session not found")
+        return chat
+
+    async def get(self, principal: Principal, session_id: uuid.UUID) -> dict[str, Any]:
+        chat = await self.require_member(principal, session_id)
+        async with self._db.transaction() as session:
+            members = await sessions_repo.list_members(session, session_id)
+        body = session_to_wire(chat)
+        body["members"] = [
+            {"user_id": str(user.id), "name": user.name, "role": member.role}
+            for member, user in members
+        ]
+        return body
+
+    async def update(
+        self, principal: Principal, session_id: uuid.UUID, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        chat = await self._require_owner(principal, session_id)
+        async with self._db.transaction() as session:
+            updated = await sessions_repo.update_session(session, chat.id, **changes)
+        assert updated is not None
+        return session_to_wire(updated)
+
+    async def close(self, principal: Principal, session_id: uuid.UUID) -> dict[str, Any]:
+        chat = await self._require_owner(principal, session_id)
+        async with self._db.transaction() as session:
+            updated = await sessions_repo.update_session(
+                session, chat.id, status="closed", closed_at=utcnow()
+            )
+        assert updated is not None
+        return session_to_wire(updated)
+
+    async def restore(self, principal: Principal, session_id: uuid.UUID) -> dict[str, Any]:
+        """Bring a session back; the answer carries its summary and latest history page."""
+        chat = await self.require_member(principal, session_id)
+        if chat.status == "closed" and chat.owner_id != principal.user_id:
+            raise Forbidden("only the owner can reopen a closed session")
+        async with self._db.transaction() as session:
+            updated = await sessions_repo.update_session(
+                session, chat.id, status="active", closed_at=None, last_activity_at=utcnow()
+            )
+            summary = await messages_repo.latest_summary(session, chat.id)
+            recent = await messages_repo.page_before(session, chat.id, None, DEFAULT_PAGE)
+        assert updated is not None
+        body = session_to_wire(updated)
+        body["summary"] = summary_to_wire(summary)
+        body["messages"] = [message_to_wire(m) for m in recent]
+        return body
+
+    async def add_member(
+        self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID
+    ) -> dict[str, Any]:
+        await self._require_owner(principal, session_id)
+        async with self._db.transaction() as session:
+            user = await users_repo.get_user(session, user_id)
+            if user is None:
+                raise NotFound("user not found")
+            await sessions_repo.add_member(session, session_id, user_id)
+            await audit_repo.record(
+                session,
+                actor_id=principal.user_id,
+                action="member.add",
+                target_type="session",
+                target_id=str(session_id),
+                session_id=session_id,
+                details={"user_id": str(user_id)},
+            )
+        return {"user_id": str(user.id), "name": user.name, "role": "member"}
+
+    async def remove_member(
+        self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID
+    ) -> None:
+        chat = await self._require_owner(principal, session_id)
+        if user_id == chat.owner_id:
+            raise Conflict("the owner cannot be removed from their session")
+        async with self._db.transaction() as session:
+            if not await sessions_repo.remove_member(session, session_id, user_id):
+                raise NotFound("member not found")
+            await audit_repo.record(
+                session,
+                actor_id=principal.user_id,
+                action="member.remove",
+                target_type="session",
+                target_id=str(session_id),
+                session_id=session_id,
+                details={"user_id": str(user_id)},
+            )
+
+    async def history(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        *,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        if before_seq is not None and after_seq is not None:
+            raise BadRequest("give before_seq or after_seq, not both")
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        await self.require_member(principal, session_id)
+        async with self._db.transaction() as session:
+            if after_seq is not None:
+                page = await messages_repo.page_after(session, session_id, after_seq, limit)
+            else:
+                page = await messages_repo.page_before(session, session_id, before_seq, limit)
+        first_seq = page[0].seq if page else None
+        return {
+            "messages": [message_to_wire(m) for m in page],
+            "next_before_seq": first_seq if first_seq is not None and first_seq > 1 else None,
+        }
+
+    async def delete_message(
+        self, principal: Principal, session_id: uuid.UUID, message_id: uuid.UUID
+    ) -> dict[str, Any]:
+        chat = await self.require_member(principal, session_id)
+        async with self._db.transaction() as session:
+            message = await messages_repo.get_message(session, session_id, message_id)
+            if message is None:
+                raise NotFound("message not found")
+            allowed = (
+                message.user_id == principal.user_id
+                or chat.owner_id == principal.user_id
+                or principal.is_admin
+            )
+            if not allowed:
+                raise Forbidden("only the author, the session owner or an admin may delete it")
+            if message.deleted_at is None:
+                await messages_repo.soft_delete(session, message, principal.user_id, utcnow())
+                await audit_repo.record(
+                    session,
+                    actor_id=principal.user_id,
+                    action="message.delete",
+                    target_type="message",
+                    target_id=str(message.id),
+                    session_id=session_id,
+                    details={"seq": message.seq, "author_id": str(message.user_id)},
+                )
+        return message_to_wire(message)
+
+    async def expire_idle(self, occupied: OccupiedRooms) -> int:
+        """Expire sessions idle for the configured time that nobody is present in."""
+        cutoff = utcnow() - self._idle_expiry
+        async with self._db.transaction() as session:
+            candidates = await sessions_repo.idle_session_ids(session, cutoff)
+        if not candidates:
+            return 0
+        present = await occupied([str(c) for c in candidates])
+        idle = [c for c in candidates if str(c) not in present]
+        async with self._db.transaction() as session:
+            if present:
+                # Someone is in the room: that is activity, even if nobody typed.
+                await sessions_repo.touch_sessions(
+                    session, [uuid.UUID(p) for p in present], utcnow()
+                )
+            return await sessions_repo.expire_sessions(session, idle, cutoff)
+
+    async def touch(self, session_ids: Sequence[uuid.UUID]) -> None:
+        async with self._db.transaction() as session:
+            await sessions_repo.touch_sessions(session, session_ids, utcnow())
+
+    async def _require_owner(self, principal: Principal, session_id: uuid.UUID) -> ChatSession:
+        chat = await self.require_member(principal, session_id)
+        if chat.owner_id != principal.user_id and not principal.is_admin:
+            raise Forbidden("only the session owner may do this")
+        return chat

@@ -1,0 +1,51 @@
+"""How stored rows look on the wire (REST bodies and WebSocket frames alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.models import ChatSession, Message, Summary
+
+
+def message_to_wire(message: Message) -> dict[str, Any]:
+    deleted = message.deleted_at is not None
+    return {
+        "id": str(message.id),
+        "session_id": str(message.session_id),
+        "seq": message.seq,
+        "role": message.role,
+        "user_id": str(message.user_id) if message.user_id else None,
+        # A deleted message keeps its place (seq has no gaps) but not its text.
+        "content": "" if deleted else message.content,
+        "client_msg_id": message.client_msg_id,
+        "status": message.status,
+        "model": message.model,
+        "reply_to": str(message.reply_to) if message.reply_to else None,
+        "created_at": message.created_at.isoformat(),
+        "deleted": deleted,
+    }
+
+
+def session_to_wire(chat: ChatSession) -> dict[str, Any]:
+    return {
+        "id": str(chat.id),
+        "title": chat.title,
+        "model": chat.model,
+        "system_prompt": chat.system_prompt,
+        "status": chat.status,
+        "owner_id": str(chat.owner_id),
+        "last_seq": chat.last_seq,
+        "created_at": chat.created_at.isoformat(),
+        "last_activity_at": chat.last_activity_at.isoformat(),
+        "closed_at": chat.closed_at.isoformat() if chat.closed_at else None,
+    }
+
+
+def summary_to_wire(summary: Summary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "covers_seq": summary.covers_seq,
+        "content": summary.content,
+        "created_at": summary.created_at.isoformat(),
+    }
