@@ -29,7 +29,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from llm.breaker import UpstreamBreaker
@@ -69,9 +70,11 @@ class ResilientProvider:
         self.name = self._default
         self.fallback_models = list(fallback_models)
         self._max_retries = max_retries
-        self._backoff = wait_exponential_jitter(
-            initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
-        )
+        # Exponential backoff plus up to one initial step of jitter, so that callers
+        # failing together do not retry together.
+        self._backoff = wait_exponential(
+            multiplier=backoff_initial_s, max=backoff_max_s
+        ) + wait_random(0, backoff_initial_s)
         self._max_retry_after_s = max_retry_after_s
         self.breakers = {
             name: UpstreamBreaker(name, breaker_fail_max, breaker_reset_s, on_breaker_change)
