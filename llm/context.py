@@ -181,10 +181,10 @@ def build_context(
             turns.pop(0)
             dropped["turns"] += turn_costs.pop(0) - TOKENS_PER_MESSAGE
         else:
-            name = next((n for n in (*TRIM_ORDER, "memory") if sections[n].body), None)
-            if name is None:
+            left = [n for n in (*TRIM_ORDER, "memory") if sections[n].body]
+            if not left:
                 raise TooLarge("the message is too long for this model's context window")
-            dropped[name] += sections[name].trim_to(sections[name].cost() - 8)
+            dropped[left[0]] += sections[left[0]].trim_to(sections[left[0]].cost() - 8)
         messages = _assemble(fixed_text, sections, note, turns, current)
     return BuiltContext(messages, count_messages(messages), dropped)
 
