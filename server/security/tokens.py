@@ -37,6 +37,11 @@ class Claims:
     external: bool
 
 
+def issued_at_ms(instant: datetime) -> float:
+    """``instant`` as a Unix time truncated to the millisecond, as ``iat`` carries it."""
+    return int(instant.timestamp() * 1000) / 1000
+
+
 def new_refresh_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -74,7 +79,10 @@ class TokenService:
             "sub": str(user_id),
             "iss": self._issuer,
             "aud": self._audience,
-            "iat": now,
+            # Milliseconds (NumericDate may be fractional): logout-all revokes tokens
+            # issued before an instant, and whole seconds would spare a token issued
+            # earlier in the same second.
+            "iat": issued_at_ms(now),
             "nbf": now,
             "exp": now + timedelta(seconds=ttl),
             "jti": uuid.uuid4().hex,
@@ -122,7 +130,7 @@ class TokenService:
             role=role if role in ("user", "admin") else "user",
             name=payload.get("name"),
             jti=str(payload["jti"]),
-            issued_at=datetime.fromtimestamp(int(payload["iat"]), UTC),
+            issued_at=datetime.fromtimestamp(float(payload["iat"]), UTC),
             expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
             external=external,
         )

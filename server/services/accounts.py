@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from db.engine import Database
@@ -20,6 +20,7 @@ from server.security.tokens import (
     Claims,
     TokenService,
     hash_refresh_token,
+    issued_at_ms,
     new_refresh_token,
 )
 
@@ -141,11 +142,10 @@ class AccountService:
         now = utcnow()
         async with self._db.transaction() as session:
             await users_repo.revoke_all_families(session, user_id, now)
-            # JWT iat has one-second resolution: revoke what was issued before this
-            # second began, so a login in the very next request still works.
-            await users_repo.revoke_access_tokens_before(
-                session, user_id, now.replace(microsecond=0)
-            )
+            # iat has millisecond resolution: revoke what was issued before this
+            # millisecond began, so a login in the very next request still works.
+            cutoff = datetime.fromtimestamp(issued_at_ms(now), UTC)
+            await users_repo.revoke_access_tokens_before(session, user_id, cutoff)
 
     async def profile(self, user_id: uuid.UUID) -> dict[str, Any]:
         async with self._db.transaction() as session:
