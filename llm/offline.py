@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -75,7 +75,7 @@ class OfflineProvider:
         self._delay_s = token_delay_s
         self._context_length = context_length
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         reply = compose_reply(request.messages)
         finish: Any = "stop"
         if request.max_tokens is not None and count_text(reply) > request.max_tokens:

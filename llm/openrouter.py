@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack, aclosing
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -34,6 +32,13 @@ import orjson
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from llm.catalog import ModelCatalog
+from llm.openrouter_errors import (
+    body_error,
+    deadline_error,
+    json_object,
+    status_error,
+    transport_error,
+)
 from llm.provider import (
     ChatEvent,
     ChatRequest,
@@ -41,7 +46,6 @@ from llm.provider import (
     StreamFinished,
     TextDelta,
     ToolCall,
-    UpstreamBadRequest,
     UpstreamUnavailable,
     Usage,
 )
@@ -104,7 +108,7 @@ class OpenRouterProvider:
 
     # -- streaming ---------------------------------------------------------------
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         total_at = started + self._total_timeout_s
@@ -129,11 +133,11 @@ class OpenRouterProvider:
                     response = source.response
                     if response.status_code != 200:
                         await response.aread()
-                        raise _status_error(response)
+                        raise status_error(response)
             except TimeoutError as exc:
-                raise _deadline_error("did not start answering", deadline - started) from exc
+                raise deadline_error("did not start answering", deadline - started) from exc
             except httpx.HTTPError as exc:
-                raise _transport_error(exc) from exc
+                raise transport_error(exc) from exc
 
             state.generation_id = response.headers.get("x-generation-id")
             events = await stack.enter_async_context(aclosing(source.aiter_sse()))
@@ -145,17 +149,17 @@ class OpenRouterProvider:
                     break
                 except TimeoutError as exc:
                     if deadline >= total_at:
-                        error = _deadline_error("did not finish", self._total_timeout_s)
+                        error = deadline_error("did not finish", self._total_timeout_s)
                     elif state.text_seen:
-                        error = _deadline_error("sent nothing more", self._idle_timeout_s)
+                        error = deadline_error("sent nothing more", self._idle_timeout_s)
                     else:
-                        error = _deadline_error("did not start answering", deadline - started)
+                        error = deadline_error("did not start answering", deadline - started)
                     if not state.text_seen:
                         raise error from exc
                     yield state.finished("error", error)
                     return
                 except httpx.HTTPError as exc:
-                    error = _transport_error(exc)
+                    error = transport_error(exc)
                     if not state.text_seen:
                         raise error from exc
                     yield state.finished("error", error)
@@ -196,14 +200,14 @@ class OpenRouterProvider:
                     timeout=self._timeout,
                 )
         except TimeoutError as exc:
-            raise _deadline_error("did not answer", self._total_timeout_s) from exc
+            raise deadline_error("did not answer", self._total_timeout_s) from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+            raise transport_error(exc) from exc
         if response.status_code != 200:
-            raise _status_error(response)
-        payload = _json(response.content)
+            raise status_error(response)
+        payload = json_object(response.content)
         if isinstance(payload.get("error"), dict):
-            raise _body_error(payload["error"])
+            raise body_error(payload["error"])
         try:
             content = payload["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -229,12 +233,12 @@ class OpenRouterProvider:
                 timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+            raise transport_error(exc) from exc
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise _status_error(response)
-        data = _json(response.content).get("data")
+            raise status_error(response)
+        data = json_object(response.content).get("data")
         if not isinstance(data, dict):
             return None
         prompt = data.get("native_tokens_prompt", data.get("tokens_prompt"))
@@ -249,11 +253,11 @@ class OpenRouterProvider:
                 f"{self._base_url}/models", headers=self._headers, timeout=self._timeout
             )
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+            raise transport_error(exc) from exc
         if response.status_code != 200:
-            raise _status_error(response)
+            raise status_error(response)
         lengths: dict[str, int] = {}
-        for model in _json(response.content).get("data") or []:
+        for model in json_object(response.content).get("data") or []:
             if isinstance(model, dict) and isinstance(model.get("context_length"), int):
                 lengths[str(model["id"])] = model["context_length"]
         return lengths
@@ -294,7 +298,7 @@ class _StreamState:
                 completion_tokens=int(usage.get("completion_tokens") or 0),
             )
         if isinstance(chunk.get("error"), dict):
-            self.error = _body_error(chunk["error"], mid_stream=True)
+            self.error = body_error(chunk["error"], mid_stream=True)
             return []
         events: list[ChatEvent] = []
         for choice in chunk.get("choices") or []:
@@ -356,77 +360,3 @@ def _body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
-
-
-def _json(content: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _status_error(response: httpx.Response) -> ParleyError:
-    """An HTTP error status from OpenRouter as one of Parley's errors."""
-    status = response.status_code
-    error = _json(response.content).get("error")
-    detail = str(error.get("message")) if isinstance(error, dict) else response.reason_phrase
-    retry_after = _retry_after(response)
-    if status == 400 or (400 <= status < 500 and status not in (401, 402, 403, 408, 429)):
-        message = f"the model rejected the request: {detail}"
-        return UpstreamBadRequest(message, upstream_status=status)
-    if status == 401:
-        message = "the model provider refused Parley's API key (check OPENROUTER_API_KEY)"
-        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
-    if status == 402:
-        message = "the model provider's account is out of credit"
-        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
-    if status == 403:
-        message = f"the model provider refused the request (permissions or moderation): {detail}"
-        return UpstreamUnavailable(message, upstream_status=status, retryable=False)
-    if status == 408:
-        return UpstreamUnavailable("the model provider timed out", upstream_status=status)
-    if status == 429:
-        return UpstreamUnavailable(
-            "the model provider is rate limiting Parley",
-            upstream_status=status,
-            retry_after=retry_after,
-        )
-    return UpstreamUnavailable(
-        f"the model is unavailable: {detail}", upstream_status=status, retry_after=retry_after
-    )
-
-
-def _body_error(error: dict[str, Any], *, mid_stream: bool = False) -> ParleyError:
-    code = error.get("code")
-    message = str(error.get("message") or "unknown error")
-    status = code if isinstance(code, int) else None
-    prefix = "the model failed while answering" if mid_stream else "the model failed"
-    return UpstreamUnavailable(f"{prefix}: {message}", upstream_status=status)
-
-
-def _transport_error(exc: httpx.HTTPError) -> UpstreamUnavailable:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamUnavailable("the model provider timed out")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamUnavailable("cannot reach the model provider")
-    return UpstreamUnavailable(f"the connection to the model provider failed: {type(exc).__name__}")
-
-
-def _deadline_error(what: str, seconds: float) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"the model {what} within {seconds:g} s")

@@ -18,7 +18,7 @@ Contract shared by every implementation (OpenRouter, offline, the resilient wrap
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -78,7 +78,7 @@ ChatEvent = TextDelta | StreamFinished | ToolCall
 class ChatProvider(Protocol):
     name: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         """An async generator of events; see the module docstring for the contract."""
         ...
 

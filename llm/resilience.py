@@ -20,7 +20,7 @@ Models are routed to providers by an optional ``"{provider}:"`` prefix
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -100,7 +100,7 @@ class ResilientProvider:
 
     async def stream(
         self, request: ChatRequest, *, fallbacks: Sequence[str] | None = None
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         call = _Call(self)
         try:
             for model in self.models_for(request, fallbacks):
@@ -139,7 +139,7 @@ class ResilientProvider:
 
     async def _open(
         self, provider: ChatProvider, request: ChatRequest
-    ) -> tuple[AsyncIterator[ChatEvent], ChatEvent]:
+    ) -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent]:
         """Start a stream and wait for its first event, retrying failures before it."""
         async for attempt in self._retrying():
             with attempt:

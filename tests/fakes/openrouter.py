@@ -273,7 +273,7 @@ class _Reply:
             )
             self.sent_text = scenario.token * scenario.n
             await self.finish("stop")
-        else:
+        elif isinstance(scenario, Hang):
             await self.hang(scenario.comment_every_s)
         self.record(cancelled=False)
         self.complete = True

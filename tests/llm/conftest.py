@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def make_provider(fake_openrouter: FakeOpenRouter, http_client: httpx.AsyncClient) -> MakeProvider:
-    def make(**timeouts: float) -> OpenRouterProvider:
+    def make(**timeouts: Any) -> OpenRouterProvider:
         return OpenRouterProvider(
             http_client,
             fake_openrouter.base_url,
