@@ -42,7 +42,7 @@ INTRO = (
 _HEADING = re.compile(
     r"^\s*(?:#{1,6}\s*(?P<md>.+?)"  # ## Memory
     r"|[\[<]\s*(?P<tag>[^\]>]{1,60})[\]>]"  # [Search results] or <documents>
-    r"|(?P<colon>[A-Za-z][^:\n]{0,60}):)\s*$"  # Conversation summary:
+    r"|(?P<colon>[A-Za-z][^:\n]{0,100}):)\s*$"  # Conversation summary:
 )
 _KINDS = (
     ("summary", re.compile(r"summar", re.I)),
@@ -143,15 +143,17 @@ def find_sections(messages: list[dict[str, Any]]) -> list[tuple[str, str, str | 
         body: list[str] = []
         for line in [*str(message.get("content") or "").splitlines(), "# end"]:
             match = _HEADING.match(line)
-            if match:
-                if kind and kind not in seen and any(body):
+            title = match and (match.group("md") or match.group("tag") or match.group("colon"))
+            new_kind = next((name for name, rule in _KINDS if rule.search(title or "")), None)
+            # A bare "[label]" line inside a section labels a passage or a result; it
+            # starts a section only when it names one.
+            if match and (new_kind or not match.group("tag")):
+                if kind and kind not in seen and any(_is_text(t) for t in body):
                     seen.add(kind)
-                    first = next(_BULLET.sub("", t).strip() for t in body if t.strip())
+                    first = next(_BULLET.sub("", t).strip() for t in body if _is_text(t))
                     urls = _URL.findall("\n".join(body))
                     found.append((kind, first, urls[0] if urls else None))
-                title = match.group("md") or match.group("tag") or match.group("colon") or ""
-                kind = next((name for name, rule in _KINDS if rule.search(title)), None)
-                body = []
+                kind, body = new_kind, []
             elif kind:
                 body.append(line)
     return found
@@ -185,6 +187,11 @@ def extract_memory(messages: list[dict[str, Any]]) -> str:
                 if all(item["content"] != content for item in items):
                     items.append({"kind": kind, "content": content})
     return orjson.dumps({"items": items}).decode()
+
+
+def _is_text(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not (stripped.startswith("[") and stripped.endswith("]"))
 
 
 def _last_text(messages: list[dict[str, Any]], role: str) -> str:

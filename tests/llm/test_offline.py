@@ -127,3 +127,24 @@ async def test_a_fold_is_cut_to_the_summary_budget() -> None:
 
 async def test_folding_no_turns_keeps_the_summary() -> None:
     assert await fold(OfflineProvider(0), "m", "kept", [], max_summary_tokens=10) == "kept"
+
+
+async def test_the_offline_reply_reads_the_context_builders_section_headings() -> None:
+    # The headings and layouts of llm.context, search.service and rag.ranking.
+    system = "\n\n".join(
+        [
+            "You are Parley's assistant.",
+            "What you know about the user:\n- (fact) Lives in Oslo",
+            "Summary of the earlier conversation:\nThey chose Rust for the backend.",
+            "Relevant excerpts (from this session's documents and earlier messages):"
+            "\n\n[handbook.md]\nRefunds take 14 days.\n\n[faq.md]\nNo.",
+            "Web search results (cite as [n]):\n\n[1] Oslo weather\nURL: https://met.example/oslo"
+            "\nRain all week.",
+        ]
+    )
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    text, _ = await reply_of(OfflineProvider(0), ChatRequest("m", messages))
+    assert "(fact) Lives in Oslo" in text
+    assert "They chose Rust for the backend." in text
+    assert '"Refunds take 14 days."' in text
+    assert '"[1] Oslo weather" (https://met.example/oslo)' in text
