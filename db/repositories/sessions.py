@@ -155,4 +155,4 @@ async def list_members(
         .where(SessionMember.session_id == session_id)
         .order_by(SessionMember.added_at)
     )
-    return [(member, user) for member, user in rows.tuples()]
+    return [(member, user) for member, user in rows]
