@@ -79,12 +79,14 @@ async def remove_member(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
+    # Not ``or DEFAULT_PAGE``: limit=0 is out of bounds and must be refused, not widened.
+    limit = query_int(request, "limit")
     page = await container.sessions.history(
         principal,
         parse_id(request.path_params["id"]),
         before_seq=query_int(request, "before_seq"),
         after_seq=query_int(request, "after_seq"),
-        limit=query_int(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE,
+        limit=DEFAULT_PAGE if limit is None else limit,
     )
     return ok(page)
 
