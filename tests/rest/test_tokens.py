@@ -1,0 +1,143 @@
+"""Access tokens that must be refused, and external RS256 tokens that must be accepted."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import TEST_JWT_SECRET, register_user
+from tests.rest.conftest import AppClient
+
+
+def _claims(user_id: str, **changes: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "iss": "parley",
+        "aud": "parley",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": uuid.uuid4().hex,
+        "role": "user",
+        "name": "Tester",
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    payload = {k: int(v.timestamp()) if isinstance(v, datetime) else v for k, v in claims.items()}
+    header = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+    return f"{header}.{_b64(orjson.dumps(payload))}."
+
+
+async def _me(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    client.cookies.clear()
+    return await client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+
+BAD_TOKENS = {
+    "expired": lambda uid: jwt.encode(
+        _claims(
+            uid,
+            iat=datetime.now(UTC) - timedelta(hours=2),
+            exp=datetime.now(UTC) - timedelta(hours=1),
+        ),
+        TEST_JWT_SECRET,
+        algorithm="HS256",
+    ),
+    "forged signature": lambda uid: jwt.encode(
+        _claims(uid), "another-secret-" + "y" * 40, algorithm="HS256"
+    ),
+    "alg none": lambda uid: _unsigned(_claims(uid)),
+    "wrong audience": lambda uid: jwt.encode(
+        _claims(uid, aud="someone-else"), TEST_JWT_SECRET, algorithm="HS256"
+    ),
+    "wrong issuer": lambda uid: jwt.encode(
+        _claims(uid, iss="someone-else"), TEST_JWT_SECRET, algorithm="HS256"
+    ),
+    "missing jti": lambda uid: jwt.encode(
+        _claims(uid, jti=None), TEST_JWT_SECRET, algorithm="HS256"
+    ),
+    "garbage": lambda uid: "not.a.token",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_TOKENS))
+async def test_a_bad_access_token_is_refused_with_the_unauthorized_envelope(
+    client: httpx.AsyncClient, kind: str
+) -> None:
+    user = await register_user(client)
+
+    response = await _me(client, BAD_TOKENS[kind](user.id))
+
+    assert response.status_code == 401
+    body = response.json()
+    assert body["success"] is False
+    assert body["error"]["code"] == "unauthorized"
+
+
+async def test_a_well_formed_token_for_our_own_issuer_is_accepted(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await register_user(client)
+    token = jwt.encode(_claims(user.id), TEST_JWT_SECRET, algorithm="HS256")
+
+    assert (await _me(client, token)).status_code == 200
+
+
+async def test_an_authorization_header_that_is_not_bearer_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    client.cookies.clear()
+
+    response = await client.get("/v1/me", headers={"Authorization": "Basic dXNlcjpwdw=="})
+
+    assert response.status_code == 401
+
+
+async def test_an_rs256_token_is_refused_when_no_public_key_is_configured(
+    client: httpx.AsyncClient,
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(_claims(str(uuid.uuid4())), key, algorithm="RS256")
+
+    assert (await _me(client, token)).status_code == 401
+
+
+async def test_an_external_rs256_token_is_accepted_and_creates_the_user_on_first_sight(
+    client_with: AppClient,
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    external_id = str(uuid.uuid4())
+    token = jwt.encode(_claims(external_id, name="Outsider"), key, algorithm="RS256")
+
+    async with client_with(jwt_public_key=public_pem) as client:
+        first = await _me(client, token)
+        second = await _me(client, token)
+        other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = await _me(client, jwt.encode(_claims(external_id), other_key, algorithm="RS256"))
+
+    assert first.status_code == 200, first.text
+    assert first.json()["data"]["id"] == external_id
+    assert first.json()["data"]["name"] == "Outsider"
+    assert second.json()["data"] == first.json()["data"]
+    assert forged.status_code == 401
