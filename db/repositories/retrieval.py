@@ -1,0 +1,258 @@
+"""Finding chunks of one session: full-text ranking, stored embeddings, history indexing.
+
+Lexical search is dialect specific and must hit the index the migration made:
+
+- PostgreSQL: ``to_tsvector('english', text) @@ websearch_to_tsquery('english', :q)``,
+  ranked by ``ts_rank_cd``. The text search configuration is written as a literal
+  (``'english'::regconfig``), never a bound parameter: only an expression identical
+  to the GIN index's ``to_tsvector('english', text)`` can use it, and a generic
+  prepared plan with a parameter in its place would not.
+- SQLite: ``chunks_fts MATCH :q`` on the external-content FTS5 table, ranked by
+  ``bm25`` (lower is better there; scores here are negated so higher is better on
+  both back ends).
+
+History chunks (``message_seq`` set) are visible only while their message is not
+deleted and, when ``exclude_after_seq`` is given, only up to that seq: later messages
+are already in the prompt as recent turns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    column,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import Chunk, Document, Message
+
+_PG_CONFIG = literal_column("'english'::regconfig")
+_SQLITE_FTS = table("chunks_fts", column("rowid"))
+HISTORY_ROLES = ("user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkHit:
+    chunk_id: int
+    document_id: uuid.UUID | None
+    document_title: str | None
+    message_seq: int | None
+    heading: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPiece:
+    """One piece of an older message to index; a long message gives several."""
+
+    seq: int
+    ordinal: int
+    role: str
+    text: str
+    embedding: bytes | None = None
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _visible(session_id: uuid.UUID, exclude_after_seq: int | None) -> ColumnElement[bool]:
+    history = Message.deleted_at.is_(None)
+    if exclude_after_seq is not None:
+        history = and_(history, Chunk.message_seq <= exclude_after_seq)
+    return and_(
+        Chunk.session_id == session_id,
+        or_(Chunk.document_id.is_not(None), and_(Chunk.message_seq.is_not(None), history)),
+    )
+
+
+def _select(score: ColumnElement[float]) -> Select:
+    return (
+        select(
+            Chunk.id,
+            Chunk.document_id,
+            Document.title,
+            Chunk.message_seq,
+            Chunk.heading,
+            Chunk.text,
+            score.label("score"),
+        )
+        .select_from(Chunk)
+        .outerjoin(Document, Document.id == Chunk.document_id)
+        .outerjoin(
+            Message,
+            and_(Message.session_id == Chunk.session_id, Message.seq == Chunk.message_seq),
+        )
+    )
+
+
+def _hits(rows: Sequence) -> list[ChunkHit]:
+    return [
+        ChunkHit(
+            chunk_id=row.id,
+            document_id=row.document_id,
+            document_title=row.title,
+            message_seq=row.message_seq,
+            heading=row.heading,
+            text=row.text,
+            score=float(row.score or 0.0),
+        )
+        for row in rows
+    ]
+
+
+def lexical_statement(
+    dialect: str, session_id: uuid.UUID, query: str, *, limit: int, exclude_after_seq: int | None
+) -> Select:
+    """The full-text query for ``dialect`` (exposed so that tests can EXPLAIN it)."""
+    visible = _visible(session_id, exclude_after_seq)
+    if dialect == "postgresql":
+        vector = func.to_tsvector(_PG_CONFIG, Chunk.text)
+        tsquery = func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", query))
+        score = func.ts_rank_cd(vector, tsquery)
+        return (
+            _select(score)
+            .where(vector.op("@@")(tsquery), visible)
+            .order_by(score.desc(), Chunk.id)
+            .limit(limit)
+        )
+    score = -literal_column("bm25(chunks_fts)")
+    return (
+        _select(score)
+        .join(_SQLITE_FTS, _SQLITE_FTS.c.rowid == Chunk.id)
+        .where(text("chunks_fts MATCH :q").bindparams(q=query), visible)
+        .order_by(literal_column("bm25(chunks_fts)"), Chunk.id)
+        .limit(limit)
+    )
+
+
+async def lexical_search(
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    query: str,
+    *,
+    limit: int,
+    exclude_after_seq: int | None = None,
+) -> list[ChunkHit]:
+    """Best matches first. ``query`` is already in the dialect's syntax (``rag.query``)."""
+    if not query:
+        return []
+    statement = lexical_statement(
+        _dialect(session), session_id, query, limit=limit, exclude_after_seq=exclude_after_seq
+    )
+    return _hits((await session.execute(statement)).all())
+
+
+async def embeddings_for_session(
+    session: AsyncSession, session_id: uuid.UUID, *, exclude_after_seq: int | None = None
+) -> list[tuple[int, bytes]]:
+    """(chunk id, packed vector) of every visible chunk that has an embedding."""
+    rows = await session.execute(
+        select(Chunk.id, Chunk.embedding)
+        .select_from(Chunk)
+        .outerjoin(
+            Message,
+            and_(Message.session_id == Chunk.session_id, Message.seq == Chunk.message_seq),
+        )
+        .where(_visible(session_id, exclude_after_seq), Chunk.embedding.is_not(None))
+    )
+    return [(row.id, row.embedding) for row in rows]
+
+
+async def chunks_by_ids(
+    session: AsyncSession, session_id: uuid.UUID, chunk_ids: Sequence[int]
+) -> list[ChunkHit]:
+    if not chunk_ids:
+        return []
+    rows = await session.execute(
+        _select(literal_column("0.0")).where(
+            Chunk.session_id == session_id, Chunk.id.in_(list(chunk_ids))
+        )
+    )
+    return _hits(rows.all())
+
+
+async def unindexed_messages(
+    session: AsyncSession, session_id: uuid.UUID, up_to_seq: int, *, limit: int = 500
+) -> list[Message]:
+    """Live user and assistant messages up to ``up_to_seq`` that have no history chunk."""
+    indexed = exists().where(
+        Chunk.session_id == session_id,
+        Chunk.document_id.is_(None),
+        Chunk.message_seq == Message.seq,
+    )
+    rows = await session.execute(
+        select(Message)
+        .where(
+            Message.session_id == session_id,
+            Message.seq <= up_to_seq,
+            Message.deleted_at.is_(None),
+            Message.role.in_(HISTORY_ROLES),
+            Message.content != "",
+            ~indexed,
+        )
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def index_history(
+    session: AsyncSession, session_id: uuid.UUID, pieces: Sequence[HistoryPiece]
+) -> int:
+    """Store history chunks for the seqs that have none yet; returns how many seqs.
+
+    Idempotent per seq. Two nodes indexing the same session at once are serialised:
+    by a transaction-scoped advisory lock on PostgreSQL, and by SQLite's single
+    writer (``BEGIN IMMEDIATE``) there.
+    """
+    if not pieces:
+        return 0
+    if _dialect(session) == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"parley:index-history:{session_id}"},
+        )
+    seqs = sorted({piece.seq for piece in pieces})
+    present = await session.execute(
+        select(Chunk.message_seq).where(
+            Chunk.session_id == session_id,
+            Chunk.document_id.is_(None),
+            Chunk.message_seq.in_(seqs),
+        )
+    )
+    done = {row[0] for row in present}
+    fresh = [piece for piece in pieces if piece.seq not in done]
+    if fresh:
+        await session.execute(
+            insert(Chunk),
+            [
+                {
+                    "session_id": session_id,
+                    "document_id": None,
+                    "message_seq": piece.seq,
+                    "ordinal": piece.ordinal,
+                    "heading": piece.role,
+                    "text": piece.text,
+                    "embedding": piece.embedding,
+                }
+                for piece in fresh
+            ],
+        )
+    return len({piece.seq for piece in fresh})
