@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -117,18 +118,30 @@ def _hits(rows: Sequence) -> list[ChunkHit]:
     ]
 
 
+def _pg_vector() -> ColumnElement[Any]:
+    return func.to_tsvector(_PG_CONFIG, Chunk.text)
+
+
+def _pg_query(query: str) -> ColumnElement[Any]:
+    return func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", query))
+
+
+def postgres_match(query: str) -> ColumnElement[bool]:
+    """The PostgreSQL full-text condition, written exactly as the GIN index's expression."""
+    return _pg_vector().op("@@")(_pg_query(query))  # type: ignore[return-value]
+
+
 def lexical_statement(
     dialect: str, session_id: uuid.UUID, query: str, *, limit: int, exclude_after_seq: int | None
 ) -> Select:
     """The full-text query for ``dialect`` (exposed so that tests can EXPLAIN it)."""
     visible = _visible(session_id, exclude_after_seq)
     if dialect == "postgresql":
-        vector = func.to_tsvector(_PG_CONFIG, Chunk.text)
-        tsquery = func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", query))
+        vector, tsquery = _pg_vector(), _pg_query(query)
         score = func.ts_rank_cd(vector, tsquery)
         return (
             _select(score)
-            .where(vector.op("@@")(tsquery), visible)
+            .where(postgres_match(query), visible)
             .order_by(score.desc(), Chunk.id)
             .limit(limit)
         )

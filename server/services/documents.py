@@ -1,0 +1,159 @@
+"""Documents a session's assistant retrieves from: upload, list, delete.
+
+An upload is checked (``rag.chunking.validate_document``: UTF-8 text or Markdown,
+within ``MAX_DOCUMENT_BYTES``, not empty), cut into chunks and, when an embeddings
+endpoint is configured, embedded, and then stored with its chunks in one
+transaction: a refused or failed upload stores nothing. An embeddings outage does
+not refuse the upload; its chunks stay findable by full-text search.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+from db.engine import Database
+from db.models import Document
+from db.repositories import documents as documents_repo
+from db.repositories.documents import NewChunk
+from rag.chunking import chunk_document, validate_document
+from rag.embeddings import EmbeddingsClient
+from rag.vectors import pack
+from server.errors import BadRequest, Forbidden, NotFound, ParleyError
+from server.services.accounts import Principal
+from server.services.sessions import SessionService
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE_CHARS = 300
+MAX_HEADING_CHARS = 500
+HEADING_SEPARATOR = " > "
+
+
+def document_to_wire(document: Document) -> dict[str, Any]:
+    return {
+        "id": str(document.id),
+        "title": document.title,
+        "chunks": document.chunks,
+        "size_bytes": document.size_bytes,
+        "uploaded_by": str(document.uploaded_by) if document.uploaded_by else None,
+        "created_at": document.created_at.isoformat(),
+    }
+
+
+def title_from_filename(filename: str | None) -> str:
+    """The file's own name, without any directory a browser or client sent along."""
+    name = PureWindowsPath(PurePosixPath(filename or "").name).name.strip()
+    return name[:MAX_TITLE_CHARS] or "untitled"
+
+
+class DocumentService:
+    def __init__(
+        self,
+        database: Database,
+        sessions: SessionService,
+        embeddings: EmbeddingsClient | None,
+        *,
+        max_bytes: int,
+    ) -> None:
+        self._db = database
+        self._sessions = sessions
+        self._embeddings = embeddings
+        self._max_bytes = max_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    async def upload_file(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        *,
+        filename: str | None,
+        data: bytes,
+        title: str | None = None,
+    ) -> dict[str, Any]:
+        """A multipart upload; the title defaults to the file name."""
+        await self._sessions.require_member(principal, session_id)
+        text = validate_document(data, max_bytes=self._max_bytes)
+        chosen = (title or "").strip() or title_from_filename(filename)
+        return await self._store(principal, session_id, chosen, text, len(data))
+
+    async def upload_text(
+        self, principal: Principal, session_id: uuid.UUID, *, title: str, content: str
+    ) -> dict[str, Any]:
+        await self._sessions.require_member(principal, session_id)
+        text = validate_document(content, max_bytes=self._max_bytes)
+        title = title.strip()
+        if not title:
+            raise BadRequest("title must not be empty")
+        size = len(content.encode("utf-8", errors="surrogatepass"))
+        return await self._store(principal, session_id, title, text, size)
+
+    async def list(self, principal: Principal, session_id: uuid.UUID) -> list[dict[str, Any]]:
+        await self._sessions.require_member(principal, session_id)
+        async with self._db.transaction() as session:
+            documents = await documents_repo.list_documents(session, session_id)
+        return [document_to_wire(document) for document in documents]
+
+    async def delete(
+        self, principal: Principal, session_id: uuid.UUID, document_id: uuid.UUID
+    ) -> None:
+        """Remove a document and its chunks: the uploader, the session owner or an admin."""
+        chat = await self._sessions.require_member(principal, session_id)
+        async with self._db.transaction() as session:
+            document = await documents_repo.get_document(session, session_id, document_id)
+            if document is None:
+                raise NotFound("document not found")
+            allowed = (
+                document.uploaded_by == principal.user_id
+                or chat.owner_id == principal.user_id
+                or principal.is_admin
+            )
+            if not allowed:
+                raise Forbidden("only the uploader, the session owner or an admin may delete it")
+            await documents_repo.delete_document(session, document_id)
+
+    async def _store(
+        self, principal: Principal, session_id: uuid.UUID, title: str, text: str, size: int
+    ) -> dict[str, Any]:
+        pieces = chunk_document(text)
+        if not pieces:
+            raise BadRequest("document is empty")
+        vectors = await self._embed([piece.text for piece in pieces])
+        chunks = [
+            NewChunk(
+                ordinal=piece.ordinal,
+                heading=HEADING_SEPARATOR.join(piece.heading_path)[:MAX_HEADING_CHARS],
+                text=piece.text,
+                embedding=pack(vectors[n]) if vectors else None,
+            )
+            for n, piece in enumerate(pieces)
+        ]
+        async with self._db.transaction() as session:
+            document = await documents_repo.create_document(
+                session,
+                session_id=session_id,
+                uploaded_by=principal.user_id,
+                title=title[:MAX_TITLE_CHARS],
+                size_bytes=size,
+                chunks=chunks,
+            )
+        return {
+            "id": str(document.id),
+            "title": document.title,
+            "chunks": document.chunks,
+            "created_at": document.created_at.isoformat(),
+        }
+
+    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
+        if self._embeddings is None:
+            return None
+        try:
+            return await self._embeddings.embed(texts)
+        except ParleyError as exc:
+            log.warning("document stored without embeddings: %s", exc.message)
+            return None

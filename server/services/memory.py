@@ -1,0 +1,179 @@
+"""Per-user memory: what the assistant keeps about a user, and the prompt's view of it.
+
+Two writers: the user through ``/v1/me/memory`` (source ``"user"``) and extraction
+after a turn (``apply_changes``, source ``"learned"``). A learned item never
+overwrites one the user wrote. Every change invalidates the user's entry in the
+context cache, so the next turn reads the table again; a cache that is down costs a
+database read, never the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+
+from db.engine import Database
+from db.models import MemoryItem
+from db.repositories import memories as memories_repo
+from memory.cache import DEFAULT_TTL_S, UserContextCache
+from memory.extraction import KINDS, MemoryChanges
+from memory.extraction import MemoryItem as KnownItem
+from server.errors import BadRequest, NotFound, ParleyError, TooLarge
+from server.services.accounts import Principal
+from server.services.sessions import parse_id
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("user", "learned")
+
+
+def memory_to_wire(item: MemoryItem) -> dict[str, Any]:
+    return {
+        "id": str(item.id),
+        "kind": item.kind,
+        "content": item.content,
+        "source": item.source,
+        "created_at": item.created_at.isoformat(),
+    }
+
+
+class MemoryService:
+    def __init__(
+        self,
+        database: Database,
+        cache: UserContextCache,
+        *,
+        max_chars: int,
+        cache_ttl_s: int = DEFAULT_TTL_S,
+    ) -> None:
+        self._db = database
+        self._cache = cache
+        self._max_chars = max_chars
+        self._cache_ttl_s = cache_ttl_s
+
+    # REST: the user's own view.
+
+    async def list(self, principal: Principal) -> list[dict[str, Any]]:
+        async with self._db.transaction() as session:
+            items = await memories_repo.list_for_user(session, principal.user_id)
+        return [memory_to_wire(item) for item in items]
+
+    async def add(self, principal: Principal, *, content: str, kind: str) -> dict[str, Any]:
+        content = self._checked(content, kind)
+        async with self._db.transaction() as session:
+            item = await memories_repo.add(
+                session, principal.user_id, kind=kind, content=content, source="user"
+            )
+        await self._invalidate(principal.user_id)
+        return memory_to_wire(item)
+
+    async def forget(self, principal: Principal, item_id: str) -> None:
+        """Forget one item; another user's item is ``NotFound``, like a missing one."""
+        parsed = parse_id(item_id, "memory item")
+        async with self._db.transaction() as session:
+            if not await memories_repo.delete_one(session, principal.user_id, parsed):
+                raise NotFound("memory item not found")
+        await self._invalidate(principal.user_id)
+
+    async def forget_all(self, principal: Principal) -> int:
+        async with self._db.transaction() as session:
+            removed = await memories_repo.delete_all(session, principal.user_id)
+        await self._invalidate(principal.user_id)
+        return removed
+
+    # The generation runner's view.
+
+    async def known_items(self, user_id: uuid.UUID) -> list[KnownItem]:
+        """Existing items for ``memory.extraction``; the user's own are not replaceable."""
+        async with self._db.transaction() as session:
+            items = await memories_repo.list_for_user(session, user_id)
+        return [
+            KnownItem(str(item.id), item.kind, item.content, replaceable=item.source == "learned")  # type: ignore[arg-type]
+            for item in items
+        ]
+
+    async def apply_changes(self, user_id: uuid.UUID, changes: MemoryChanges) -> int:
+        """Store what extraction learned; returns how many items were added or replaced.
+
+        Candidates that fail the same checks as a user's item are skipped, not raised:
+        a model's bad guess must not fail the turn that produced it.
+        """
+        if not changes:
+            return 0
+        applied = 0
+        async with self._db.transaction() as session:
+            for candidate in changes.add:
+                content = self._valid_or_none(candidate.content, candidate.kind)
+                if content is not None:
+                    await memories_repo.add(
+                        session, user_id, kind=candidate.kind, content=content, source="learned"
+                    )
+                    applied += 1
+            for target, candidate in changes.replace:
+                content = self._valid_or_none(candidate.content, candidate.kind)
+                target_id = _uuid_or_none(target)
+                if content is None or target_id is None:
+                    continue
+                if await memories_repo.replace(
+                    session,
+                    user_id,
+                    target_id,
+                    kind=candidate.kind,
+                    content=content,
+                    only_source="learned",
+                ):
+                    applied += 1
+        if applied:
+            await self._invalidate(user_id)
+        return applied
+
+    async def context_items(self, user_id: uuid.UUID) -> list[str]:
+        """The lines the prompt shows about the user, oldest first; cached per user."""
+        key = str(user_id)
+        try:
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return [str(line) for line in orjson.loads(cached)]
+        except (ParleyError, orjson.JSONDecodeError, TypeError) as exc:
+            log.warning("user context cache read failed: %s", exc)
+        async with self._db.transaction() as session:
+            items = await memories_repo.list_for_user(session, user_id)
+        lines = [f"({item.kind}) {item.content}" for item in items]
+        try:
+            await self._cache.set(key, orjson.dumps(lines), self._cache_ttl_s)
+        except ParleyError as exc:
+            log.warning("user context cache write failed: %s", exc.message)
+        return lines
+
+    def _checked(self, content: str, kind: str) -> str:
+        if kind not in KINDS:
+            raise BadRequest("kind must be 'preference' or 'fact'")
+        content = " ".join(content.split())
+        if not content:
+            raise BadRequest("content must not be empty")
+        if len(content) > self._max_chars:
+            raise TooLarge(f"content is longer than {self._max_chars} characters")
+        return content
+
+    def _valid_or_none(self, content: str, kind: str) -> str | None:
+        try:
+            return self._checked(content, kind)
+        except ParleyError:
+            return None
+
+    async def _invalidate(self, user_id: uuid.UUID) -> None:
+        try:
+            await self._cache.invalidate(str(user_id))
+        except ParleyError as exc:
+            # The entry's TTL bounds how long the stale view can last.
+            log.warning("user context cache invalidation failed: %s", exc.message)
+
+
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError):
+        return None
