@@ -20,6 +20,7 @@ from db import migrate
 from db.engine import Database
 from server.config import ConfigError, Settings
 from server.container import Container
+from server.context_layer import start_context
 from server.errors import ParleyError
 from server.metrics import Metrics
 from server.ratelimit import Limit, RateLimiter
@@ -111,7 +112,7 @@ async def _start_layers(container: Container, stack: contextlib.AsyncExitStack) 
         await starter(container, stack)
 
 
-STARTERS: list = []
+STARTERS: list = [start_context]
 
 
 async def _sweep_idle_sessions(container: Container) -> None:
