@@ -30,7 +30,7 @@ from server.middleware import (
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
-from server.routes import auth, health, sessions
+from server.routes import auth, documents, health, memory, search, sessions
 
 log = logging.getLogger("parley")
 
@@ -78,6 +78,9 @@ def _routes() -> list[BaseRoute]:
         *health.routes,
         *auth.routes,
         *sessions.routes,
+        *memory.routes,
+        *documents.routes,
+        *search.routes,
         *ws.routes,
         *openapi.routes,
         *static.routes,
