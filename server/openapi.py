@@ -1,7 +1,494 @@
-"""The OpenAPI document."""
+"""The OpenAPI 3.1 document, served at ``GET /openapi.json``.
+
+It is generated from the app's own route table, so a path or method cannot be
+documented without existing. What a route table cannot say (a summary, the request
+model, the shape of ``data``, the extra error statuses) comes from ``ENDPOINTS``, one
+entry per ``"METHOD /path"``. A route missing from ``ENDPOINTS`` is still listed, marked
+``x-undocumented``, and ``tests/test_openapi.py`` fails until someone describes it.
+
+Adding an endpoint is one entry, for example::
+
+    "GET /v1/me/memory": Doc("The assistant's memory of the caller", "memory",
+                             data=obj(items=array(ref("MemoryItem")))),
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from dataclasses import dataclass, field
+from typing import Any
 
-routes: list[BaseRoute] = []
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server import schemas
+from server.errors import ERROR_CODES
+from server.http import JSONResponse
+
+Schema = dict[str, Any]
+OPENAPI_PATH = "/openapi.json"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def obj(required: tuple[str, ...] | None = None, **properties: Schema) -> Schema:
+    """An object with these properties, all required unless ``required`` names fewer."""
+    names = list(properties) if required is None else list(required)
+    return {"type": "object", "properties": properties, "required": names}
+
+
+def extend(base: Schema, **properties: Schema) -> Schema:
+    return obj(**base["properties"], **properties)
+
+
+STRING = {"type": "string"}
+UUID = {"type": "string", "format": "uuid"}
+TIME = {"type": "string", "format": "date-time"}
+USER = obj(id=UUID, email=STRING, name=STRING, role={"enum": ["user", "admin"]}, created_at=TIME)
+SESSION = obj(
+    id=UUID,
+    title=STRING,
+    model=nullable(STRING),
+    system_prompt=nullable(STRING),
+    status={"enum": ["active", "expired", "closed"]},
+    owner_id=UUID,
+    last_seq={"type": "integer", "minimum": 0},
+    created_at=TIME,
+    last_activity_at=TIME,
+    closed_at=nullable(TIME),
+)
+MESSAGE = obj(
+    id=UUID,
+    session_id=UUID,
+    seq={"type": "integer", "minimum": 1},
+    role={"enum": ["user", "assistant", "system"]},
+    user_id=nullable(UUID),
+    content=STRING,
+    client_msg_id=nullable(STRING),
+    status=STRING,
+    model=nullable(STRING),
+    reply_to=nullable(UUID),
+    created_at=TIME,
+    deleted={"type": "boolean"},
+)
+MEMBER = obj(user_id=UUID, name=STRING, role={"enum": ["owner", "member"]})
+COMPONENTS: dict[str, Schema] = {
+    "User": USER,
+    "Session": SESSION,
+    "SessionDetail": extend(SESSION, members=array(MEMBER)),
+    "RestoredSession": extend(
+        SESSION,
+        summary=nullable(obj(covers_seq={"type": "integer"}, content=STRING, created_at=TIME)),
+        messages=array(ref("Message")),
+    ),
+    "Member": MEMBER,
+    "MemoryItem": obj(
+        id=UUID,
+        kind={"enum": ["preference", "fact"]},
+        content=STRING,
+        source={"enum": ["user", "learned"]},
+        created_at=TIME,
+    ),
+    "Document": obj(
+        id=UUID,
+        title=STRING,
+        chunks={"type": "integer", "minimum": 0},
+        created_at=TIME,
+        size_bytes={"type": "integer"},
+        uploaded_by=nullable(UUID),
+        required=("id", "title", "chunks", "created_at"),
+    ),
+    "Message": MESSAGE,
+    "ErrorEnvelope": obj(
+        success={"const": False},
+        error=obj(
+            code={"enum": list(ERROR_CODES)},
+            message=STRING,
+            details={},
+            timestamp=TIME,
+            request_id=nullable(STRING),
+            retry_after={"type": "number"},
+            required=("code", "message", "details", "timestamp", "request_id"),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    schema: Schema
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What the route table cannot tell about one endpoint."""
+
+    summary: str
+    tag: str
+    data: Schema | None = None  # the ``data`` of the success envelope
+    ok: int = 200
+    body: type[BaseModel] | None = None
+    query: tuple[Query, ...] = ()
+    errors: tuple[int, ...] = ()  # beyond those implied by auth, body and path ids
+    public: bool = False
+    multipart: Schema | None = None  # a multipart/form-data alternative to ``body``
+    # A response that is not the JSON envelope: (status → (media type, schema)).
+    raw: dict[int, tuple[str, Schema]] = field(default_factory=dict)
+
+
+PAGE_QUERY = (
+    Query("before_seq", {"type": "integer"}, "the page just before this seq (default: newest)"),
+    Query("after_seq", {"type": "integer"}, "the page just after this seq"),
+    Query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+)
+TOKENS = obj(
+    access_token={"type": "string"},
+    token_type={"const": "Bearer"},
+    expires_in={"type": "integer"},
+    refresh_token={"type": "string"},
+    user=ref("User"),
+)
+DONE = obj(logged_out={"type": "boolean"})
+READINESS = obj(
+    success={"type": "boolean"},
+    data=obj(ready={"type": "boolean"}, checks={"type": "object"}),
+    error=obj(code={"type": "string"}, message={"type": "string"}, details={}),
+    required=("success", "data"),
+)
+
+ENDPOINTS: dict[str, Doc] = {
+    "GET /healthz": Doc("Liveness", "operations", obj(status={"const": "ok"}), public=True),
+    "GET /readyz": Doc(
+        "Readiness of the database, Redis and the configured upstreams",
+        "operations",
+        public=True,
+        raw={200: ("application/json", READINESS), 503: ("application/json", READINESS)},
+    ),
+    "GET /metrics": Doc(
+        "Prometheus metrics",
+        "operations",
+        public=True,
+        raw={200: ("text/plain", {"type": "string"})},
+    ),
+    "GET /openapi.json": Doc(
+        "This document",
+        "operations",
+        public=True,
+        raw={200: ("application/json", {"type": "object"})},
+    ),
+    "POST /v1/auth/register": Doc(
+        "Create an account",
+        "auth",
+        ref("User"),
+        201,
+        schemas.RegisterBody,
+        public=True,
+        errors=(409,),
+    ),
+    "POST /v1/auth/login": Doc(
+        "Log in: an access token, a refresh token, and the jwt and refresh cookies",
+        "auth",
+        TOKENS,
+        body=schemas.LoginBody,
+        public=True,
+        errors=(401, 403, 429),
+    ),
+    "POST /v1/auth/refresh": Doc(
+        "Rotate the refresh token (body or cookie); reuse revokes the whole family",
+        "auth",
+        TOKENS,
+        body=schemas.RefreshBody,
+        public=True,
+        errors=(401,),
+    ),
+    "POST /v1/auth/logout": Doc(
+        "Revoke this refresh family", "auth", DONE, body=schemas.RefreshBody
+    ),
+    "POST /v1/auth/logout-all": Doc(
+        "Revoke every refresh family and every access token issued so far", "auth", DONE
+    ),
+    "POST /v1/auth/ws-ticket": Doc(
+        "A single-use WebSocket ticket",
+        "auth",
+        obj(ticket={"type": "string"}, expires_in={"type": "integer"}),
+    ),
+    "GET /v1/me": Doc("The caller", "auth", ref("User")),
+    "POST /v1/sessions": Doc(
+        "Create a session; the caller owns it",
+        "sessions",
+        ref("Session"),
+        201,
+        schemas.SessionCreateBody,
+    ),
+    "GET /v1/sessions": Doc(
+        "The caller's sessions, most recently active first",
+        "sessions",
+        obj(sessions=array(ref("Session"))),
+        query=(Query("status", {"enum": ["active", "expired", "closed", "all"]}),),
+    ),
+    "GET /v1/sessions/{id}": Doc("One session and its members", "sessions", ref("SessionDetail")),
+    "PATCH /v1/sessions/{id}": Doc(
+        "Change title, model or system prompt (owner)",
+        "sessions",
+        ref("Session"),
+        body=schemas.SessionPatchBody,
+        errors=(403,),
+    ),
+    "POST /v1/sessions/{id}/close": Doc(
+        "Close the session (owner)", "sessions", ref("Session"), errors=(403,)
+    ),
+    "POST /v1/sessions/{id}/restore": Doc(
+        "Reopen it; the answer carries its summary and latest history page",
+        "sessions",
+        ref("RestoredSession"),
+        errors=(403,),
+    ),
+    "POST /v1/sessions/{id}/members": Doc(
+        "Add a member (owner)",
+        "sessions",
+        ref("Member"),
+        201,
+        schemas.MemberAddBody,
+        errors=(403, 409),
+    ),
+    "DELETE /v1/sessions/{id}/members/{user_id}": Doc(
+        "Remove a member (owner)",
+        "sessions",
+        obj(removed={"type": "boolean"}),
+        errors=(403, 409),
+    ),
+    "GET /v1/sessions/{id}/messages": Doc(
+        "Keyset-paginated history, oldest first within a page",
+        "messages",
+        obj(messages=array(ref("Message")), next_before_seq=nullable({"type": "integer"})),
+        query=PAGE_QUERY,
+    ),
+    "POST /v1/sessions/{id}/messages": Doc(
+        "Post a message (idempotent with client_msg_id); 200 when it was a retry",
+        "messages",
+        obj(message=ref("Message"), stream_id=nullable({"type": "string"})),
+        201,
+        schemas.MessagePostBody,
+        errors=(200, 409, 429),
+    ),
+    "DELETE /v1/sessions/{id}/messages/{message_id}": Doc(
+        "Soft-delete a message (author, owner or admin; audited)",
+        "messages",
+        ref("Message"),
+        errors=(403,),
+    ),
+    "GET /v1/me/memory": Doc(
+        "What the assistant keeps about the caller", "memory", obj(items=array(ref("MemoryItem")))
+    ),
+    "POST /v1/me/memory": Doc(
+        "Tell the assistant something to keep",
+        "memory",
+        ref("MemoryItem"),
+        201,
+        schemas.MemoryAddBody,
+        errors=(409,),
+    ),
+    "DELETE /v1/me/memory": Doc(
+        "Forget everything", "memory", obj(removed={"type": "integer", "minimum": 0})
+    ),
+    "DELETE /v1/me/memory/{item_id}": Doc(
+        "Forget one item", "memory", obj(removed={"type": "integer", "minimum": 0})
+    ),
+    "POST /v1/sessions/{id}/documents": Doc(
+        "Add a document the assistant retrieves from (JSON, or multipart with a file)",
+        "documents",
+        ref("Document"),
+        201,
+        schemas.DocumentJsonBody,
+        errors=(409,),
+        multipart=obj(
+            file={"type": "string", "contentMediaType": "text/plain"},
+            title=STRING,
+            required=("file",),
+        ),
+    ),
+    "GET /v1/sessions/{id}/documents": Doc(
+        "The session's documents", "documents", obj(documents=array(ref("Document")))
+    ),
+    "DELETE /v1/sessions/{id}/documents/{doc_id}": Doc(
+        "Remove a document", "documents", obj(removed={"type": "boolean"}), errors=(403,)
+    ),
+    "GET /v1/search": Doc(
+        "Web search (cached; says so when the search service is unavailable)",
+        "search",
+        obj(
+            query=STRING,
+            results=array({"type": "object"}),
+            cached={"type": "boolean"},
+            note=nullable(STRING),
+            retry_after={"type": "number"},
+            required=("query", "results", "cached", "note"),
+        ),
+        query=(Query("q", {"type": "string", "minLength": 1, "maxLength": 400}),),
+        errors=(429,),
+    ),
+}
+
+
+def route_keys(routes: list[BaseRoute]) -> list[tuple[str, str, Route]]:
+    """Every (method, path) the app answers over plain HTTP, in table order."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route) and route.methods:
+            for method in sorted(route.methods - {"HEAD"}):
+                found.append((method, route.path, route))
+    return found
+
+
+def undocumented(routes: list[BaseRoute]) -> list[str]:
+    return [f"{m} {p}" for m, p, _ in route_keys(routes) if f"{m} {p}" not in ENDPOINTS]
+
+
+def stale(routes: list[BaseRoute]) -> list[str]:
+    """Table entries for endpoints the app does not have."""
+    present = {f"{m} {p}" for m, p, _ in route_keys(routes)}
+    return [key for key in ENDPOINTS if key not in present]
+
+
+def build_document(routes: list[BaseRoute]) -> Schema:
+    paths: dict[str, dict[str, Schema]] = {}
+    components: dict[str, Schema] = dict(COMPONENTS)
+    for method, path, route in route_keys(routes):
+        doc = ENDPOINTS.get(f"{method} {path}")
+        paths.setdefault(path, {})[method.lower()] = _operation(
+            method, path, route, doc, components
+        )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Parley",
+            "version": "1",
+            "description": "Real-time chat with an assistant. REST half of the wire contract.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "responses": {
+                "Error": {
+                    "description": "the error envelope; the status says which kind",
+                    "content": {"application/json": {"schema": ref("ErrorEnvelope")}},
+                }
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "jwt"},
+            },
+        },
+        "security": [{"bearer": []}, {"cookie": []}],
+    }
+
+
+def _operation(
+    method: str, path: str, route: Route, doc: Doc | None, components: dict[str, Schema]
+) -> Schema:
+    path_params = list(route.param_convertors)
+    if doc is None:
+        return {
+            "summary": f"{method} {path}",
+            "x-undocumented": True,
+            "parameters": [_path_param(name) for name in path_params],
+            "responses": {"default": {"description": "not described yet"}},
+        }
+    operation: Schema = {
+        "summary": doc.summary,
+        "operationId": _operation_id(method, path),
+        "tags": [doc.tag],
+    }
+    parameters = [_path_param(name) for name in path_params]
+    parameters += [
+        {"name": q.name, "in": "query", "required": False, "schema": q.schema}
+        | ({"description": q.description} if q.description else {})
+        for q in doc.query
+    ]
+    if parameters:
+        operation["parameters"] = parameters
+    if doc.body is not None:
+        components[doc.body.__name__] = _model_schema(doc.body, components)
+        content: Schema = {"application/json": {"schema": ref(doc.body.__name__)}}
+        if doc.multipart is not None:
+            content["multipart/form-data"] = {"schema": doc.multipart}
+        operation["requestBody"] = {
+            "required": doc.body is not schemas.RefreshBody,
+            "content": content,
+        }
+    if doc.public:
+        operation["security"] = []
+    operation["responses"] = _responses(doc, bool(path_params))
+    return operation
+
+
+def _responses(doc: Doc, has_ids: bool) -> Schema:
+    responses: Schema = {}
+    for status, (media, schema) in doc.raw.items():
+        responses[str(status)] = {"description": "answer", "content": {media: {"schema": schema}}}
+    if doc.data is not None:
+        envelope = obj(success={"const": True}, data=doc.data)
+        for status in {doc.ok, *(s for s in doc.errors if s < 300)}:
+            responses[str(status)] = {
+                "description": "success",
+                "content": {"application/json": {"schema": envelope}},
+            }
+    errors = {s for s in doc.errors if s >= 400} | {500}
+    if not doc.public:
+        errors |= {401, 403, 503}
+    if doc.body is not None:
+        errors |= {400, 413}
+    if doc.query:
+        errors.add(400)
+    if has_ids:
+        errors.add(404)
+    if doc.data is not None and doc.public:
+        errors.add(503)
+    for status in sorted(errors):
+        responses[str(status)] = {"$ref": "#/components/responses/Error"}
+    return responses
+
+
+def _path_param(name: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [p.strip("{}").replace("-", "_") for p in path.strip("/").split("/") if p]
+    return "_".join([method.lower(), *words]).replace(".", "_")
+
+
+def _model_schema(model: type[BaseModel], components: dict[str, Schema]) -> Schema:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in schema.pop("$defs", {}).items():
+        components[name] = definition
+    return schema
+
+
+async def openapi_json(request: Request) -> Response:
+    document = getattr(request.app.state, "openapi", None)
+    if document is None:
+        document = build_document(request.app.routes)
+        request.app.state.openapi = document
+    return JSONResponse(document)
+
+
+routes: list[BaseRoute] = [Route(OPENAPI_PATH, openapi_json, methods=["GET"])]
