@@ -26,7 +26,7 @@ COMMAND_TIMEOUT_S = 5.0
 Command = Sequence[Any]
 
 
-def connect(redis_url: str) -> Redis:
+def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
     """A pooled client that fails fast instead of retrying.
 
     Retries are off because a pipeline that broke half way would be sent again
@@ -38,6 +38,7 @@ def connect(redis_url: str) -> Redis:
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=COMMAND_TIMEOUT_S,
         socket_keepalive=True,
+        decode_responses=decode_responses,
     )
 
 
