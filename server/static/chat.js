@@ -1,0 +1,472 @@
+// The chat view of one session: the timeline, the streaming answer, presence, typing,
+// the composer and the Stop button.
+//
+// Exactly-once on screen: a message is drawn once per id (and placed by seq); a
+// stream's deltas are applied strictly in index order (early ones wait in a buffer,
+// repeated ones are dropped), and an ended stream ignores anything late. That makes
+// replays after a reconnect — join with since_seq, resume from the next index —
+// safe to overlap with what is already shown.
+
+import { get } from "./api.js";
+import { clear, debounce, formatTime, h } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
+
+const STAGES = {
+  searching: "Searching the web…",
+  retrieving: "Reading the session's documents…",
+  summarising: "Summarising earlier messages…",
+  generating: "Writing…",
+};
+const TYPING_IDLE_MS = 2500;
+const TYPING_EXPIRY_MS = 8000;
+const PAGE = 50;
+const RENDER_EVERY_MS = 40;
+
+export class ChatView {
+  constructor({ socket, me, session, notify, onLeft }) {
+    this.socket = socket;
+    this.me = me;
+    this.session = session;
+    this.id = session.id;
+    this.notify = notify;
+    this.onLeft = onLeft;
+    this.names = new Map([[me.id, me.name]]);
+    this.present = new Map();
+    this.typers = new Map();
+    this.shown = new Map(); // message id → element
+    this.lastSeq = 0;
+    this.nextBeforeSeq = null;
+    this.loaded = false;
+    this.streams = new Map(); // stream id → live stream state
+    this.ended = new Set();
+    this.typingActive = false;
+    this.stopTyping = debounce(() => this.sendTyping(false), TYPING_IDLE_MS);
+    this.onWelcome = () => this.join();
+    this.onFrame = (event) => this.handle(event.detail);
+    this.el = this.build();
+  }
+
+  // Lifecycle --------------------------------------------------------------------------
+
+  async start() {
+    this.socket.addEventListener("welcome", this.onWelcome);
+    this.socket.addEventListener("frame", this.onFrame);
+    try {
+      const detail = await get(`/v1/sessions/${this.id}`);
+      for (const member of detail.members || []) this.names.set(member.user_id, member.name);
+      const page = await get(`/v1/sessions/${this.id}/messages?limit=${PAGE}`);
+      this.nextBeforeSeq = page.next_before_seq;
+      for (const message of page.messages) this.addMessage(message);
+    } catch (exc) {
+      this.notify(exc.message);
+    }
+    this.loaded = true;
+    this.updateOlderButton();
+    this.scrollToEnd(true);
+    await this.join();
+  }
+
+  destroy() {
+    this.socket.removeEventListener("welcome", this.onWelcome);
+    this.socket.removeEventListener("frame", this.onFrame);
+    this.stopTyping.cancel();
+    if (this.typingActive) this.sendTyping(false);
+    for (const timer of this.typers.values()) clearTimeout(timer);
+    if (this.socket.isOpen) this.socket.send({ type: "leave", session_id: this.id });
+    this.el.remove();
+  }
+
+  async join() {
+    if (!this.loaded || !this.socket.isOpen) return;
+    const frame = { type: "join", session_id: this.id, since_seq: this.lastSeq };
+    let joined;
+    try {
+      joined = await this.socket.request(frame);
+    } catch (exc) {
+      this.notify(`Could not join: ${exc.message}`);
+      return;
+    }
+    this.present.clear();
+    for (const member of joined.members || []) {
+      this.present.set(member.user_id, member.name);
+      this.names.set(member.user_id, member.name);
+    }
+    this.renderPresence();
+    for (const message of joined.history || []) this.addMessage(message);
+    if (joined.recovered === false) await this.catchUp();
+    const running = new Set();
+    for (const { stream_id: streamId } of joined.streams || []) {
+      running.add(streamId);
+      this.ensureStream(streamId);
+    }
+    // Streams we were showing that are not running any more ended while we were away:
+    // resuming replays their end while the server holds it, or says not_found.
+    for (const streamId of [...this.streams.keys(), ...running]) {
+      if (!this.ended.has(streamId)) this.resume(streamId);
+    }
+    this.scrollToEnd(false);
+  }
+
+  async catchUp() {
+    // More was missed than the server replays: page forward over REST until current.
+    for (;;) {
+      const page = await get(`/v1/sessions/${this.id}/messages?after_seq=${this.lastSeq}&limit=200`);
+      for (const message of page.messages) this.addMessage(message);
+      if (page.messages.length < 200) return;
+    }
+  }
+
+  async resume(streamId) {
+    const stream = this.streams.get(streamId);
+    if (!stream || stream.resuming) return;
+    stream.resuming = true;
+    try {
+      await this.socket.request({
+        type: "resume",
+        session_id: this.id,
+        stream_id: streamId,
+        offset: stream.next,
+      });
+    } catch (exc) {
+      if (exc.code === "not_found") this.dropStream(streamId);
+    } finally {
+      stream.resuming = false;
+    }
+  }
+
+  // Frames ------------------------------------------------------------------------------
+
+  handle(frame) {
+    if (frame.session_id !== this.id && frame.type !== "error") return;
+    switch (frame.type) {
+      case "message":
+        this.addMessage(frame.message);
+        this.setTyping(frame.message.user_id, false);
+        this.scrollToEnd(false);
+        break;
+      case "presence":
+        this.names.set(frame.user_id, frame.name);
+        if (frame.state === "join") this.present.set(frame.user_id, frame.name);
+        else this.present.delete(frame.user_id);
+        this.renderPresence();
+        break;
+      case "typing":
+        if (frame.user_id !== this.me.id) this.setTyping(frame.user_id, frame.active);
+        break;
+      case "stream.start":
+        this.ensureStream(frame.stream_id, frame.model);
+        this.scrollToEnd(false);
+        break;
+      case "stream.status":
+        this.onStatus(frame);
+        break;
+      case "stream.delta":
+        this.onDelta(frame);
+        break;
+      case "stream.end":
+        this.onEnd(frame);
+        break;
+      case "left":
+        if (frame.reason === "removed") {
+          this.notify("You were removed from this session.");
+          this.onLeft();
+        }
+        break;
+      case "error":
+        if (!frame.id) this.notify(frame.message);
+        break;
+      default:
+        break;
+    }
+  }
+
+  ensureStream(streamId, model = null) {
+    if (this.ended.has(streamId)) return null;
+    let stream = this.streams.get(streamId);
+    if (stream) return stream;
+    const status = h("div", { class: "stream-status", testid: "stream-status", hidden: true });
+    const body = h("div", { class: "body markdown", testid: "stream-body" });
+    const el = h(
+      "article",
+      { class: "message assistant streaming", testid: "stream", "data-stream-id": streamId },
+      h("header", {}, h("span", { class: "author", text: "Assistant" }), model ? h("span", { class: "model", text: model }) : null),
+      status,
+      body,
+    );
+    stream = { el, body, status, text: "", next: 0, early: new Map(), timer: null, resuming: false };
+    this.streams.set(streamId, stream);
+    this.streamsEl.append(el);
+    this.updateStop();
+    return stream;
+  }
+
+  onStatus(frame) {
+    const stream = this.ensureStream(frame.stream_id);
+    if (!stream) return;
+    const label = STAGES[frame.stage] || frame.stage;
+    stream.status.textContent = frame.detail ? `${label} ${frame.detail}` : label;
+    stream.status.dataset.stage = frame.stage;
+    stream.status.hidden = false;
+  }
+
+  onDelta(frame) {
+    const known = this.streams.has(frame.stream_id);
+    const stream = this.ensureStream(frame.stream_id);
+    if (!stream) return;
+    if (!known) {
+      // Deltas of a stream we never saw start: fetch it from the beginning.
+      this.resume(frame.stream_id);
+    }
+    if (frame.index < stream.next) return; // shown already
+    stream.early.set(frame.index, frame.text);
+    while (stream.early.has(stream.next)) {
+      stream.text += stream.early.get(stream.next);
+      stream.early.delete(stream.next);
+      stream.next += 1;
+    }
+    if (stream.status.dataset.stage !== "generating") stream.status.hidden = true;
+    this.scheduleRender(stream);
+  }
+
+  scheduleRender(stream) {
+    if (stream.timer) return;
+    stream.timer = setTimeout(() => {
+      stream.timer = null;
+      this.renderStream(stream);
+    }, RENDER_EVERY_MS);
+  }
+
+  renderStream(stream) {
+    const stick = this.nearEnd();
+    clear(stream.body).append(renderMarkdown(stream.text));
+    stream.body.append(h("span", { class: "cursor", "aria-hidden": "true" }));
+    if (stick) this.scrollToEnd(true);
+  }
+
+  onEnd(frame) {
+    if (this.ended.has(frame.stream_id)) return;
+    this.dropStream(frame.stream_id);
+    if (frame.message) {
+      this.addMessage({ ...frame.message, status: frame.message.status || statusOf(frame) });
+    }
+    if (frame.finish_reason === "error") {
+      this.notify(`The assistant failed: ${frame.error?.message || "unknown error"}`);
+    }
+    this.scrollToEnd(false);
+  }
+
+  dropStream(streamId) {
+    this.ended.add(streamId);
+    const stream = this.streams.get(streamId);
+    if (stream) {
+      clearTimeout(stream.timer);
+      stream.el.remove();
+      this.streams.delete(streamId);
+    }
+    this.updateStop();
+  }
+
+  // Messages ----------------------------------------------------------------------------
+
+  addMessage(message) {
+    const existing = this.shown.get(message.id);
+    if (existing) {
+      if (message.deleted && existing.dataset.deleted !== "true") existing.replaceWith(this.messageEl(message));
+      return;
+    }
+    const el = this.messageEl(message);
+    this.shown.set(message.id, el);
+    this.lastSeq = Math.max(this.lastSeq, message.seq);
+    // Keep seq order: walk back from the end (new messages almost always go last).
+    let after = this.messagesEl.lastElementChild;
+    while (after && Number(after.dataset.seq) > message.seq) after = after.previousElementSibling;
+    if (after) after.after(el);
+    else this.messagesEl.prepend(el);
+    this.emptyEl.hidden = true;
+  }
+
+  messageEl(message) {
+    const mine = message.user_id === this.me.id && message.role === "user";
+    const author =
+      message.role === "assistant" ? "Assistant" : this.names.get(message.user_id) || "Someone";
+    const body = h("div", { class: "body markdown", testid: "message-body" });
+    if (message.deleted) body.append(h("em", { text: "This message was deleted." }));
+    else body.append(renderMarkdown(message.content));
+    const tags = [];
+    if (message.status === "cancelled") tags.push(h("span", { class: "tag", text: "stopped" }));
+    if (message.status === "error") tags.push(h("span", { class: "tag warn", text: "incomplete" }));
+    return h(
+      "article",
+      {
+        class: `message ${message.role}${mine ? " mine" : ""}`,
+        testid: "message",
+        "data-id": message.id,
+        "data-seq": message.seq,
+        "data-role": message.role,
+        "data-deleted": message.deleted ? "true" : "false",
+      },
+      h(
+        "header",
+        {},
+        h("span", { class: "author", testid: "message-author", text: author }),
+        h("time", { datetime: message.created_at, text: formatTime(message.created_at) }),
+        tags,
+      ),
+      body,
+    );
+  }
+
+  async loadOlder() {
+    if (this.nextBeforeSeq === null) return;
+    this.olderButton.disabled = true;
+    try {
+      const page = await get(`/v1/sessions/${this.id}/messages?before_seq=${this.nextBeforeSeq}&limit=${PAGE}`);
+      const anchor = this.timelineEl.scrollHeight - this.timelineEl.scrollTop;
+      for (const message of page.messages) this.addMessage(message);
+      this.nextBeforeSeq = page.next_before_seq;
+      this.timelineEl.scrollTop = this.timelineEl.scrollHeight - anchor;
+    } catch (exc) {
+      this.notify(exc.message);
+    } finally {
+      this.olderButton.disabled = false;
+      this.updateOlderButton();
+    }
+  }
+
+  updateOlderButton() {
+    this.olderButton.hidden = this.nextBeforeSeq === null || this.nextBeforeSeq === undefined;
+  }
+
+  // Composer, typing and Stop -------------------------------------------------------------
+
+  async sendMessage() {
+    const content = this.input.value.trim();
+    if (!content) return;
+    if (!this.socket.isOpen) {
+      this.notify("Not connected yet — your message is still in the box.");
+      return;
+    }
+    this.input.value = "";
+    this.stopTyping.cancel();
+    this.sendTyping(false);
+    try {
+      const ack = await this.socket.request({
+        type: "message",
+        session_id: this.id,
+        content,
+        client_msg_id: newId(),
+      });
+      if (ack.message) this.addMessage(ack.message);
+      this.scrollToEnd(true);
+    } catch (exc) {
+      if (!this.input.value) this.input.value = content;
+      this.notify(exc.message);
+    }
+  }
+
+  onInput() {
+    if (!this.typingActive && this.input.value.trim()) this.sendTyping(true);
+    this.stopTyping();
+  }
+
+  sendTyping(active) {
+    if (this.typingActive === active) return;
+    this.typingActive = active;
+    this.socket.send({ type: "typing", session_id: this.id, active });
+  }
+
+  setTyping(userId, active) {
+    clearTimeout(this.typers.get(userId));
+    this.typers.delete(userId);
+    if (active) {
+      // A lost "active: false" must not leave someone typing forever.
+      this.typers.set(userId, setTimeout(() => this.setTyping(userId, false), TYPING_EXPIRY_MS));
+    }
+    const names = [...this.typers.keys()].map((id) => this.names.get(id) || "Someone");
+    this.typingEl.textContent =
+      names.length === 0 ? "" : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
+  }
+
+  stopStreams() {
+    for (const streamId of this.streams.keys()) {
+      this.socket
+        .request({ type: "cancel", session_id: this.id, stream_id: streamId })
+        .catch((exc) => this.notify(`Could not stop: ${exc.message}`));
+    }
+  }
+
+  updateStop() {
+    this.stopButton.hidden = this.streams.size === 0;
+  }
+
+  renderPresence() {
+    clear(this.presenceEl);
+    for (const [userId, name] of this.present) {
+      this.presenceEl.append(
+        h(
+          "li",
+          { class: "presence-chip", testid: "member", "data-user-id": userId, title: name },
+          h("span", { class: "dot", "aria-hidden": "true" }),
+          userId === this.me.id ? `${name} (you)` : name,
+        ),
+      );
+    }
+  }
+
+  // Layout ------------------------------------------------------------------------------
+
+  nearEnd() {
+    const t = this.timelineEl;
+    return t.scrollHeight - t.scrollTop - t.clientHeight < 80;
+  }
+
+  scrollToEnd(force) {
+    if (force || this.nearEnd()) this.timelineEl.scrollTop = this.timelineEl.scrollHeight;
+  }
+
+  build() {
+    this.olderButton = h("button", { class: "link older", testid: "load-older", type: "button", hidden: true, onclick: () => this.loadOlder() }, "Load older messages");
+    this.emptyEl = h("p", { class: "empty", testid: "empty", text: "No messages yet. Say hello — the assistant answers every message." });
+    this.messagesEl = h("div", { class: "messages", testid: "messages" });
+    this.streamsEl = h("div", { class: "streams", testid: "streams" });
+    this.timelineEl = h("div", { class: "timeline", testid: "timeline", "aria-live": "polite" }, this.olderButton, this.emptyEl, this.messagesEl, this.streamsEl);
+    this.presenceEl = h("ul", { class: "presence", testid: "members", "aria-label": "Here now" });
+    this.typingEl = h("div", { class: "typing", testid: "typing", "aria-live": "polite" });
+    this.input = h("textarea", {
+      class: "composer-input",
+      testid: "composer-input",
+      rows: "1",
+      placeholder: "Write a message… (Enter sends, Shift+Enter for a new line)",
+      "aria-label": "Message",
+      maxlength: "32768",
+      oninput: () => this.onInput(),
+      onkeydown: (event) => {
+        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+          event.preventDefault();
+          this.sendMessage();
+        }
+      },
+    });
+    this.stopButton = h("button", { class: "stop", testid: "stop", type: "button", hidden: true, onclick: () => this.stopStreams() }, "Stop");
+    const form = h(
+      "form",
+      { class: "composer", testid: "composer", onsubmit: (event) => (event.preventDefault(), this.sendMessage()) },
+      this.input,
+      this.stopButton,
+      h("button", { class: "primary", testid: "send", type: "submit" }, "Send"),
+    );
+    return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), this.timelineEl, form);
+  }
+}
+
+function statusOf(frame) {
+  if (frame.finish_reason === "cancelled") return "cancelled";
+  if (frame.finish_reason === "error") return "error";
+  return "complete";
+}
+
+function newId() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
