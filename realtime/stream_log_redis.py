@@ -1,0 +1,168 @@
+"""Stream log in Redis: a hash and a list per stream, a set of running streams per session.
+
+``stream:{id}:meta`` holds the session id and the start and end frames (JSON);
+``stream:{id}:deltas`` is a list whose positions are the delta indices;
+``session:{id}:streams`` names the streams not yet finished. Every key expires
+after the TTL, renewed as the stream is written, so a crashed writer's stream
+drops out of ``running`` once its TTL has passed.
+
+Appends are the hot path (one per coalesced frame per stream). Commands go through
+a ``PipelineBatcher``, so appends of concurrent streams share round trips and reach
+Redis in the order they were issued; and an append renews the TTLs only when a
+quarter of the TTL has passed since they were last renewed, so it is usually one
+RPUSH. An append that fails leaves the positions in doubt, so the log is then
+marked broken and reads as unknown: the client falls back to the stored message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from realtime import _redis
+from realtime.keys import DEFAULT_PREFIX, STREAM_LOG_TTL_S, Keys
+from realtime.stream_log import StreamSnapshot, check_index
+from server.errors import ParleyError
+
+
+@dataclass(slots=True)
+class _Writing:
+    """What this node knows of a stream it writes."""
+
+    session_id: str
+    next_index: int
+    renewed_at: float
+    broken: bool = False  # an append failed: the stored deltas cannot be trusted
+    flagged: bool = False  # ... and Redis has been told so
+
+
+class RedisStreamLog:
+    """A ``StreamLog`` shared by every node through one Redis."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        ttl_s: float = STREAM_LOG_TTL_S,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._renew_every_s = ttl_s / 4
+        self._keys = Keys(prefix)
+        self._redis = _redis.connect(redis_url, decode_responses=True)
+        self._batcher = _redis.PipelineBatcher(self._redis, "stream log")
+        self._writing: dict[str, _Writing] = {}
+
+    async def open(self, stream_id: str, session_id: str, start_frame: dict[str, Any]) -> None:
+        meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
+        streams = self._keys.session_streams(session_id)
+        self._writing[stream_id] = _Writing(session_id, 0, time.monotonic())
+        await self._batcher.execute(
+            ("DEL", meta, deltas),
+            ("HSET", meta, "session_id", session_id, "start", orjson.dumps(start_frame)),
+            ("PEXPIRE", meta, self._ttl_ms),
+            ("SADD", streams, stream_id),
+            ("PEXPIRE", streams, self._ttl_ms),
+        )
+
+    async def append(self, stream_id: str, index: int, text: str) -> None:
+        writing = self._writing.get(stream_id)
+        if writing is None:
+            # Not opened here (or already finished): only the opener appends, so
+            # this is a late write; keep it harmless, as the memory log does.
+            return
+        if writing.broken:
+            await self._flag_broken(stream_id, writing)
+            return
+        check_index(stream_id, writing.next_index, index)
+        writing.next_index += 1
+        now = time.monotonic()
+        commands: list[_redis.Command] = [("RPUSH", self._keys.stream_deltas(stream_id), text)]
+        # The first push creates the list: it needs its TTL at once, or a crash
+        # right now would leave it behind for good.
+        if index == 0 or now - writing.renewed_at >= self._renew_every_s:
+            writing.renewed_at = now
+            commands += self._renewals(stream_id, writing.session_id)
+        try:
+            await self._batcher.execute(*commands)
+        except ParleyError:
+            # The list may or may not hold this delta now, so positions no longer
+            # match indices: the log is marked unusable rather than replay wrong text.
+            writing.broken = True
+            raise
+
+    async def finish(self, stream_id: str, end_frame: dict[str, Any]) -> None:
+        meta = self._keys.stream_meta(stream_id)
+        writing = self._writing.pop(stream_id, None)
+        if writing is not None:
+            session_id = writing.session_id
+            if writing.broken:
+                await self._flag_broken(stream_id, writing)
+        else:
+            # Finished by a node that did not open it: look the session up.
+            (session_id,) = await self._batcher.execute(("HGET", meta, "session_id"))
+            if session_id is None:
+                return
+        await self._batcher.execute(
+            ("HSET", meta, "end", orjson.dumps(end_frame)),
+            *self._renewals(stream_id, session_id),
+            ("SREM", self._keys.session_streams(session_id), stream_id),
+        )
+
+    async def read(self, stream_id: str, offset: int) -> StreamSnapshot | None:
+        start = max(0, offset)
+        meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
+        (session_id, start_frame, end_frame, broken), texts = await self._batcher.execute(
+            ("HMGET", meta, "session_id", "start", "end", "broken"),
+            ("LRANGE", deltas, start, -1),
+        )
+        if session_id is None or broken is not None:
+            return None
+        return StreamSnapshot(
+            stream_id,
+            session_id,
+            [(start + i, text) for i, text in enumerate(texts)],
+            orjson.loads(end_frame) if end_frame is not None else None,
+            orjson.loads(start_frame) if start_frame is not None else None,
+        )
+
+    async def running(self, session_id: str) -> list[tuple[str, int]]:
+        streams = self._keys.session_streams(session_id)
+        (stream_ids,) = await self._batcher.execute(("SMEMBERS", streams))
+        if not stream_ids:
+            return []
+        ordered = sorted(stream_ids)
+        commands: list[_redis.Command] = []
+        for stream_id in ordered:
+            commands.append(("HMGET", self._keys.stream_meta(stream_id), "session_id", "end"))
+            commands.append(("LLEN", self._keys.stream_deltas(stream_id)))
+        replies = await self._batcher.execute(*commands)
+        found, stale = [], []
+        for n, stream_id in enumerate(ordered):
+            (owner, end), count = replies[2 * n], replies[2 * n + 1]
+            if owner is None:  # expired: its writer is gone
+                stale.append(stream_id)
+            elif end is None:
+                found.append((stream_id, int(count)))
+        if stale:
+            await self._batcher.execute(("SREM", streams, *stale))
+        return found
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self._redis.aclose()
+
+    async def _flag_broken(self, stream_id: str, writing: _Writing) -> None:
+        if not writing.flagged:
+            await self._batcher.execute(("HSET", self._keys.stream_meta(stream_id), "broken", 1))
+            writing.flagged = True
+
+    def _renewals(self, stream_id: str, session_id: str) -> list[_redis.Command]:
+        return [
+            ("PEXPIRE", self._keys.stream_meta(stream_id), self._ttl_ms),
+            ("PEXPIRE", self._keys.stream_deltas(stream_id), self._ttl_ms),
+            ("PEXPIRE", self._keys.session_streams(session_id), self._ttl_ms),
+        ]
