@@ -119,7 +119,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if config.should_reload:
         ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
     elif config.workers > 1:
-        Multiprocess(config, target=server.run, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:
         server.run()
     return 0 if server.started or config.should_reload or config.workers > 1 else 1

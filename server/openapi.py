@@ -49,7 +49,8 @@ def obj(required: tuple[str, ...] | None = None, **properties: Schema) -> Schema
 
 
 def extend(base: Schema, **properties: Schema) -> Schema:
-    return obj(**base["properties"], **properties)
+    merged = {**base["properties"], **properties}
+    return {"type": "object", "properties": merged, "required": list(merged)}
 
 
 STRING = {"type": "string"}
