@@ -136,7 +136,11 @@ class RedisBus:
         except _redis.REDIS_ERRORS as exc:
             self._forget(channel)
             raise Unavailable("the bus is disconnected") from exc
-        await asyncio.shield(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), _redis.COMMAND_TIMEOUT_S)
+        except TimeoutError as exc:
+            self._forget(channel)
+            raise Unavailable(f"redis did not confirm the subscription to {channel}") from exc
 
     async def unsubscribe(self, channel: str) -> None:
         wire = self._forget(channel)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from realtime import _redis
 from realtime.keys import (
@@ -259,7 +259,8 @@ class RedisPresence:
             return []
         changes: list[PresenceChange] = []
         try:
-            for node in await self._redis.smembers(self._keys.nodes):
+            nodes = cast(set[str], await self._redis.smembers(self._keys.nodes))
+            for node in nodes:
                 if node == self.node_id:
                     continue
                 status = 0

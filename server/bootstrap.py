@@ -15,6 +15,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from db import migrate
 from db.engine import Database
@@ -108,22 +109,31 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
 
 async def _start_layers(container: Container, stack: contextlib.AsyncExitStack) -> None:
     """Start the realtime hub and the assistant, when their packages are wired in."""
-    for starter in STARTERS:
+    first, last = _starters()
+    for starter in [*first, *STARTERS, *last]:
         await starter(container, stack)
 
 
-STARTERS: list = [start_context]
+def _starters() -> tuple[list[Any], list[Any]]:
+    """The realtime layer first and the assistant last: it uses what the others built."""
+    from server.assistant_layer import start_assistant
+    from server.realtime_layer import start_realtime
+
+    return [start_realtime], [start_assistant]
+
+
+STARTERS: list[Any] = [start_context]
 
 
 async def _sweep_idle_sessions(container: Container) -> None:
-    interval = container.settings.sweep_interval_s
-    while True:
-        await asyncio.sleep(interval)
+    """Expire idle sessions; a session with anyone present is never idle."""
+
+    async def occupied(session_ids: list[str]) -> set[str]:
         presence = container.extras.get("presence")
+        return await presence.occupied(session_ids) if presence else set()
 
-        async def occupied(session_ids: list[str]) -> set[str]:
-            return await presence.occupied(session_ids) if presence else set()
-
+    while True:
+        await asyncio.sleep(container.settings.sweep_interval_s)
         try:
             expired = await container.sessions.expire_idle(occupied)
             if expired:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -40,8 +40,17 @@ class SessionPatchBody(Strict):
 
 
 class MemberAddBody(BaseModel):
+    """Add a member by id, or by the email they registered with."""
+
     model_config = ConfigDict(extra="forbid")
-    user_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MemberAddBody:
+        if (self.user_id is None) == (self.email is None):
+            raise ValueError("give exactly one of user_id or email")
+        return self
 
 
 class MessagePostBody(Strict):

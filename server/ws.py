@@ -1,7 +1,140 @@
-"""The WebSocket endpoint ``/v1/ws`` (wired to the realtime hub)."""
+"""``GET /v1/ws``: the handshake, then a reader and a writer around the hub.
+
+Credentials, in the contract's order: ``Authorization: Bearer``; the ``jwt`` cookie,
+only from an allowed Origin (a cookie from a refused origin is ignored, and the
+handshake is refused unless a ticket follows); a single-use ``?ticket=``. A refused
+handshake is an HTTP 401/403 with the REST error envelope, never an upgrade.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import contextlib
+import logging
+import uuid
 
-routes: list[BaseRoute] = []
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime.connection import Connection
+from realtime.frames import encode, welcome
+from realtime.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
+from realtime.hub import Hub
+from server.container import Container, container_of
+from server.errors import Forbidden, ParleyError, Unauthorized
+from server.http import error_response
+from server.logging import conn_id_var
+from server.security.origins import origin_allowed
+from server.services.accounts import Principal
+
+log = logging.getLogger("parley.ws")
+
+
+async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
+    header = websocket.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return await container.accounts.authenticate(token.strip())
+    ticket = websocket.query_params.get("ticket")
+    cookie = websocket.cookies.get("jwt")
+    if cookie:
+        settings = container.settings
+        if origin_allowed(websocket, settings.allowed_origins, settings.public_url):
+            return await container.accounts.authenticate(cookie)
+        if not ticket:
+            raise Forbidden("origin not allowed for cookie authentication")
+    if ticket:
+        return await container.accounts.redeem_ticket(ticket)
+    raise Unauthorized("credentials required: Bearer header, jwt cookie or ticket")
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    container = container_of(websocket)
+    hub: Hub = container.extras["hub"]
+    try:
+        principal = await authenticate_handshake(container, websocket)
+    except ParleyError as exc:
+        container.metrics.handshake_refused.labels(exc.code).inc()
+        await websocket.send_denial_response(error_response(exc))
+        return
+    await websocket.accept()
+    conn = Connection(
+        conn_id=uuid.uuid4().hex,
+        user_id=str(principal.user_id),
+        name=principal.name,
+        role=principal.role,
+        expires_at=principal.expires_at,
+        max_outbox=container.settings.send_queue_frames,
+        on_overflow=lambda _: container.metrics.slow_clients_dropped.inc(),
+    )
+    conn_id_var.set(conn.conn_id)
+    handler = ConnectionHandler(container, hub, conn)
+    hub.register(conn)
+    conn.send(
+        encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
+    )
+    tasks = [
+        asyncio.create_task(_read(websocket, handler), name=f"ws-read-{conn.conn_id}"),
+        asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}"),
+        asyncio.create_task(_expire(conn, handler), name=f"ws-expiry-{conn.conn_id}"),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("connection task failed", exc_info=task.exception())
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.unregister(conn)
+
+
+async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is not None:
+            await handler.handle_text(text)
+        else:
+            handler.handle_binary()
+        if handler.conn.closing is not None:
+            # The writer closes the socket after flushing; stop reading new work.
+            await asyncio.Event().wait()
+
+
+async def _write(websocket: WebSocket, conn: Connection) -> None:
+    try:
+        while True:
+            batch, closing = await conn.next_batch()
+            for text in batch:
+                await websocket.send({"type": "websocket.send", "text": text})
+            if closing is not None:
+                code, reason = closing
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                    await websocket.close(code, reason)
+                return
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return
+
+
+async def _expire(conn: Connection, handler: ConnectionHandler) -> None:
+    """Close with 4401 when the access token expires and no ``refresh`` came."""
+    from datetime import UTC, datetime
+
+    while conn.expires_at is not None:
+        remaining = (conn.expires_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            conn.close(TOKEN_EXPIRED_CLOSE_CODE, "access token expired")
+            await asyncio.Event().wait()
+        handler.token_refreshed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(handler.token_refreshed.wait(), remaining)
+    await asyncio.Event().wait()
+
+
+routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]

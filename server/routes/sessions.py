@@ -26,7 +26,7 @@ async def list_sessions(request: Request) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
     status = request.query_params.get("status", "active")
-    return ok({"sessions": await container.sessions.list(principal, status)})
+    return ok({"sessions": await container.sessions.list_for(principal, status)})
 
 
 async def get_session(request: Request) -> Response:
@@ -61,7 +61,10 @@ async def add_member(request: Request) -> Response:
     principal = await container.authenticate(request)
     session_id = parse_id(request.path_params["id"])
     body = await read_body(request, MemberAddBody)
-    return ok(await container.sessions.add_member(principal, session_id, body.user_id), 201)
+    member = await container.sessions.add_member(
+        principal, session_id, user_id=body.user_id, email=body.email
+    )
+    return ok(member, 201)
 
 
 async def remove_member(request: Request) -> Response:

@@ -174,6 +174,7 @@ class AccountService:
     async def _principal_for(
         self, user_id: uuid.UUID, claims: Claims | None, expires_at: datetime | None
     ) -> Principal:
+        user: User | None
         async with self._db.transaction() as session:
             if claims is not None and claims.external:
                 user = await users_repo.ensure_external_user(

@@ -9,6 +9,7 @@ not refuse the upload; its chunks stay findable by full-text search.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
 from pathlib import PurePosixPath, PureWindowsPath
@@ -149,7 +150,7 @@ class DocumentService:
             "created_at": document.created_at.isoformat(),
         }
 
-    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
+    async def _embed(self, texts: builtins.list[str]) -> builtins.list[builtins.list[float]] | None:
         if self._embeddings is None:
             return None
         try:

@@ -9,6 +9,7 @@ database read, never the request.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
 from typing import Any
@@ -86,7 +87,7 @@ class MemoryService:
 
     # The generation runner's view.
 
-    async def known_items(self, user_id: uuid.UUID) -> list[KnownItem]:
+    async def known_items(self, user_id: uuid.UUID) -> builtins.list[KnownItem]:
         """Existing items for ``memory.extraction``; the user's own are not replaceable."""
         async with self._db.transaction() as session:
             items = await memories_repo.list_for_user(session, user_id)
@@ -130,7 +131,7 @@ class MemoryService:
             await self._invalidate(user_id)
         return applied
 
-    async def context_items(self, user_id: uuid.UUID) -> list[str]:
+    async def context_items(self, user_id: uuid.UUID) -> builtins.list[str]:
         """The lines the prompt shows about the user, oldest first; cached per user."""
         key = str(user_id)
         try:

@@ -28,7 +28,7 @@ STATUSES = ("active", "expired", "closed")
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
-OccupiedRooms = Callable[[Sequence[str]], Awaitable[set[str]]]
+OccupiedRooms = Callable[[list[str]], Awaitable[set[str]]]
 
 
 def parse_id(value: str, what: str = "session") -> uuid.UUID:
@@ -57,7 +57,9 @@ class SessionService:
             )
         return session_to_wire(chat)
 
-    async def list(self, principal: Principal, status: str, limit: int = 200) -> list[dict]:
+    async def list_for(
+        self, principal: Principal, status: str, limit: int = 200
+    ) -> list[dict[str, Any]]:
         if status not in (*STATUSES, "all"):
             raise BadRequest("status must be active, expired, closed or all")
         statuses = None if status == "all" else [status]
@@ -123,14 +125,22 @@ class SessionService:
         return body
 
     async def add_member(
-        self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        *,
+        user_id: uuid.UUID | None = None,
+        email: str | None = None,
     ) -> dict[str, Any]:
         await self._require_owner(principal, session_id)
         async with self._db.transaction() as session:
-            user = await users_repo.get_user(session, user_id)
+            if user_id is not None:
+                user = await users_repo.get_user(session, user_id)
+            else:
+                user = await users_repo.get_user_by_email(session, (email or "").strip().lower())
             if user is None:
                 raise NotFound("user not found")
-            await sessions_repo.add_member(session, session_id, user_id)
+            await sessions_repo.add_member(session, session_id, user.id)
             await audit_repo.record(
                 session,
                 actor_id=principal.user_id,
@@ -138,7 +148,7 @@ class SessionService:
                 target_type="session",
                 target_id=str(session_id),
                 session_id=session_id,
-                details={"user_id": str(user_id)},
+                details={"user_id": str(user.id)},
             )
         return {"user_id": str(user.id), "name": user.name, "role": "member"}
 
@@ -213,6 +223,32 @@ class SessionService:
                     details={"seq": message.seq, "author_id": str(message.user_id)},
                 )
         return message_to_wire(message)
+
+    async def join_state(
+        self, session_id: uuid.UUID, since_seq: int | None, replay_limit: int
+    ) -> tuple[int, list[dict[str, Any]] | None, bool]:
+        """Where the room stands for a joiner: ``(last_seq, history, recovered)``.
+
+        Joining is activity: an expired session becomes active again.
+        """
+        async with self._db.transaction() as session:
+            await sessions_repo.touch_sessions(session, [session_id], utcnow())
+            chat = await sessions_repo.get_session(session, session_id)
+            if chat is None:
+                raise NotFound("session not found")
+            if since_seq is None:
+                return chat.last_seq, None, True
+            page = await messages_repo.page_after(session, session_id, since_seq, replay_limit)
+        recovered = not page or page[-1].seq >= chat.last_seq
+        return chat.last_seq, [message_to_wire(m) for m in page], recovered
+
+    async def messages_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Messages after ``after_seq``, for a node catching a room up (no access check)."""
+        async with self._db.transaction() as session:
+            page = await messages_repo.page_after(session, uuid.UUID(session_id), after_seq, limit)
+        return [message_to_wire(m) for m in page]
 
     async def expire_idle(self, occupied: OccupiedRooms) -> int:
         """Expire sessions idle for the configured time that nobody is present in."""

@@ -1,0 +1,84 @@
+"""One client connection as the hub sees it: identity, rooms, an outbox, cursors.
+
+The outbox is bounded. Producers (the hub's fan-out, replies) never wait on a slow
+client: when the outbox is full the connection is marked for closing and dropped,
+so one slow reader can neither grow memory nor stall a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from realtime.envelope import Envelope
+
+SLOW_CLIENT_CLOSE_CODE = 1013  # "try again later": the client could not keep up
+
+
+@dataclass
+class Membership:
+    """This connection's view of one room it joined."""
+
+    # Messages with seq <= floor were covered by the joined reply (last_seq/history).
+    floor: int
+    # While the joined reply is being prepared, room events wait here.
+    pending: list[Envelope] | None = None
+
+
+@dataclass
+class StreamCursor:
+    next_index: int
+    # While a resume or gap fill reads the stream log, live deltas wait here.
+    pending: list[Envelope] | None = None
+
+
+@dataclass(eq=False)
+class Connection:
+    conn_id: str
+    user_id: str
+    name: str
+    role: str
+    expires_at: datetime | None
+    max_outbox: int
+    on_overflow: Callable[[Connection], None]
+    rooms: dict[str, Membership] = field(default_factory=dict)
+    cursors: dict[str, StreamCursor] = field(default_factory=dict)
+    typing_in: set[str] = field(default_factory=set)
+    strikes: int = 0
+    closing: tuple[int, str] | None = None
+    _outbox: deque[str] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def send(self, text: str) -> None:
+        """Queue a frame; never blocks. Overflow closes the connection instead."""
+        if self.closing is not None:
+            return
+        if len(self._outbox) >= self.max_outbox:
+            self._outbox.clear()
+            self.close(SLOW_CLIENT_CLOSE_CODE, "client too slow: outbox full")
+            self.on_overflow(self)
+            return
+        self._outbox.append(text)
+        self._ready.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the writer to close the socket once what is queued before now is sent."""
+        if self.closing is None:
+            self.closing = (code, reason)
+            self._ready.set()
+
+    async def next_batch(self) -> tuple[list[str], tuple[int, str] | None]:
+        """Wait for frames; returns all queued frames, and the close request if any."""
+        while not self._outbox and self.closing is None:
+            self._ready.clear()
+            await self._ready.wait()
+        batch = list(self._outbox)
+        self._outbox.clear()
+        return batch, self.closing
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)

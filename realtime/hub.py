@@ -1,0 +1,465 @@
+"""The hub: local fan-out of room events to this node's connections.
+
+Every room event goes through the bus, including to this node's own members (a node
+receives its own publications), so there is one delivery path whatever node an
+event started on. A node subscribes to a room's channel while it has members there.
+
+Ordering: ``message`` frames and the ``stream.end`` that carries an assistant
+message hold a ``seq``; pub/sub from several nodes can deliver them out of order, so
+each room releases them through a ``SeqReorderer``. A gap that does not close within
+``GAP_WAIT_S`` (or a lost subscription) is filled from the database, which is the
+source of truth. Deltas carry an index; each connection keeps a cursor per stream
+and fills a gap in it from the stream log, so a client sees every index once, in
+order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from realtime import envelope as kinds
+from realtime.bus import Bus
+from realtime.connection import Connection, Membership, StreamCursor
+from realtime.envelope import Envelope, pack, unpack
+from realtime.frames import encode
+from realtime.keys import Keys
+from realtime.presence import Presence, PresenceChange
+from realtime.reorder import SeqReorderer
+from realtime.stream_log import StreamLog
+from server.errors import ParleyError
+from server.metrics import Metrics
+
+log = logging.getLogger("parley.hub")
+
+GAP_WAIT_S = 0.15
+FetchMessagesAfter = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass(eq=False)
+class Room:
+    session_id: str
+    channel: str
+    connections: set[Connection] = field(default_factory=set)
+    # None until the first local join tells us where the room's seq stands.
+    reorder: SeqReorderer[Envelope] | None = None
+    early: list[Envelope] = field(default_factory=list)
+    gap_task: asyncio.Task[None] | None = None
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        bus_factory: Callable[..., Bus],
+        presence: Presence,
+        stream_log: StreamLog,
+        fetch_messages_after: FetchMessagesAfter,
+        metrics: Metrics,
+        keys: Keys,
+    ) -> None:
+        self.bus = bus_factory(self._on_bus_message, self._on_bus_gap)
+        self.presence = presence
+        self.stream_log = stream_log
+        self._fetch_after = fetch_messages_after
+        self._metrics = metrics
+        self._keys = keys
+        self.rooms: dict[str, Room] = {}
+        self.connections: dict[str, Connection] = {}
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.control_handlers: dict[str, ControlHandler] = {
+            "disconnect_user": self._control_disconnect_user,
+            "remove_member": self._control_remove_member,
+        }
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.start()
+        await self.bus.subscribe(self._keys.control_channel())
+        await self.presence.start()
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        for conn in list(self.connections.values()):
+            conn.close(code, reason)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.presence.close()
+        await self.bus.close()
+
+    # Connections and rooms ----------------------------------------------------------
+
+    def register(self, conn: Connection) -> None:
+        self.connections[conn.conn_id] = conn
+        self._metrics.ws_connections.inc()
+
+    async def unregister(self, conn: Connection) -> None:
+        self.connections.pop(conn.conn_id, None)
+        self._metrics.ws_connections.dec()
+        for session_id in list(conn.rooms):
+            with contextlib.suppress(Exception):
+                await self.leave(conn, session_id)
+
+    async def begin_join(self, conn: Connection, session_id: str, *, presence: bool = True) -> bool:
+        """Enter the room's local fan-out; events queue for this connection until
+        ``finish_join``. Returns False when the connection was already in the room.
+        ``presence=False`` listens without being shown (server-sent event clients)."""
+        if session_id in conn.rooms:
+            return False
+        room = self.rooms.get(session_id)
+        if room is None:
+            room = Room(session_id, self._keys.room_channel(session_id))
+            self.rooms[session_id] = room
+            self._metrics.rooms.set(len(self.rooms))
+        room.connections.add(conn)
+        conn.rooms[session_id] = Membership(floor=0, pending=[])
+        async with self._lock(room.channel):
+            await self.bus.subscribe(room.channel)
+        if presence:
+            change = await self.presence.add(session_id, conn.conn_id, conn.user_id, conn.name)
+            if change is not None:
+                await self.publish_presence(change)
+        return True
+
+    def finish_join(self, conn: Connection, session_id: str, last_seq: int) -> None:
+        """The joined reply is queued: release what waited, after ``last_seq``."""
+        room = self.rooms[session_id]
+        if room.reorder is None:
+            room.reorder = SeqReorderer(last_seq)
+            early, room.early = room.early, []
+            for env in early:
+                self._offer_ordered(room, env)
+        membership = conn.rooms[session_id]
+        pending, membership.pending, membership.floor = membership.pending or [], None, last_seq
+        for env in pending:
+            self._deliver(conn, env)
+
+    async def leave(self, conn: Connection, session_id: str, *, presence: bool = True) -> bool:
+        if conn.rooms.pop(session_id, None) is None:
+            return False
+        if session_id in conn.typing_in:
+            await self.publish_typing(session_id, conn.user_id, active=False)
+            conn.typing_in.discard(session_id)
+        room = self.rooms.get(session_id)
+        if room is not None:
+            room.connections.discard(conn)
+            if not room.connections:
+                self._drop_room(room)
+        if presence:
+            change = await self.presence.remove(session_id, conn.conn_id)
+            if change is not None:
+                await self.publish_presence(change)
+        return True
+
+    def _drop_room(self, room: Room) -> None:
+        del self.rooms[room.session_id]
+        self._metrics.rooms.set(len(self.rooms))
+        if room.gap_task is not None:
+            room.gap_task.cancel()
+
+        async def unsubscribe() -> None:
+            async with self._lock(room.channel):
+                if room.session_id not in self.rooms:
+                    await self.bus.unsubscribe(room.channel)
+
+        self._spawn(unsubscribe())
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        return self._channel_locks.setdefault(channel, asyncio.Lock())
+
+    # Publishing ---------------------------------------------------------------------
+
+    async def publish(self, env: Envelope) -> None:
+        env.sent_at = time.time()
+        channel = (
+            self._keys.control_channel()
+            if env.kind == kinds.CONTROL
+            else self._keys.room_channel(env.session_id)
+        )
+        data = pack(env)
+        try:
+            await self.bus.publish(channel, data)
+        except ParleyError as exc:
+            # The bus is down. What was stored stays stored; this node's members get
+            # the event directly, other nodes catch up from the database (and the
+            # stream log) when their subscription comes back and reports the gap.
+            log.warning("bus publish failed (%s); delivering locally only", exc.message)
+            self._on_bus_message(channel, data)
+
+    async def publish_message(self, session_id: str, message: dict[str, Any]) -> None:
+        frame = encode({"type": "message", "session_id": session_id, "message": message})
+        await self.publish(Envelope(kinds.MESSAGE, session_id, frame, seq=message["seq"]))
+
+    async def publish_typing(self, session_id: str, user_id: str, *, active: bool) -> None:
+        frame = encode(
+            {"type": "typing", "session_id": session_id, "user_id": user_id, "active": active}
+        )
+        await self.publish(Envelope(kinds.TYPING, session_id, frame, user_id=user_id))
+
+    async def publish_presence(self, change: PresenceChange) -> None:
+        frame = encode(
+            {
+                "type": "presence",
+                "session_id": change.session_id,
+                "user_id": change.user_id,
+                "name": change.name,
+                "state": change.state,
+            }
+        )
+        await self.publish(
+            Envelope(kinds.PRESENCE, change.session_id, frame, user_id=change.user_id)
+        )
+
+    async def publish_reaped(self, changes: list[PresenceChange]) -> None:
+        for change in changes:
+            await self.publish_presence(change)
+
+    async def publish_stream(
+        self,
+        session_id: str,
+        stream_id: str,
+        frame: dict[str, Any],
+        *,
+        index: int | None = None,
+        end_seq: int | None = None,
+        is_end: bool = False,
+    ) -> None:
+        await self.publish(
+            Envelope(
+                kinds.STREAM,
+                session_id,
+                encode(frame),
+                stream_id=stream_id,
+                index=index,
+                seq=end_seq,
+                stream_end=is_end,
+            )
+        )
+
+    async def send_control(self, action: dict[str, Any]) -> None:
+        await self.publish(Envelope(kinds.CONTROL, "", "{}", action=action))
+
+    async def disconnect_user(self, user_id: str, code: int, reason: str) -> None:
+        await self.send_control(
+            {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
+        )
+
+    async def revoke_membership(self, session_id: str, user_id: str) -> None:
+        await self.send_control(
+            {"op": "remove_member", "session_id": session_id, "user_id": user_id}
+        )
+
+    # Receiving ----------------------------------------------------------------------
+
+    def _on_bus_message(self, channel: str, data: bytes) -> None:
+        env = unpack(data)
+        if env.kind == kinds.CONTROL:
+            self._on_control(env.action or {})
+            return
+        room = self.rooms.get(env.session_id)
+        if room is None:
+            return
+        if env.sent_at is not None:
+            self._metrics.fanout_latency.observe(max(0.0, time.time() - env.sent_at))
+        if env.seq is not None:
+            self._offer_ordered(room, env)
+        else:
+            for conn in tuple(room.connections):
+                self._deliver(conn, env)
+
+    def _offer_ordered(self, room: Room, env: Envelope) -> None:
+        if room.reorder is None:
+            room.early.append(env)
+            return
+        assert env.seq is not None
+        for ready in room.reorder.offer(env.seq, env):
+            for conn in tuple(room.connections):
+                self._deliver(conn, ready)
+        if room.reorder.missing() is not None and room.gap_task is None:
+            room.gap_task = self._spawn(self._fill_room_gap(room, wait_s=GAP_WAIT_S))
+
+    def _deliver(self, conn: Connection, env: Envelope) -> None:
+        """Route one room event to one connection, honouring its join and cursors."""
+        membership = conn.rooms.get(env.session_id)
+        if membership is None:
+            return
+        if membership.pending is not None:
+            membership.pending.append(env)
+            return
+        if env.kind == kinds.TYPING and env.user_id == conn.user_id:
+            return  # typing is not echoed to its sender
+        if env.kind == kinds.PRESENCE and env.user_id == conn.user_id:
+            return  # joined.members already told this user about themselves
+        if (
+            env.seq is not None
+            and env.seq <= membership.floor
+            and (env.kind == kinds.MESSAGE or env.stream_id not in conn.cursors)
+        ):
+            return  # covered by the joined reply (a stream the client saw still ends)
+        if env.kind == kinds.STREAM and env.stream_id is not None:
+            self._deliver_stream(conn, env)
+            return
+        conn.send(env.frame)
+        self._metrics.frames_out.inc()
+
+    def _deliver_stream(self, conn: Connection, env: Envelope) -> None:
+        assert env.stream_id is not None
+        cursor = conn.cursors.get(env.stream_id)
+        if cursor is not None and cursor.pending is not None:
+            cursor.pending.append(env)
+            return
+        if env.index is None:
+            if env.stream_end:
+                conn.cursors.pop(env.stream_id, None)
+            conn.send(env.frame)
+            return
+        if cursor is None:
+            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1)
+            conn.send(env.frame)
+        elif env.index == cursor.next_index:
+            cursor.next_index += 1
+            conn.send(env.frame)
+        elif env.index > cursor.next_index:
+            cursor.pending = [env]
+            self._spawn(self.replay_stream(conn, env.session_id, env.stream_id, cursor.next_index))
+        # An index below the cursor was already sent: drop it.
+
+    async def replay_stream(
+        self,
+        conn: Connection,
+        session_id: str,
+        stream_id: str,
+        offset: int,
+        before_replay: Callable[[], None] | None = None,
+    ) -> bool:
+        """Send the stream from ``offset`` out of the log, then continue live.
+
+        Returns False when the log no longer holds the stream. ``before_replay`` runs
+        just before the first replayed frame is queued (the resume ``ack``).
+        """
+        cursor = conn.cursors.get(stream_id)
+        if cursor is None:
+            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset)
+        if cursor.pending is None:
+            cursor.pending = []
+        snapshot = await self.stream_log.read(stream_id, offset)
+        if snapshot is None or snapshot.session_id != session_id:
+            conn.cursors.pop(stream_id, None)
+            return False
+        if before_replay is not None:
+            before_replay()
+        next_index = offset
+        for index, text in snapshot.deltas:
+            if index < next_index:
+                continue
+            conn.send(
+                encode(
+                    {
+                        "type": "stream.delta",
+                        "session_id": session_id,
+                        "stream_id": stream_id,
+                        "index": index,
+                        "text": text,
+                    }
+                )
+            )
+            next_index = index + 1
+        if snapshot.end is not None:
+            conn.cursors.pop(stream_id, None)
+            conn.send(encode(snapshot.end))
+            return True
+        pending, cursor.pending, cursor.next_index = cursor.pending, None, next_index
+        for env in pending:
+            self._deliver_stream(conn, env)
+        return True
+
+    async def _fill_room_gap(self, room: Room, *, wait_s: float) -> None:
+        try:
+            await asyncio.sleep(wait_s)
+            if room.reorder is None or self.rooms.get(room.session_id) is not room:
+                return
+            missing = room.reorder.missing()
+            if missing is None:
+                return
+            await self._recover_from_database(room)
+            still_missing = room.reorder.missing()
+            if still_missing is not None:
+                # The database is the truth: a seq it does not hold will never come.
+                log.error(
+                    "room %s: seq %s missing from the database", room.session_id, still_missing
+                )
+                for ready in room.reorder.skip_to(still_missing[1]):
+                    for conn in tuple(room.connections):
+                        self._deliver(conn, ready)
+        finally:
+            room.gap_task = None
+
+    async def _recover_from_database(self, room: Room) -> None:
+        """Deliver what the database holds after the last released ``seq``.
+
+        A message recovered this way goes out as a ``message`` frame, assistant
+        replies included: the live ``stream.end`` that would have carried one was lost.
+        """
+        assert room.reorder is not None
+        after = room.reorder.last_seq
+        while True:
+            page = await self._fetch_after(room.session_id, after, 200)
+            for message in page:
+                frame = encode(
+                    {"type": "message", "session_id": room.session_id, "message": message}
+                )
+                self._offer_ordered(
+                    room, Envelope(kinds.MESSAGE, room.session_id, frame, seq=message["seq"])
+                )
+            if len(page) < 200:
+                return
+            after = page[-1]["seq"]
+
+    async def _on_bus_gap(self, channels: frozenset[str]) -> None:
+        """The subscription was lost for a while: catch every room up from the truth."""
+        for room in list(self.rooms.values()):
+            if room.channel in channels and room.reorder is not None:
+                try:
+                    await self._recover_from_database(room)
+                except Exception:
+                    log.exception("recovering room %s after a bus gap failed", room.session_id)
+
+    # Control ------------------------------------------------------------------------
+
+    def _on_control(self, action: dict[str, Any]) -> None:
+        handler = self.control_handlers.get(str(action.get("op")))
+        if handler is None:
+            return
+        result = handler(action)
+        if asyncio.iscoroutine(result):
+            self._spawn(result)
+
+    def _control_disconnect_user(self, action: dict[str, Any]) -> None:
+        for conn in list(self.connections.values()):
+            if conn.user_id == action.get("user_id"):
+                conn.close(int(action.get("code", 4401)), str(action.get("reason", "")))
+
+    async def _control_remove_member(self, action: dict[str, Any]) -> None:
+        session_id = str(action.get("session_id"))
+        for conn in list(self.connections.values()):
+            if conn.user_id == action.get("user_id") and session_id in conn.rooms:
+                await self.leave(conn, session_id)
+                conn.send(encode({"type": "left", "session_id": session_id, "reason": "removed"}))
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task failed", exc_info=task.exception())

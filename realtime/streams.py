@@ -1,0 +1,127 @@
+"""Publishing one generation to its room: start, status, coalesced deltas, end.
+
+Deltas that arrive while the previous frame is being published are coalesced into
+the next frame, so a fast upstream costs one frame (one bus publish, one log append)
+per batch rather than per token, while a slow one still gets each token out at once:
+the first delta of a quiet period is flushed without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from realtime.hub import Hub
+from realtime.stream_log import StreamLog
+from server.errors import ParleyError
+
+log = logging.getLogger("parley.streams")
+
+
+class StreamPublisher:
+    def __init__(
+        self,
+        hub: Hub,
+        stream_log: StreamLog,
+        session_id: str,
+        stream_id: str,
+        *,
+        coalesce_s: float = 0.004,
+    ) -> None:
+        self._hub = hub
+        self._log = stream_log
+        self.session_id = session_id
+        self.stream_id = stream_id
+        self._coalesce_s = coalesce_s
+        self._buffer: list[str] = []
+        self._ready = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.frames = 0  # deltas published so far: the next delta's index
+        self.text_parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    async def start(self, model: str, reply_to: str) -> None:
+        frame = {
+            "type": "stream.start",
+            "session_id": self.session_id,
+            "stream_id": self.stream_id,
+            "model": model,
+            "reply_to": reply_to,
+        }
+        try:
+            await self._log.open(self.stream_id, self.session_id, frame)
+        except ParleyError as exc:
+            log.warning("stream log open failed: %s", exc.message)
+        await self._hub.publish_stream(self.session_id, self.stream_id, frame)
+        self._flusher = asyncio.create_task(self._flush_loop(), name=f"flush-{self.stream_id}")
+
+    async def status(self, stage: str, detail: str | None = None) -> None:
+        frame: dict[str, Any] = {
+            "type": "stream.status",
+            "session_id": self.session_id,
+            "stream_id": self.stream_id,
+            "stage": stage,
+        }
+        if detail:
+            frame["detail"] = detail
+        await self._hub.publish_stream(self.session_id, self.stream_id, frame)
+
+    def add(self, text: str) -> None:
+        if text:
+            self.text_parts.append(text)
+            self._buffer.append(text)
+            self._ready.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._ready.wait()
+            await self._flush()
+            if self._stopping:
+                return
+            if self._coalesce_s:
+                await asyncio.sleep(self._coalesce_s)
+
+    async def _flush(self) -> None:
+        self._ready.clear()
+        if not self._buffer:
+            return
+        text = "".join(self._buffer)
+        self._buffer.clear()
+        index = self.frames
+        self.frames += 1
+        frame = {
+            "type": "stream.delta",
+            "session_id": self.session_id,
+            "stream_id": self.stream_id,
+            "index": index,
+            "text": text,
+        }
+        # The log first: a client resuming after seeing this delta must find it there.
+        try:
+            await self._log.append(self.stream_id, index, text)
+        except ParleyError as exc:
+            # Without the log a resume may come up short, but the answer goes on and is
+            # stored whole at the end: never lose the generation over it.
+            log.warning("stream log append failed: %s", exc.message)
+        await self._hub.publish_stream(self.session_id, self.stream_id, frame, index=index)
+
+    async def end(self, frame: dict[str, Any], seq: int | None) -> None:
+        """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""
+        self._stopping = True
+        self._ready.set()
+        if self._flusher is not None:
+            # Let the flusher finish its frame rather than cancel it half way through.
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
+        try:
+            await self._log.finish(self.stream_id, frame)
+        except ParleyError as exc:
+            log.warning("stream log finish failed: %s", exc.message)
+        await self._hub.publish_stream(
+            self.session_id, self.stream_id, frame, end_seq=seq, is_end=True
+        )

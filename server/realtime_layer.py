@@ -1,0 +1,77 @@
+"""Starts the realtime layer: presence, stream log, bus and hub, memory or Redis."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from realtime.presence import Presence, PresenceChange
+from realtime.stream_log import StreamLog
+
+from realtime.hub import Hub
+from realtime.keys import Keys
+from server.container import Container
+
+
+class HubFanout:
+    """Lets the message service publish stored messages without knowing the hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def message_stored(self, session_id: str, message: dict[str, Any]) -> None:
+        await self._hub.publish_message(session_id, message)
+
+
+async def start_realtime(container: Container, stack: contextlib.AsyncExitStack) -> None:
+    settings = container.settings
+    node_id: str = container.extras["node_id"]
+    hub_ref: dict[str, Hub] = {}
+
+    async def on_reaped(changes: list[PresenceChange]) -> None:
+        await hub_ref["hub"].publish_reaped(changes)
+
+    presence: Presence
+    stream_log: StreamLog
+    if settings.redis_url:
+        from realtime.presence_redis import RedisPresence
+        from realtime.stream_log_redis import RedisStreamLog
+
+        from realtime.bus_redis import RedisBus
+
+        redis_url = settings.redis_url
+        presence = RedisPresence(redis_url, node_id, on_reaped, ttl_s=settings.presence_ttl_s)
+        stream_log = RedisStreamLog(redis_url, settings.stream_log_ttl_s)
+
+        def bus_factory(on_message: Any, on_gap: Any) -> Any:
+            return RedisBus(redis_url, on_message, on_gap)
+    else:
+        from realtime.presence_memory import MemoryPresence
+        from realtime.stream_log_memory import MemoryStreamLog
+
+        from realtime.bus_memory import MemoryBus
+
+        presence = MemoryPresence()
+        stream_log = MemoryStreamLog(settings.stream_log_ttl_s)
+
+        def bus_factory(on_message: Any, on_gap: Any) -> Any:
+            return MemoryBus(on_message, on_gap)
+
+    hub = Hub(
+        bus_factory=bus_factory,
+        presence=presence,
+        stream_log=stream_log,
+        fetch_messages_after=container.sessions.messages_after,
+        metrics=container.metrics,
+        keys=Keys(),
+    )
+    hub_ref["hub"] = hub
+    await hub.start()
+    stack.push_async_callback(hub.close)
+    if hasattr(stream_log, "close"):
+        stack.push_async_callback(stream_log.close)
+    container.extras.update(hub=hub, presence=presence, stream_log=stream_log)
+    container.messages.fanout = HubFanout(hub)
+    container.extras.setdefault("readiness", {})["bus"] = lambda: (
+        "ok" if hub.bus.healthy else "bus disconnected"
+    )

@@ -1,0 +1,330 @@
+"""The assistant: one generation per answered message, independent of any connection.
+
+A generation is a task on the node that stored the user message. It publishes to
+the room through the hub (so every member on every node sees it), keeps running
+when the asker disconnects, stops on ``cancel`` from any member on any node (a
+control message reaches the node running it, which closes the upstream request),
+and always ends by storing what was produced, partial text included, before its
+``stream.end`` goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from db.engine import Database
+from db.repositories import messages as messages_repo
+from db.repositories import usage as usage_repo
+from llm.provider import ChatRequest, StreamFinished, TextDelta, Usage
+from llm.resilience import ResilientProvider
+from llm.usage import estimate_usage
+from realtime.hub import Hub
+from realtime.streams import StreamPublisher
+from server.config import Settings
+from server.errors import NotFound, ParleyError
+from server.metrics import Metrics
+from server.services.accounts import Principal
+from server.services.context import ContextAssembler
+from server.services.wire import message_to_wire
+
+log = logging.getLogger("parley.assistant")
+
+
+@dataclass(eq=False)
+class Generation:
+    stream_id: str
+    session_id: str
+    user_id: str
+    reply_to: dict[str, Any]
+    force_search: bool
+    task: asyncio.Task[None] | None = None
+    cancelled_by: str | None = None
+    draining: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Assistant:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        hub: Hub,
+        provider: ResilientProvider,
+        context: ContextAssembler,
+        settings: Settings,
+        metrics: Metrics,
+        extras: dict[str, Any],
+    ) -> None:
+        self._db = database
+        self._hub = hub
+        self._provider = provider
+        self._context = context
+        self._settings = settings
+        self._metrics = metrics
+        self._extras = extras
+        self.running: dict[str, Generation] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        hub.control_handlers["cancel_stream"] = self._on_cancel_control
+
+    # AssistantTrigger ------------------------------------------------------------------
+
+    async def reply(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        user_message: dict[str, Any],
+        *,
+        force_search: bool,
+    ) -> str:
+        generation = Generation(
+            stream_id=uuid.uuid4().hex,
+            session_id=str(session_id),
+            user_id=str(principal.user_id),
+            reply_to=user_message,
+            force_search=force_search,
+        )
+        self.running[generation.stream_id] = generation
+        generation.task = asyncio.create_task(
+            self._run(generation), name=f"generation-{generation.stream_id}"
+        )
+        return generation.stream_id
+
+    async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
+        """Stop a generation wherever it runs; ``not_found`` if none is running."""
+        running = await self._hub.stream_log.running(session_id)
+        if stream_id not in {sid for sid, _ in running} and stream_id not in self.running:
+            raise NotFound("no such running stream in this session")
+        await self._hub.send_control({"op": "cancel_stream", "stream_id": stream_id, "by": by_user})
+
+    def _on_cancel_control(self, action: dict[str, Any]) -> None:
+        generation = self.running.get(str(action.get("stream_id")))
+        if generation is not None and generation.task is not None:
+            generation.cancelled_by = str(action.get("by"))
+            generation.task.cancel()
+
+    async def drain(self, timeout_s: float) -> None:
+        """On shutdown: let running generations finish, then stop and store the rest."""
+        tasks = {g.task: g for g in self.running.values() if g.task is not None}
+        if tasks:
+            log.info("draining %d generations", len(tasks))
+            _, late = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in late:
+                tasks[task].draining = True
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # The generation --------------------------------------------------------------------
+
+    async def _run(self, generation: Generation) -> None:
+        publisher = StreamPublisher(
+            self._hub, self._hub.stream_log, generation.session_id, generation.stream_id
+        )
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        finish: StreamFinished | None = None
+        error: ParleyError | None = None
+        outcome = "stop"
+        model_asked = self._settings.llm_model
+        messages: list[dict[str, Any]] = []
+        try:
+            try:
+                session_uuid = uuid.UUID(generation.session_id)
+                model_asked = await self._context.model_for(session_uuid)
+                await publisher.start(model_asked, generation.reply_to["id"])
+                context = await self._context.assemble(
+                    session_uuid,
+                    uuid.UUID(generation.user_id),
+                    generation.reply_to,
+                    force_search=generation.force_search,
+                    status=publisher.status,
+                )
+                messages = context.messages
+                await publisher.status("generating")
+                request = ChatRequest(
+                    model=context.model,
+                    messages=context.messages,
+                    max_tokens=self._settings.llm_reply_reserve_tokens,
+                    user=generation.user_id,
+                )
+                stream = self._provider.stream(request, fallbacks=context.fallbacks)
+                try:
+                    async for event in stream:
+                        if isinstance(event, TextDelta):
+                            if first_token_at is None:
+                                first_token_at = time.perf_counter()
+                            publisher.add(event.text)
+                        elif isinstance(event, StreamFinished):
+                            finish = event
+                finally:
+                    # Closing the generator closes the upstream HTTP response.
+                    await stream.aclose()
+                if finish is not None:
+                    outcome = finish.finish_reason
+                    error = finish.error
+            except asyncio.CancelledError:
+                outcome = "cancelled" if not generation.draining else "error"
+                if generation.draining:
+                    error = ParleyError("the server restarted before the answer finished")
+                    error.code = "unavailable"
+            except ParleyError as exc:
+                outcome, error = "error", exc
+            except Exception as exc:
+                log.exception("generation %s failed", generation.stream_id)
+                outcome, error = "error", ParleyError("the assistant failed")
+                del exc
+            await self._finish(
+                generation,
+                publisher,
+                model_asked,
+                finish,
+                outcome,
+                error,
+                messages,
+                started,
+                first_token_at,
+            )
+        finally:
+            self.running.pop(generation.stream_id, None)
+            generation.done.set()
+
+    async def _finish(
+        self,
+        generation: Generation,
+        publisher: StreamPublisher,
+        model_asked: str,
+        finish: StreamFinished | None,
+        outcome: str,
+        error: ParleyError | None,
+        messages: list[dict[str, Any]],
+        started: float,
+        first_token_at: float | None,
+    ) -> None:
+        # Shielded: a second cancel (shutdown) must not lose the stored answer.
+        await asyncio.shield(
+            self._store_and_end(
+                generation,
+                publisher,
+                model_asked,
+                finish,
+                outcome,
+                error,
+                messages,
+                started,
+                first_token_at,
+            )
+        )
+
+    async def _store_and_end(
+        self,
+        generation: Generation,
+        publisher: StreamPublisher,
+        model_asked: str,
+        finish: StreamFinished | None,
+        outcome: str,
+        error: ParleyError | None,
+        messages: list[dict[str, Any]],
+        started: float,
+        first_token_at: float | None,
+    ) -> None:
+        text = publisher.text
+        answered_by = finish.model if finish is not None else model_asked
+        usage = (finish.usage if finish else None) or estimate_usage(messages, text)
+        if not publisher_started(publisher):
+            await publisher.start(model_asked, generation.reply_to["id"])
+        stored: dict[str, Any] | None = None
+        seq: int | None = None
+        session_uuid = uuid.UUID(generation.session_id)
+        if text:
+            status = {"stop": "complete", "length": "complete"}.get(outcome, outcome)
+            async with self._db.transaction() as session:
+                message = await messages_repo.append_message(
+                    session,
+                    session_id=session_uuid,
+                    role="assistant",
+                    user_id=None,
+                    content=text,
+                    status=status,
+                    model=answered_by,
+                    reply_to=uuid.UUID(generation.reply_to["id"]),
+                )
+            stored, seq = message_to_wire(message), message.seq
+            self._metrics.messages_stored.labels("assistant").inc()
+        end: dict[str, Any] = {
+            "type": "stream.end",
+            "session_id": generation.session_id,
+            "stream_id": generation.stream_id,
+            "finish_reason": outcome,
+            "model": answered_by,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            },
+            "message": stored,
+        }
+        if error is not None:
+            end["error"] = {"code": error.code, "message": error.message}
+        await publisher.end(end, seq)
+        duration = time.perf_counter() - started
+        ttft = first_token_at - started if first_token_at is not None else None
+        self._record_metrics(answered_by, outcome, usage, ttft, duration, error)
+        async with self._db.transaction() as session:
+            await usage_repo.record_usage(
+                session,
+                user_id=uuid.UUID(generation.user_id),
+                session_id=session_uuid,
+                message_id=uuid.UUID(stored["id"]) if stored else None,
+                model=answered_by,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                duration_ms=round(duration * 1000),
+                outcome=outcome,
+            )
+        if stored is not None and outcome in ("stop", "length"):
+            self._learn_later(generation, stored)
+
+    def _record_metrics(
+        self,
+        model: str,
+        outcome: str,
+        usage: Usage,
+        ttft: float | None,
+        duration: float,
+        error: ParleyError | None,
+    ) -> None:
+        self._metrics.generations.labels(outcome).inc()
+        if ttft is not None:
+            self._metrics.ttft.labels(model).observe(ttft)
+            if duration > ttft and usage.completion_tokens:
+                self._metrics.tokens_per_second.labels(model).observe(
+                    usage.completion_tokens / (duration - ttft)
+                )
+        if error is not None:
+            self._metrics.upstream_errors.labels("llm", error.code).inc()
+        for name, state in self._provider.breaker_states().items():
+            self._metrics.breaker_state.labels(name).set(1 if state == "open" else 0)
+
+    def _learn_later(self, generation: Generation, stored: dict[str, Any]) -> None:
+        """Memory extraction runs off the hot path, after the answer is out."""
+        memory = self._extras.get("memory")
+        if memory is None or not hasattr(memory, "learn_from_turn"):
+            return
+        task = asyncio.create_task(
+            memory.learn_from_turn(
+                uuid.UUID(generation.user_id), generation.reply_to["content"], stored["content"]
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def publisher_started(publisher: StreamPublisher) -> bool:
+    return publisher._flusher is not None

@@ -1,0 +1,232 @@
+"""Everything the model is given for one answer, fitted into its window.
+
+Order of work for a turn: the session and its rolling summary; fold the oldest turns
+into the summary when the history outgrows the budget (``summarising``); memory;
+retrieved passages (``retrieving``); web search when asked or called for
+(``searching``); then ``llm.context.build_context`` fits it all, in its documented
+order, so that no request is larger than the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from db.engine import Database
+from db.repositories import messages as messages_repo
+from db.repositories import sessions as sessions_repo
+from llm.context import build_context
+from llm.provider import ChatProvider
+from llm.summarise import fold, plan_fold
+from llm.tokens import count_text
+from server.config import Settings
+from server.errors import NotFound, ParleyError
+
+log = logging.getLogger("parley.context")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Parley's assistant, answering in a shared chat room. Be concise and "
+    "helpful. When web results or excerpts are given, cite their sources."
+)
+HISTORY_WINDOW = 400  # the newest messages considered for a turn
+KEEP_RECENT_TURNS = 6
+SUMMARY_SHARE = 0.2  # the summary may use up to this share of the budget
+PASSAGES_TOKENS = 1500
+SEARCH_TOKENS = 2000
+Status = Callable[[str, str | None], Awaitable[None]]
+
+
+@dataclass
+class TurnContext:
+    model: str
+    fallbacks: list[str]
+    messages: list[dict[str, Any]]
+    prompt_tokens: int
+    searched: bool
+
+
+class ContextAssembler:
+    def __init__(
+        self,
+        database: Database,
+        provider: ChatProvider,
+        settings: Settings,
+        extras: dict[str, Any],
+    ) -> None:
+        self._db = database
+        self._provider = provider
+        self._settings = settings
+        self._extras = extras
+
+    async def window_for(self, model: str) -> int:
+        if self._settings.llm_context_length:
+            return self._settings.llm_context_length
+        try:
+            length = await self._provider.context_length(model)
+        except ParleyError:
+            length = None
+        return length or 8192
+
+    async def model_for(self, session_id: uuid.UUID) -> str:
+        async with self._db.transaction() as session:
+            chat = await sessions_repo.get_session(session, session_id)
+        if chat is None:
+            raise NotFound("session not found")
+        return chat.model or self._settings.llm_model
+
+    async def assemble(
+        self,
+        session_id: uuid.UUID,
+        user_id: uuid.UUID,
+        current: dict[str, Any],
+        *,
+        force_search: bool,
+        status: Status,
+    ) -> TurnContext:
+        async with self._db.transaction() as session:
+            chat = await sessions_repo.get_session(session, session_id)
+            if chat is None:
+                raise NotFound("session not found")
+            summary = await messages_repo.latest_summary(session, session_id)
+            recent = await messages_repo.page_before(
+                session, session_id, current["seq"], HISTORY_WINDOW
+            )
+        model = chat.model or self._settings.llm_model
+        fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
+        window = await self.window_for(model)
+        budget = window - self._settings.llm_reply_reserve_tokens
+        covers = summary.covers_seq if summary else 0
+        summary_text = summary.content if summary else None
+        turns = [_turn(m) for m in recent if m.seq > covers and m.deleted_at is None]
+        turn_seqs = [m.seq for m in recent if m.seq > covers and m.deleted_at is None]
+        system_prompt = chat.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+        summary_cap = max(64, int(budget * SUMMARY_SHARE))
+        history = [{"role": "system", "content": system_prompt}, *turns, _turn_dict(current)]
+        folded = plan_fold(
+            history,
+            count_text(summary_text or "") if summary_text else 0,
+            int(budget * 0.6),
+            KEEP_RECENT_TURNS,
+        )
+        if folded:
+            await status("summarising", None)
+            summary_text, covers = await self._fold(
+                session_id,
+                model,
+                summary_text,
+                turns[:folded],
+                turn_seqs[folded - 1],
+                summary_cap,
+                window,
+            )
+            turns = turns[folded:]
+
+        memory_items = await self._memory(user_id)
+        passages_text = await self._passages(session_id, current["content"], covers, status)
+        search_text, search_note, searched = await self._search(
+            current["content"], force_search, status
+        )
+        built = build_context(
+            system_prompt=system_prompt,
+            memory_items=memory_items,
+            summary=summary_text,
+            passages_text=passages_text,
+            search_text=search_text,
+            search_note=search_note,
+            history_turns=[*turns, _turn_dict(current)],
+            window_tokens=window,
+            reply_reserve_tokens=self._settings.llm_reply_reserve_tokens,
+        )
+        return TurnContext(model, fallbacks, built.messages, built.prompt_tokens, searched)
+
+    async def _fold(
+        self,
+        session_id: uuid.UUID,
+        model: str,
+        summary: str | None,
+        turns: list[dict[str, Any]],
+        covers_seq: int,
+        summary_cap: int,
+        window: int,
+    ) -> tuple[str | None, int]:
+        try:
+            text = await fold(
+                self._provider,
+                model,
+                summary,
+                turns,
+                max_summary_tokens=summary_cap,
+                max_input_tokens=window - summary_cap,
+            )
+        except ParleyError as exc:
+            log.warning("summarising failed, keeping the old summary: %s", exc.message)
+            return summary, covers_seq - len(turns)
+        async with self._db.transaction() as session:
+            await messages_repo.store_summary(
+                session, session_id, covers_seq, text, count_text(text)
+            )
+        retriever = self._extras.get("retriever")
+        if retriever is not None:
+            # What the summary compressed stays findable word for word.
+            try:
+                await retriever.index_history(session_id, covers_seq)
+            except Exception:
+                log.exception("indexing summarised history failed")
+        return text, covers_seq
+
+    async def _memory(self, user_id: uuid.UUID) -> list[str]:
+        memory = self._extras.get("memory")
+        if memory is None:
+            return []
+        try:
+            return list(await memory.context_items(user_id))
+        except ParleyError:
+            return []
+
+    async def _passages(
+        self, session_id: uuid.UUID, question: str, covers_seq: int, status: Status
+    ) -> str:
+        retriever = self._extras.get("retriever")
+        if retriever is None:
+            return ""
+        await status("retrieving", None)
+        from rag.ranking import format_passages
+
+        budget = PASSAGES_TOKENS
+        try:
+            passages = await retriever.retrieve(
+                session_id, question, budget_tokens=budget, exclude_after_seq=covers_seq
+            )
+        except ParleyError as exc:
+            log.warning("retrieval failed: %s", exc.message)
+            return ""
+        return format_passages(passages, budget) if passages else ""
+
+    async def _search(
+        self, question: str, force: bool, status: Status
+    ) -> tuple[str, str | None, bool]:
+        web_search = self._extras.get("web_search")
+        if web_search is None:
+            return "", None, False
+        from search.service import format_results, should_search
+
+        if not (force or should_search(question)):
+            return "", None, False
+        await status("searching", None)
+        outcome = await web_search.run(question)
+        if not outcome.ok:
+            await status("searching", f"web search unavailable: {outcome.reason}")
+            return "", outcome.note(), True
+        return format_results(outcome.results, SEARCH_TOKENS), None, True
+
+
+def _turn(message: Any) -> dict[str, Any]:
+    return {"role": message.role, "content": message.content}
+
+
+def _turn_dict(message: dict[str, Any]) -> dict[str, Any]:
+    return {"role": message["role"], "content": message["content"]}

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import create_session, register_user
+from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
+from tests.wsclient import WSClient
+
+__all__ = ["fake_openrouter"]
+pytestmark = pytest.mark.slow
+
+
+async def test_members_on_two_nodes_see_messages_in_order_presence_and_typing(
+    cluster: Callable[..., Any],
+) -> None:
+    node_a, node_b = await cluster("a"), await cluster("b")
+    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
+        ada = await register_user(http, "Ada")
+        bob = await register_user(http, "Bob")
+        session_id = await create_session(http, ada, title="cluster")
+        await http.post(
+            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+        )
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        joined_bob = await ada_ws.next("presence")
+        assert (joined_bob["user_id"], joined_bob["state"]) == (bob.id, "join")
+
+        async def send(client: WSClient, who: str, n: int) -> None:
+            for i in range(n):
+                await client.send(
+                    {
+                        "type": "message",
+                        "session_id": session_id,
+                        "content": f"{who}{i}",
+                        "reply": "none",
+                    }
+                )
+
+        await asyncio.gather(send(ada_ws, "a", 8), send(bob_ws, "b", 8))
+        for client in (ada_ws, bob_ws):
+            seqs = [(await client.next("message"))["message"]["seq"] for _ in range(16)]
+            assert seqs == list(range(1, 17))
+
+        await bob_ws.request({"type": "typing", "session_id": session_id, "active": True})
+        typing = await ada_ws.next("typing")
+        assert (typing["user_id"], typing["active"]) == (bob.id, True)
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
+async def test_a_killed_nodes_users_leave_presence_on_the_other_node(
+    cluster: Callable[..., Any],
+) -> None:
+    node_a, node_b = await cluster("a"), await cluster("b")
+    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
+        ada = await register_user(http, "Ada")
+        bob = await register_user(http, "Bob")
+        session_id = await create_session(http, ada, title="cluster")
+        await http.post(
+            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+        )
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        await ada_ws.next("presence", lambda f: f["state"] == "join")
+
+        node_b.kill()
+
+        # PRESENCE_TTL_S is 3 here; the contract's default of 30 s works the same way.
+        leave = await ada_ws.next("presence", lambda f: f["state"] == "leave", timeout=15)
+        assert leave["user_id"] == bob.id
+        again = await ada_ws.request({"type": "join", "session_id": session_id})
+        assert [m["user_id"] for m in again["members"]] == [ada.id]
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
+async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
+    cluster: Callable[..., Any],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    upstream = {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake_openrouter.base_url}
+    node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
+    fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
+    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
+        ada = await register_user(http, "Ada")
+        bob = await register_user(http, "Bob")
+        session_id = await create_session(http, ada, title="cancel")
+        await http.post(
+            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+        )
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        ack = await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "talk for a long time"}
+        )
+        await bob_ws.next("stream.delta")
+
+        started = asyncio.get_running_loop().time()
+        reply = await bob_ws.request(
+            {"type": "cancel", "session_id": session_id, "stream_id": ack["stream_id"]}
+        )
+        assert reply["type"] == "ack"
+        assert await fake_openrouter.wait_disconnect(1.0)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        end = await bob_ws.next("stream.end", timeout=5)
+        assert end["finish_reason"] == "cancelled"
+        assert end["message"]["status"] == "cancelled"
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()

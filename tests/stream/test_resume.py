@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from tests.conftest import LiveServer, TestUser
+from tests.fakes.openrouter import FakeOpenRouter, Stream
+from tests.stream.conftest import collect_stream
+from tests.ws.conftest import Connect
+from tests.wsclient import WSClient
+
+
+async def test_resume_after_a_disconnect_loses_and_repeats_nothing(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+) -> None:
+    ada, bob, session_id = room
+    tokens = [f"t{i} " for i in range(60)]
+    fake_openrouter.enqueue(Stream(tokens, delay_s=0.01))
+    ada_ws, bob_ws = await connect(ada), await connect(bob)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    await bob_ws.request({"type": "join", "session_id": session_id})
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
+    stream_id = ack["stream_id"]
+    await bob_ws.next("stream.start")
+    seen = [await bob_ws.next("stream.delta") for _ in range(3)]
+    await bob_ws.close()
+
+    bob_again, _ = await WSClient.connect(live_server.ws_url, bob.access_token)
+    try:
+        joined = await bob_again.request(
+            {"type": "join", "session_id": session_id, "since_seq": ack["message"]["seq"]}
+        )
+        offset = seen[-1]["index"] + 1
+        assert [s["stream_id"] for s in joined["streams"]] in ([stream_id], [])
+        resumed = await bob_again.request(
+            {"type": "resume", "session_id": session_id, "stream_id": stream_id, "offset": offset}
+        )
+        assert resumed["type"] == "ack"
+        rest = []
+        while True:
+            frame = await bob_again.next(where=lambda f: f.get("stream_id") == stream_id)
+            if frame["type"] == "stream.end":
+                end = frame
+                break
+            if frame["type"] == "stream.delta":
+                rest.append(frame)
+        indexes = [d["index"] for d in rest]
+        assert indexes == list(range(offset, offset + len(rest)))
+        text = "".join(d["text"] for d in seen) + "".join(d["text"] for d in rest)
+        assert text == "".join(tokens)
+        assert end["message"]["content"] == text
+    finally:
+        await bob_again.close()
+    whole = await collect_stream(ada_ws, stream_id)
+    assert whole.text == "".join(tokens)
+
+
+async def test_resuming_an_ended_stream_replays_its_rest_then_it_is_not_found(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["a", "b", "c"], comments=False))
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
+    first = await collect_stream(ada_ws, ack["stream_id"])
+    assert first.end is not None
+
+    ack2 = await ada_ws.request(
+        {"type": "resume", "session_id": session_id, "stream_id": ack["stream_id"], "offset": 1}
+    )
+    assert ack2["type"] == "ack"
+    replayed = [await ada_ws.next("stream.delta") for _ in range(len(first.deltas) - 1)]
+    end = await ada_ws.next("stream.end")
+    assert "".join(d["text"] for d in replayed) == first.text[len(first.deltas[0]["text"]) :]
+    assert end["message"] == first.end["message"]
+
+    missing = await ada_ws.request(
+        {"type": "resume", "session_id": session_id, "stream_id": "nope", "offset": 0}
+    )
+    assert (missing["type"], missing["code"]) == ("error", "not_found")

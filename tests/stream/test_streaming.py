@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import LiveServer, TestUser
+from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
+from tests.stream.conftest import collect_stream
+from tests.ws.conftest import Connect
+
+
+async def test_every_member_receives_the_whole_stream_and_it_equals_the_stored_answer(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_client: httpx.AsyncClient,
+) -> None:
+    ada, bob, session_id = room
+    fake_openrouter.enqueue(Stream(["The ", "answer ", "is ", "42."]))
+    ada_ws, bob_ws = await connect(ada), await connect(bob)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    await bob_ws.request({"type": "join", "session_id": session_id})
+
+    ack = await ada_ws.request(
+        {"type": "message", "session_id": session_id, "content": "What is the answer?"}
+    )
+    ada_stream = await collect_stream(ada_ws, ack["stream_id"])
+    bob_stream = await collect_stream(bob_ws, ack["stream_id"])
+
+    for streamed in (ada_stream, bob_stream):
+        assert streamed.start["model"] == "openai/gpt-4o-mini"
+        assert streamed.start["reply_to"] == ack["message"]["id"]
+        assert [d["index"] for d in streamed.deltas] == list(range(len(streamed.deltas)))
+        assert streamed.text == "The answer is 42."
+        assert streamed.end is not None
+        assert streamed.end["finish_reason"] == "stop"
+        assert streamed.end["message"]["content"] == "The answer is 42."
+        assert streamed.end["message"]["role"] == "assistant"
+        assert streamed.end["message"]["seq"] == ack["message"]["seq"] + 1
+        assert streamed.end["usage"]["completion_tokens"] > 0
+        assert [s["stage"] for s in streamed.statuses][-1] == "generating"
+    request = fake_openrouter.chat_requests[-1]
+    assert request.json is not None and request.json["stream"] is True
+    assert request.json["messages"][-1] == {"role": "user", "content": "What is the answer?"}
+    assert request.headers["authorization"] == "Bearer sk-or-test"
+    history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    assert [m["role"] for m in history.json()["data"]["messages"]] == ["user", "assistant"]
+    assert ada_ws.unread("message") == [] or all(
+        f["message"]["role"] == "user" for f in ada_ws.unread("message")
+    )
+
+
+async def test_a_generation_is_stored_when_the_client_that_asked_disconnects(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_client: httpx.AsyncClient,
+) -> None:
+    ada, bob, session_id = room
+    fake_openrouter.enqueue(Stream(["slow ", "but ", "sure"], delay_s=0.05))
+    ada_ws, bob_ws = await connect(ada), await connect(bob)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    await bob_ws.request({"type": "join", "session_id": session_id})
+
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
+    await ada_ws.next("stream.start")
+    await ada_ws.close()
+
+    streamed = await collect_stream(bob_ws, ack["stream_id"])
+    assert streamed.end is not None and streamed.end["message"]["content"] == "slow but sure"
+    history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=bob.headers)
+    assert history.json()["data"]["messages"][-1]["content"] == "slow but sure"
+
+
+async def test_cancel_from_another_member_stops_the_upstream_and_keeps_the_partial_text(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, bob, session_id = room
+    fake_openrouter.enqueue(Stream([f"w{i} " for i in range(200)], delay_s=0.02))
+    ada_ws, bob_ws = await connect(ada), await connect(bob)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    await bob_ws.request({"type": "join", "session_id": session_id})
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "long"})
+    await bob_ws.next("stream.delta")
+
+    reply = await bob_ws.request(
+        {"type": "cancel", "session_id": session_id, "stream_id": ack["stream_id"]}
+    )
+
+    assert reply["type"] == "ack"
+    streamed = await collect_stream(ada_ws, ack["stream_id"])
+    assert streamed.end is not None
+    assert streamed.end["finish_reason"] == "cancelled"
+    assert streamed.end["message"]["status"] == "cancelled"
+    assert streamed.end["message"]["content"] == streamed.text
+    assert 0 < len(streamed.text.split()) < 200
+    assert await fake_openrouter.wait_disconnect(1.0)
+
+
+async def test_an_upstream_failure_before_any_text_ends_the_stream_with_unavailable(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(*[HttpError(503, "no capacity")] * 3)
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "hi"})
+    streamed = await collect_stream(ada_ws, ack["stream_id"])
+
+    assert streamed.end is not None
+    assert streamed.end["finish_reason"] == "error"
+    assert streamed.end["error"]["code"] == "unavailable"
+    assert streamed.end["message"] is None
+    assert len(fake_openrouter.chat_requests) == 3  # one try and two retries
+
+
+async def test_an_error_inside_the_stream_stores_the_partial_answer_marked_as_error(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(MidStreamError(["Half ", "an "]))
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "hi"})
+    streamed = await collect_stream(ada_ws, ack["stream_id"])
+
+    assert streamed.end is not None
+    assert streamed.end["finish_reason"] == "error"
+    assert streamed.end["message"]["content"] == "Half an "
+    assert streamed.end["message"]["status"] == "error"
+
+
+async def test_a_rate_limited_upstream_is_retried_then_the_fallback_model_answers(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(
+        *[HttpError(429, "slow down", retry_after=0.01)] * 3, model="openai/gpt-4o-mini"
+    )
+    fake_openrouter.enqueue(Stream(["fallback ", "here"]), model="meta-llama/llama-3-8b-instruct")
+    live_server.container.extras["llm"].fallback_models = ["meta-llama/llama-3-8b-instruct"]
+    live_server.container.settings.llm_fallback_models = ["meta-llama/llama-3-8b-instruct"]
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "hi"})
+    streamed = await collect_stream(ada_ws, ack["stream_id"])
+
+    assert streamed.end is not None
+    assert streamed.end["model"] == "meta-llama/llama-3-8b-instruct"
+    assert streamed.start["model"] == "openai/gpt-4o-mini"
+    assert streamed.text == "fallback here"
+    assert fake_openrouter.chat_models == ["openai/gpt-4o-mini"] * 3 + [
+        "meta-llama/llama-3-8b-instruct"
+    ]
