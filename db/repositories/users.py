@@ -109,7 +109,7 @@ async def revoke_access_tokens_before(
     session: AsyncSession, user_id: uuid.UUID, instant: datetime
 ) -> None:
     values = {"user_id": user_id, "not_before": instant}
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(RevokedAccessToken).values(**values)
     statement = statement.on_conflict_do_update(
