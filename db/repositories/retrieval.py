@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Chunk, Document, Message
 
-_PG_CONFIG = literal_column("'english'::regconfig")
+_PG_CONFIG: ColumnElement[Any] = literal_column("'english'::regconfig")
 _SQLITE_FTS = table("chunks_fts", column("rowid"))
 HISTORY_ROLES = ("user", "assistant")
 
@@ -74,7 +74,7 @@ def _dialect(session: AsyncSession) -> str:
 
 
 def _visible(session_id: uuid.UUID, exclude_after_seq: int | None) -> ColumnElement[bool]:
-    history = Message.deleted_at.is_(None)
+    history: ColumnElement[bool] = Message.deleted_at.is_(None)
     if exclude_after_seq is not None:
         history = and_(history, Chunk.message_seq <= exclude_after_seq)
     return and_(
@@ -145,9 +145,9 @@ def lexical_statement(
             .order_by(score.desc(), Chunk.id)
             .limit(limit)
         )
-    score = -literal_column("bm25(chunks_fts)")
+    bm25: ColumnElement[float] = -literal_column("bm25(chunks_fts)")
     return (
-        _select(score)
+        _select(bm25)
         .join(_SQLITE_FTS, _SQLITE_FTS.c.rowid == Chunk.id)
         .where(text("chunks_fts MATCH :q").bindparams(q=query), visible)
         .order_by(literal_column("bm25(chunks_fts)"), Chunk.id)
