@@ -87,12 +87,20 @@ class RedisStreamLog:
             writing.renewed_at = now
             commands += self._renewals(stream_id, writing.session_id)
         try:
-            await self._batcher.execute(*commands)
+            replies = await self._batcher.execute(*commands)
         except ParleyError:
             # The list may or may not hold this delta now, so positions no longer
             # match indices: the log is marked unusable rather than replay wrong text.
             writing.broken = True
             raise
+        if replies[0] != index + 1:
+            # The list lost entries under us (Redis restarted empty, or the key was
+            # evicted): same verdict, and make sure the stray list expires.
+            writing.broken = True
+            await self._batcher.execute(
+                ("PEXPIRE", self._keys.stream_deltas(stream_id), self._ttl_ms)
+            )
+            await self._flag_broken(stream_id, writing)
 
     async def finish(self, stream_id: str, end_frame: dict[str, Any]) -> None:
         meta = self._keys.stream_meta(stream_id)

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from redis.asyncio import Redis
 
+from realtime.keys import Keys
 from realtime.stream_log import StreamLog, StreamSnapshot
 from realtime.stream_log_memory import MemoryStreamLog
 from realtime.stream_log_redis import RedisStreamLog
@@ -164,3 +166,21 @@ async def test_concurrent_streams_appending_together_keep_their_order(log: Strea
         snapshot = await log.read(stream_id, 0)
         assert snapshot is not None
         assert snapshot.deltas == [(i, f"{stream_id}.{i} ") for i in range(50)]
+
+
+async def test_a_redis_log_that_lost_its_deltas_reads_as_unknown(
+    redis_url: str, prefix: str, admin: Redis
+) -> None:
+    log = RedisStreamLog(redis_url, 60, prefix=prefix)
+    try:
+        await write(log, ["a", "b"])
+        # As if Redis had restarted empty, or evicted the list.
+        await admin.delete(Keys(prefix).stream_deltas("st1"))
+        await log.append("st1", 2, "c")
+        await log.append("st1", 3, "d")
+        assert await log.read("st1", 0) is None
+        assert await admin.pttl(Keys(prefix).stream_deltas("st1")) > 0
+        await log.finish("st1", END)
+        assert await log.read("st1", 0) is None
+    finally:
+        await log.close()
