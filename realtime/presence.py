@@ -39,7 +39,10 @@ class Presence(Protocol):
         """Starts background work (Redis: the node heartbeat and the dead-node reaper)."""
 
     async def close(self) -> None:
-        """Removes this node's entries (graceful shutdown) and stops background work."""
+        """Removes this node's entries (graceful shutdown) and stops background work.
+
+        Redis: the leaves this causes are reported through ``on_reaped``, so call it
+        before closing the bus."""
 
     async def add(
         self, session_id: str, conn_id: str, user_id: str, name: str

@@ -164,18 +164,23 @@ class RedisPresence:
         ]
 
     async def close(self) -> None:
+        """Removes this node's entries; the leaves that causes go to ``on_reaped``
+        (while the hub's bus is still open) so that other nodes see the users go."""
         await self._stop_tasks()
+        leaves: list[PresenceChange] = []
         try:
             await self._redis.delete(self._keys.node(self.node_id))
-            while True:
-                status, _ = await self._reap_node(self.node_id, force=True)
-                if status != 0:
-                    break
+            status = 0
+            while status == 0:
+                status, reaped = await self._reap_node(self.node_id, force=True)
+                leaves.extend(reaped)
         except _redis.REDIS_ERRORS as exc:
             # The entries go the way of a dead node's: another node reaps them.
             log.warning("presence could not clean up node %s: %s", self.node_id, exc)
         self._local.clear()
         await self._redis.aclose()
+        if leaves:
+            await self._report(leaves)
 
     async def abandon(self) -> None:
         """Stops without removing anything, as a SIGKILL would: for failure tests."""

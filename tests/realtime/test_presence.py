@@ -202,15 +202,19 @@ async def test_a_node_taken_for_dead_re_registers_its_connections(
     assert await node_a.members(ROOM) == [Member("u1", "Ada", 1)]
 
 
-async def test_closing_a_node_removes_its_entries(
+async def test_closing_a_node_removes_its_entries_and_reports_the_leaves(
     make_redis_node, admin: Redis, prefix: str
 ) -> None:
-    node_a, node_b = make_redis_node("node-a"), make_redis_node("node-b")
+    closed = Reaped()
+    node_a, node_b = make_redis_node("node-a"), make_redis_node("node-b", closed)
     await node_a.start()
     await node_b.start()
+    await node_a.add(ROOM, "a1", "u1", "Ada")
     await node_b.add(ROOM, "b1", "u1", "Ada")
+    await node_b.add(ROOM, "b2", "u2", "Bob")
     await node_b.close()
-    assert await node_a.members(ROOM) == []
+    assert closed.changes == [leave("u2", "Bob")]
+    assert await node_a.members(ROOM) == [Member("u1", "Ada", 1)]
     keys = Keys(prefix)
     assert not await admin.exists(keys.node("node-b"), keys.node_conns("node-b"))
     assert await admin.smembers(keys.nodes) == {b"node-a"}
