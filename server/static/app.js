@@ -19,7 +19,14 @@ let noticeTimer = null;
 
 // Notices -------------------------------------------------------------------------------
 
-const noticeEl = h("div", { class: "notice", testid: "notice", role: "status", hidden: true });
+const noticeEl = h("div", {
+  class: "notice",
+  testid: "notice",
+  role: "status",
+  title: "Click to dismiss",
+  hidden: true,
+  onclick: () => (noticeEl.hidden = true),
+});
 
 function notify(message, kind = "error") {
   noticeEl.textContent = message;
