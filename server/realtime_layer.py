@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from realtime.presence import Presence, PresenceChange
-from realtime.stream_log import StreamLog
-
 from realtime.hub import Hub
 from realtime.keys import Keys
+from realtime.presence import Presence, PresenceChange
+from realtime.stream_log import StreamLog
 from server.container import Container
 
 
@@ -34,10 +33,9 @@ async def start_realtime(container: Container, stack: contextlib.AsyncExitStack)
     presence: Presence
     stream_log: StreamLog
     if settings.redis_url:
+        from realtime.bus_redis import RedisBus
         from realtime.presence_redis import RedisPresence
         from realtime.stream_log_redis import RedisStreamLog
-
-        from realtime.bus_redis import RedisBus
 
         redis_url = settings.redis_url
         presence = RedisPresence(redis_url, node_id, on_reaped, ttl_s=settings.presence_ttl_s)
@@ -46,10 +44,9 @@ async def start_realtime(container: Container, stack: contextlib.AsyncExitStack)
         def bus_factory(on_message: Any, on_gap: Any) -> Any:
             return RedisBus(redis_url, on_message, on_gap)
     else:
+        from realtime.bus_memory import MemoryBus
         from realtime.presence_memory import MemoryPresence
         from realtime.stream_log_memory import MemoryStreamLog
-
-        from realtime.bus_memory import MemoryBus
 
         presence = MemoryPresence()
         stream_log = MemoryStreamLog(settings.stream_log_ttl_s)

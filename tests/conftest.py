@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from server.app import create_app
 from server.config import Settings, load_settings
 from server.serving import uvicorn_config
 from tests.services import POSTGRES_URL, require_postgres
+from tests.wsclient import WSClient
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 BACKENDS = os.environ.get("PARLEY_TEST_BACKENDS", "sqlite,postgres").split(",")
@@ -188,3 +189,34 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
 async def live_client(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=live_server.http_url) as c:
         yield c
+
+
+Connect = Callable[..., Awaitable["WSClient"]]
+
+
+@pytest.fixture
+async def connect(live_server: LiveServer) -> AsyncIterator[Connect]:
+    """Open WebSocket clients against the live server; all closed at the end."""
+    opened: list[WSClient] = []
+
+    async def open_client(user: TestUser, **kwargs: Any) -> WSClient:
+        client, _ = await WSClient.connect(live_server.ws_url, user.access_token, **kwargs)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        await client.close()
+
+
+@pytest.fixture
+async def room(live_client: httpx.AsyncClient) -> tuple[TestUser, TestUser, str]:
+    """Two users, the first owning a session the second was added to."""
+    ada = await register_user(live_client, "Ada")
+    bob = await register_user(live_client, "Bob")
+    session_id = await create_session(live_client, ada, title="pair")
+    response = await live_client.post(
+        f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+    )
+    assert response.status_code == 201, response.text
+    return ada, bob, session_id
