@@ -19,6 +19,7 @@ resulting "join" changes through ``on_reaped`` as well.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from realtime.keys import (
     reaper_interval_s,
 )
 from realtime.presence import Member, PresenceChange, ReapedHandler, sort_members
-from server.errors import ParleyError
+from server.errors import ParleyError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class RedisPresence:
         self._local: dict[tuple[str, str], tuple[str, str]] = {}
         self._unremoved: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
 
     # Lifecycle
 
@@ -166,6 +168,7 @@ class RedisPresence:
     async def close(self) -> None:
         """Removes this node's entries; the leaves that causes go to ``on_reaped``
         (while the hub's bus is still open) so that other nodes see the users go."""
+        self._closed = True
         await self._stop_tasks()
         leaves: list[PresenceChange] = []
         try:
@@ -184,6 +187,7 @@ class RedisPresence:
 
     async def abandon(self) -> None:
         """Stops without removing anything, as a SIGKILL would: for failure tests."""
+        self._closed = True
         await self._stop_tasks()
         await self._redis.aclose()
 
@@ -368,6 +372,11 @@ class RedisPresence:
         return f"{session_id}{MEMBER_SEPARATOR}{conn_id}"
 
     async def _call(self, awaitable: Any, what: str) -> Any:
+        if self._closed:
+            # An entry written now would belong to no live node and never be reaped.
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never awaited, on purpose
+            raise Unavailable(f"presence is closed ({what})")
         try:
             return await awaitable
         except _redis.REDIS_ERRORS as exc:

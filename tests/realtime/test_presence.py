@@ -12,6 +12,7 @@ from realtime.keys import Keys
 from realtime.presence import Member, Presence, PresenceChange
 from realtime.presence_memory import MemoryPresence
 from realtime.presence_redis import RedisPresence
+from server.errors import Unavailable
 
 ROOM, OTHER_ROOM = "room-1", "room-2"
 
@@ -218,3 +219,11 @@ async def test_closing_a_node_removes_its_entries_and_reports_the_leaves(
     keys = Keys(prefix)
     assert not await admin.exists(keys.node("node-b"), keys.node_conns("node-b"))
     assert await admin.smembers(keys.nodes) == {b"node-a"}
+
+
+async def test_a_closed_redis_node_refuses_new_entries(make_redis_node) -> None:
+    node = make_redis_node("node-a")
+    await node.start()
+    await node.close()
+    with pytest.raises(Unavailable):
+        await node.add(ROOM, "a1", "u1", "Ada")
