@@ -227,6 +227,7 @@ class ChatClient:
         if welcome.get("type") != "welcome":
             raise InternalError("the server did not start with welcome")
         self.attempt = 0
+        await self._load_names()
         await self.send(
             {
                 "type": "join",
@@ -237,6 +238,13 @@ class ChatClient:
         )
         async for raw in ws:
             self.handle(orjson.loads(raw))
+
+    async def _load_names(self) -> None:
+        """Members' names, so that history and messages name their authors."""
+        with contextlib.suppress(ParleyError):
+            detail = await self.rest.call("GET", f"/v1/sessions/{self.conv.session_id}")
+            for member in detail.get("members", []):
+                self.conv.names[member["user_id"]] = member["name"]
 
     async def send(self, frame: dict[str, Any]) -> bool:
         if self.ws is None:

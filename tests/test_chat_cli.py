@@ -1,0 +1,149 @@
+"""``parley chat`` end to end: a real subprocess against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.app import create_app
+from tests.conftest import LiveServer, TestUser, create_session, make_settings, register_user
+
+READ_TIMEOUT_S = 20
+
+
+@pytest.fixture
+def token_delay_s() -> float:
+    return 0.0
+
+
+@pytest.fixture
+async def server(tmp_path: Path, token_delay_s: float) -> AsyncIterator[LiveServer]:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}", offline_token_delay_s=token_delay_s
+    )
+    live = LiveServer(create_app(settings))
+    await live.start()
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+@pytest.fixture
+async def http(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.http_url) as client:
+        yield client
+
+
+async def start_chat(server: LiveServer, user: TestUser, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.chat_cli", "--url", server.http_url,
+        "--token", user.access_token, *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str) -> str:
+    seen = ""
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        while needle not in seen:
+            chunk = await stream.read(256)
+            if not chunk:
+                raise AssertionError(f"stream ended before {needle!r}; got {seen!r}")
+            seen += chunk.decode()
+    return seen
+
+
+async def stored_answer(http: httpx.AsyncClient, user: TestUser, session_id: str) -> dict:
+    page = await http.get(f"/v1/sessions/{session_id}/messages", headers=user.headers)
+    return next(m for m in page.json()["data"]["messages"] if m["role"] == "assistant")
+
+
+async def test_a_line_on_stdin_gets_its_streamed_answer_on_stdout_and_eof_quits(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    session_id = await create_session(http, ada, title="terminal")
+    chat = await start_chat(server, ada, "--session", session_id)
+    assert chat.stdin is not None
+
+    chat.stdin.write(b"hello from the terminal\n")
+    chat.stdin.close()
+    stdout, stderr = await asyncio.wait_for(chat.communicate(), READ_TIMEOUT_S)
+
+    assert chat.returncode == 0, stderr.decode()
+    answer = await stored_answer(http, ada, session_id)
+    assert "hello from the terminal" in answer["content"]
+    assert stdout.decode() == f"assistant> {answer['content']}\n"
+
+
+async def test_new_creates_a_session_and_no_reply_asks_for_no_answer(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    chat = await start_chat(server, ada, "--new", "quiet room", "--no-reply")
+
+    stdout, stderr = await asyncio.wait_for(chat.communicate(b"just a note\n"), READ_TIMEOUT_S)
+
+    assert chat.returncode == 0, stderr.decode()
+    assert stdout == b""
+    sessions = (await http.get("/v1/sessions", headers=ada.headers)).json()["data"]["sessions"]
+    assert [s["title"] for s in sessions] == ["quiet room"]
+    page = await http.get(f"/v1/sessions/{sessions[0]['id']}/messages", headers=ada.headers)
+    assert [m["content"] for m in page.json()["data"]["messages"]] == ["just a note"]
+
+
+async def test_messages_from_others_are_printed_with_their_name(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    bob = await register_user(http, "Bob")
+    session_id = await create_session(http, ada, title="pair")
+    await http.post(
+        f"/v1/sessions/{session_id}/members", json={"email": bob.email}, headers=ada.headers
+    )
+    chat = await start_chat(server, ada, "--session", session_id)
+    assert chat.stdin is not None and chat.stdout is not None
+    # Once Ada's own answer is printed she is surely in the room.
+    chat.stdin.write(b"ready\n")
+    await read_until(chat.stdout, "real model.\n")
+
+    await http.post(
+        f"/v1/sessions/{session_id}/messages",
+        json={"content": "hi Ada", "reply": "none"},
+        headers=bob.headers,
+    )
+
+    assert "[Bob] hi Ada\n" in await read_until(chat.stdout, "hi Ada\n")
+    chat.stdin.close()
+    await asyncio.wait_for(chat.wait(), READ_TIMEOUT_S)
+    assert chat.returncode == 0
+
+
+@pytest.mark.parametrize("token_delay_s", [0.2])
+async def test_ctrl_c_stops_the_answer_and_a_second_ctrl_c_quits(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    session_id = await create_session(http, ada, title="long")
+    chat = await start_chat(server, ada, "--session", session_id)
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write(b"tell me everything\n")
+    await read_until(chat.stdout, "assistant> I'm Parley's")
+
+    chat.send_signal(signal.SIGINT)
+    assert "[stopped]" in await read_until(chat.stdout, "[stopped]\n")
+    chat.send_signal(signal.SIGINT)
+
+    await asyncio.wait_for(chat.wait(), READ_TIMEOUT_S)
+    assert chat.returncode == 0
+    answer = await stored_answer(http, ada, session_id)
+    assert answer["status"] == "cancelled"
