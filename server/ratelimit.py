@@ -30,7 +30,12 @@ class RateLimiter:
         self._storage: Storage
         if redis_url:
             scheme, rest = redis_url.split("://", 1)
-            self._storage = RedisStorage(f"async+{scheme}://{rest}")
+            self._storage = RedisStorage(
+                f"async+{scheme}://{rest}",
+                implementation="redispy",
+                key_prefix="parley:limits",
+                wrap_exceptions=True,
+            )
         else:
             self._storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self._storage)

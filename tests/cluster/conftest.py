@@ -46,21 +46,8 @@ class Node:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     async def start(self, timeout_s: float = 20.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "parley"),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = self._spawn(log)
         deadline = asyncio.get_running_loop().time() + timeout_s
         async with httpx.AsyncClient() as client:
             while True:
@@ -74,6 +61,22 @@ class Node:
                 if asyncio.get_running_loop().time() > deadline:
                     raise TimeoutError(f"{self.name} did not start: {self.log_path.read_text()}")
                 await asyncio.sleep(0.1)
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "parley"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
