@@ -1,0 +1,69 @@
+"""The same plugin without a WebSocket: ``POST /v1/sessions/{id}/messages`` with
+``Accept: text/event-stream`` stores the prompt and streams the answer back as
+server-sent events (``event:`` is the frame type, ``data:`` the frame's JSON).
+
+    PARLEY_TOKEN=$(parley token --email ada@example.com) \
+        python docs/examples/sse_plugin.py --session <id> "What changed since Monday?"
+
+Needs ``httpx`` and ``httpx-sse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+import httpx
+from httpx_sse import aconnect_sse
+
+
+async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    # No read timeout: an answer may pause while the assistant searches or retrieves.
+    timeout = httpx.Timeout(10.0, read=None)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client:
+        if session_id is None:
+            created = await client.post("/v1/sessions", json={"title": "sse plugin"})
+            created.raise_for_status()
+            session_id = created.json()["data"]["id"]
+
+        body = {"content": prompt, "client_msg_id": uuid.uuid4().hex}
+        path = f"/v1/sessions/{session_id}/messages"
+        async with aconnect_sse(client, "POST", path, json=body) as events:
+            if events.response.status_code >= 400:
+                await events.response.aread()
+                raise SystemExit(f"HTTP {events.response.status_code}: {events.response.text}")
+            next_index = 0
+            async for event in events.aiter_sse():
+                frame = json.loads(event.data)
+                if event.event == "stream.status":
+                    print(f"[{frame['stage']}]", file=sys.stderr)
+                elif event.event == "stream.delta" and frame["index"] == next_index:
+                    print(frame["text"], end="", flush=True)
+                    next_index += 1
+                elif event.event == "stream.end":
+                    print()
+                    if frame["finish_reason"] == "error":
+                        print(f"failed: {frame.get('error')}", file=sys.stderr)
+                    return str((frame.get("message") or {}).get("content", ""))
+    raise SystemExit("the response ended before stream.end")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prompt")
+    parser.add_argument("--url", default=os.environ.get("PARLEY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--token", default=os.environ.get("PARLEY_TOKEN"))
+    parser.add_argument("--session", help="a session id (default: create one)")
+    args = parser.parse_args()
+    if not args.token:
+        parser.error("set PARLEY_TOKEN or pass --token")
+    asyncio.run(ask(args.url.rstrip("/"), args.token, args.session, args.prompt))
+
+
+if __name__ == "__main__":
+    main()
