@@ -36,6 +36,12 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chat"]:
+        # The terminal client parses its own options (see server/chat_cli.py).
+        from server.chat_cli import main as chat_main
+
+        return chat_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
@@ -53,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("chat", help="chat in a session from the terminal (parley chat -h)")
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
