@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from server.app import create_app
+from tests.browser.conftest import PageServer, free_port
 from tests.conftest import LiveServer, TestUser, create_session, make_settings, register_user
 
 READ_TIMEOUT_S = 20
@@ -41,10 +42,14 @@ async def http(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# The installed console script, as a user runs it; the module when not installed.
+PARLEY = Path(sys.executable).with_name("parley")
+COMMAND = [str(PARLEY), "chat"] if PARLEY.exists() else [sys.executable, "-m", "server.chat_cli"]
+
+
 async def start_chat(server: LiveServer, user: TestUser, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.chat_cli", "--url", server.http_url,
-        "--token", user.access_token, *args,
+        *COMMAND, "--url", server.http_url, "--token", user.access_token, *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -147,3 +152,37 @@ async def test_ctrl_c_stops_the_answer_and_a_second_ctrl_c_quits(
     assert chat.returncode == 0
     answer = await stored_answer(http, ada, session_id)
     assert answer["status"] == "cancelled"
+
+
+async def test_after_a_server_restart_it_reconnects_and_nothing_is_printed_twice(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}")
+    server = PageServer(settings, free_port())
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            ada = await register_user(http, "Ada")
+            session_id = await create_session(http, ada, title="restarts")
+        chat = await start_chat(server, ada, "--session", session_id)
+        assert chat.stdin is not None and chat.stdout is not None
+        chat.stdin.write(b"before\n")
+        first = await read_until(chat.stdout, "real model.\n")
+
+        await server.stop()
+        await server.restart_on_same_port()
+        chat.stdin.write(b"after\n")
+        chat.stdin.close()
+        rest, stderr = await asyncio.wait_for(chat.communicate(), READ_TIMEOUT_S)
+
+        assert chat.returncode == 0, stderr.decode()
+        assert "reconnecting" in stderr.decode()
+        printed = first + rest.decode()
+        assert printed.count("assistant> ") == 2
+        assert 'You said: "before"' in printed and 'You said: "after"' in printed
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            page = await http.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+        roles = [m["role"] for m in page.json()["data"]["messages"]]
+        assert roles == ["user", "assistant", "user", "assistant"]
+    finally:
+        await server.stop()
