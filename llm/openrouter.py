@@ -140,6 +140,8 @@ class OpenRouterProvider:
                 raise transport_error(exc) from exc
 
             state.generation_id = response.headers.get("x-generation-id")
+            if request.trace is not None and state.generation_id:
+                request.trace["generation_id"] = state.generation_id
             events = await stack.enter_async_context(aclosing(source.aiter_sse()))
             while True:
                 try:
@@ -167,7 +169,10 @@ class OpenRouterProvider:
 
                 if sse.data == "[DONE]":
                     break
-                for event in state.feed(sse):
+                events_now = state.feed(sse)
+                if request.trace is not None and state.generation_id:
+                    request.trace["generation_id"] = state.generation_id
+                for event in events_now:
                     yield event
                 if state.error is not None:
                     if not state.text_seen:

@@ -19,7 +19,7 @@ Contract shared by every implementation (OpenRouter, offline, the resilient wrap
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from server.errors import BadRequest, ParleyError, Unavailable
@@ -36,6 +36,9 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    # Filled by the provider as it learns things about the call (``generation_id``),
+    # so that a caller that cancels the stream can still look its usage up later.
+    trace: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
 from llm.provider import ChatRequest, StreamFinished, TextDelta, Usage
 from llm.resilience import ResilientProvider
-from llm.usage import estimate_usage
+from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.config import Settings
@@ -44,6 +44,7 @@ class Generation:
     force_search: bool
     task: asyncio.Task[None] | None = None
     cancelled_by: str | None = None
+    trace: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -153,6 +154,7 @@ class Assistant:
                     messages=context.messages,
                     max_tokens=self._settings.llm_reply_reserve_tokens,
                     user=generation.user_id,
+                    trace=generation.trace,
                 )
                 stream = self._provider.stream(request, fallbacks=context.fallbacks)
                 try:
@@ -276,7 +278,7 @@ class Assistant:
         ttft = first_token_at - started if first_token_at is not None else None
         self._record_metrics(answered_by, outcome, usage, ttft, duration, error)
         async with self._db.transaction() as session:
-            await usage_repo.record_usage(
+            event = await usage_repo.record_usage(
                 session,
                 user_id=uuid.UUID(generation.user_id),
                 session_id=session_uuid,
@@ -288,8 +290,32 @@ class Assistant:
                 duration_ms=round(duration * 1000),
                 outcome=outcome,
             )
+        reported = finish is not None and finish.usage is not None
+        if not reported and generation.trace.get("generation_id"):
+            self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
         if stored is not None and outcome in ("stop", "length"):
             self._learn_later(generation, stored)
+
+    def _recover_usage_later(self, event_id: uuid.UUID, generation_id: str) -> None:
+        """A cancelled stream gets no usage chunk: ask the upstream for its count."""
+        lookup = getattr(self._provider.provider(), "generation_usage", None)
+        if lookup is None:
+            return
+
+        async def recover() -> None:
+            usage = await recover_usage(lookup, generation_id)
+            if usage is not None:
+                async with self._db.transaction() as session:
+                    await usage_repo.update_usage_tokens(
+                        session, event_id, usage.prompt_tokens, usage.completion_tokens
+                    )
+
+        self._in_background(recover())
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _record_metrics(
         self,
@@ -315,11 +341,15 @@ class Assistant:
     def _learn_later(self, generation: Generation, stored: dict[str, Any]) -> None:
         """Memory extraction runs off the hot path, after the answer is out."""
         memory = self._extras.get("memory")
-        if memory is None or not hasattr(memory, "learn_from_turn"):
+        if memory is None:
             return
         task = asyncio.create_task(
             memory.learn_from_turn(
-                uuid.UUID(generation.user_id), generation.reply_to["content"], stored["content"]
+                uuid.UUID(generation.user_id),
+                generation.reply_to["content"],
+                stored["content"],
+                model=stored.get("model") or self._settings.llm_model,
+                complete=self._provider.complete,
             )
         )
         self._background.add(task)

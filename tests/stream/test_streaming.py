@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import httpx
 
+from db.repositories import usage as usage_repo
 from tests.conftest import LiveServer, TestUser
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.stream.conftest import collect_stream
@@ -163,3 +167,38 @@ async def test_a_rate_limited_upstream_is_retried_then_the_fallback_model_answer
     assert fake_openrouter.chat_models == ["openai/gpt-4o-mini"] * 3 + [
         "meta-llama/llama-3-8b-instruct"
     ]
+
+
+async def test_a_cancelled_streams_usage_is_recovered_from_the_generation_endpoint(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream([f"w{i} " for i in range(200)], delay_s=0.02))
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
+    for _ in range(5):
+        await ada_ws.next("stream.delta")
+    await ada_ws.request(
+        {"type": "cancel", "session_id": session_id, "stream_id": ack["stream_id"]}
+    )
+    streamed_end = await ada_ws.next("stream.end")
+    assert streamed_end["finish_reason"] == "cancelled"
+    assert await fake_openrouter.wait_disconnect(2.0)
+
+    upstream = next(iter(fake_openrouter.generations.values()))
+    database = live_server.container.database
+    for _ in range(100):
+        async with database.transaction() as session:
+            events = await usage_repo.usage_for_session(session, uuid.UUID(session_id))
+        if events and events[0].completion_tokens == upstream["tokens_completion"]:
+            break
+        await asyncio.sleep(0.05)
+    lookups = [r for r in fake_openrouter.requests if r.path.endswith("/generation")]
+    assert [r.query.get("id") for r in lookups][:1] == [upstream["id"]]
+    assert events[0].outcome == "cancelled"
+    assert events[0].completion_tokens == upstream["tokens_completion"]
+    assert events[0].prompt_tokens == upstream["tokens_prompt"]
