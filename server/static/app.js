@@ -168,9 +168,14 @@ function openMemory() {
 
 // Sessions ---------------------------------------------------------------------------
 
+let sessionsGeneration = 0;
+
 async function loadSessions() {
+  // Only the newest of overlapping loads draws the list (filter changes race renames).
+  const generation = ++sessionsGeneration;
   try {
     const data = await get(`/v1/sessions?status=${state.filter}`);
+    if (generation !== sessionsGeneration) return;
     state.sessions = data.sessions;
   } catch (exc) {
     notify(exc.message);

@@ -50,8 +50,10 @@ export class DetailsPanel {
   }
 
   async loadDocuments() {
+    const generation = (this.docsGeneration = (this.docsGeneration || 0) + 1);
     try {
       const data = await get(`/v1/sessions/${this.session.id}/documents`);
+      if (generation !== this.docsGeneration) return;
       clear(this.docsEl);
       for (const doc of data.documents || []) this.docsEl.append(this.docItem(doc));
       if (!this.docsEl.firstChild) this.docsEl.append(h("li", { class: "muted", text: "No documents yet." }));
@@ -135,8 +137,11 @@ export class MemoryPanel {
   }
 
   async load() {
+    // Two quick changes start two loads; only the newest may draw the list.
+    const generation = (this.generation = (this.generation || 0) + 1);
     try {
       const data = await get("/v1/me/memory");
+      if (generation !== this.generation) return;
       clear(this.listEl);
       for (const item of data.items || []) this.listEl.append(this.itemEl(item));
       this.emptyEl.hidden = this.listEl.childElementCount > 0;

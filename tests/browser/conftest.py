@@ -108,10 +108,19 @@ def token_delay_s() -> float:
 
 
 @pytest.fixture
-async def page_server(tmp_path: Path, token_delay_s: float) -> AsyncIterator[PageServer]:
+def server_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def page_server(
+    tmp_path: Path, token_delay_s: float, server_overrides: dict[str, Any]
+) -> AsyncIterator[PageServer]:
     require_chromium()
     settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}", offline_token_delay_s=token_delay_s
+        f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}",
+        offline_token_delay_s=token_delay_s,
+        **server_overrides,
     )
     server = PageServer(settings, free_port())
     await server.start()

@@ -76,6 +76,7 @@ async def test_stop_halts_the_answer_and_keeps_what_was_written(
     session_id = await ada.create_session("Long answers")
     await ada.send("Tell me a long story")
     await expect(ada.tid("stop")).to_be_visible()
+    await expect(ada.tid("stream-status")).to_have_attribute("data-stage", "generating")
     await expect(ada.tid("stream-body")).to_contain_text("offline")
 
     await ada.tid("stop").click()
@@ -146,3 +147,62 @@ async def test_on_a_phone_the_chat_fits_the_screen_without_sideways_scrolling(
     assert width <= 375
     await ada.tid("back").click()
     await expect(ada.tid("session-list")).to_be_visible()
+
+
+@pytest.mark.parametrize("server_overrides", [{"messages_per_window": 1000}])
+async def test_load_older_pages_back_through_the_history(
+    browser: Any, page_server: PageServer, watch: Watch
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    session_id = await ada.create_session("Long history")
+    async with httpx.AsyncClient(base_url=page_server.http_url) as client:
+        login = await client.post("/v1/auth/login", json={"email": ada.email, "password": PASSWORD})
+        headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
+        for n in range(1, 61):
+            body = {"content": f"note {n}", "reply": "none"}
+            await client.post(f"/v1/sessions/{session_id}/messages", json=body, headers=headers)
+    await ada.open_session(session_id)
+    await expect(ada.messages("user")).to_have_count(50)
+
+    await ada.tid("load-older").click()
+
+    await expect(ada.messages("user")).to_have_count(60)
+    await expect(ada.tid("load-older")).to_be_hidden()
+    assert await ada.seqs() == list(range(1, 61))
+
+
+async def test_the_assistants_memory_can_be_listed_added_and_forgotten(
+    browser: Any, page_server: PageServer, watch: Watch
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    await ada.tid("memory-open").click()
+    items = ada.tid("memory-item")
+    for text in ("I prefer short answers", "I live in Lisbon"):
+        await ada.tid("memory-input").fill(text)
+        await ada.tid("memory-add").click()
+    await expect(items).to_have_count(2)
+
+    await items.filter(has_text="Lisbon").get_by_test_id("memory-delete").click()
+    await expect(items).to_have_count(1)
+    await expect(items).to_contain_text("short answers")
+
+    await ada.tid("memory-clear").click()
+    await ada.tid("memory-clear").click()  # the second click confirms
+    await expect(items).to_have_count(0)
+
+
+async def test_a_document_uploads_to_the_session_and_a_member_is_added_by_email(
+    browser: Any, page_server: PageServer, watch: Watch, tmp_path: Path
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    bob = await Person.sign_up(browser, page_server, watch, "Bob")
+    await ada.create_session("Docs")
+    await ada.add_member(bob.email)
+    notes = tmp_path / "launch-notes.md"
+    notes.write_text("# Launch\n\nThe launch moves to May because of the audit.\n")
+
+    await ada.tid("doc-file").set_input_files(str(notes))
+    await ada.tid("doc-upload").click()
+
+    await expect(ada.tid("document")).to_have_count(1)
+    await expect(ada.tid("document")).to_contain_text("launch-notes")
