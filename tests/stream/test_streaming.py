@@ -189,14 +189,15 @@ async def test_a_cancelled_streams_usage_is_recovered_from_the_generation_endpoi
     assert streamed_end["finish_reason"] == "cancelled"
     assert await fake_openrouter.wait_disconnect(2.0)
 
-    upstream = next(iter(fake_openrouter.generations.values()))
     database = live_server.container.database
     for _ in range(100):
+        recorded = list(fake_openrouter.generations.values())
         async with database.transaction() as session:
             events = await usage_repo.usage_for_session(session, uuid.UUID(session_id))
-        if events and events[0].completion_tokens == upstream["tokens_completion"]:
+        if recorded and events and events[0].completion_tokens == recorded[0]["tokens_completion"]:
             break
         await asyncio.sleep(0.05)
+    upstream = recorded[0]
     lookups = [r for r in fake_openrouter.requests if r.path.endswith("/generation")]
     assert [r.query.get("id") for r in lookups][:1] == [upstream["id"]]
     assert events[0].outcome == "cancelled"
