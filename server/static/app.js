@@ -277,7 +277,7 @@ function applyStatus(session) {
   ui.header.restore.hidden = active;
   const chat = state.current.chat;
   chat.input.disabled = !active;
-  chat.input.placeholder = active ? "Write a message… (Enter sends, Shift+Enter for a new line)" : `This session is ${session.status}. Restore it to continue.`;
+  chat.input.placeholder = active ? "Write a message…" : `This session is ${session.status}. Restore it to continue.`;
 }
 
 function startRename(title) {

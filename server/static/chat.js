@@ -41,7 +41,11 @@ export class ChatView {
     this.ended = new Set();
     this.typingActive = false;
     this.stopTyping = debounce(() => this.sendTyping(false), TYPING_IDLE_MS);
-    this.onWelcome = () => this.join();
+    this.joined = false; // typing and resume need the room joined on this connection
+    this.onWelcome = () => {
+      this.joined = false;
+      this.join();
+    };
     this.onFrame = (event) => this.handle(event.detail);
     this.el = this.build();
   }
@@ -86,6 +90,7 @@ export class ChatView {
       this.notify(`Could not join: ${exc.message}`);
       return;
     }
+    this.joined = true;
     this.present.clear();
     for (const member of joined.members || []) {
       this.present.set(member.user_id, member.name);
@@ -370,7 +375,7 @@ export class ChatView {
   }
 
   sendTyping(active) {
-    if (this.typingActive === active) return;
+    if (this.typingActive === active || !this.joined) return;
     this.typingActive = active;
     this.socket.send({ type: "typing", session_id: this.id, active });
   }
@@ -436,7 +441,8 @@ export class ChatView {
       class: "composer-input",
       testid: "composer-input",
       rows: "1",
-      placeholder: "Write a message… (Enter sends, Shift+Enter for a new line)",
+      placeholder: "Write a message…",
+      title: "Enter sends, Shift+Enter starts a new line",
       "aria-label": "Message",
       maxlength: "32768",
       oninput: () => this.onInput(),

@@ -116,6 +116,11 @@ export class DetailsPanel {
     return h(
       "aside",
       { class: "details", testid: "details" },
+      h(
+        "button",
+        { type: "button", class: "link narrow-only", testid: "details-close", onclick: () => (this.el.hidden = true) },
+        "Close",
+      ),
       h("h3", { text: "Members" }),
       this.membersEl,
       this.isOwner
@@ -181,7 +186,8 @@ export class MemoryPanel {
     if (!content) return;
     try {
       await post("/v1/me/memory", { content, kind: this.kindSelect.value });
-      this.input.value = "";
+      // Keep whatever was typed meanwhile.
+      if (this.input.value.trim() === content) this.input.value = "";
       await this.load();
     } catch (exc) {
       this.notify(exc.message);
