@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app import create_app
+from tests.conftest import LiveServer, create_session, make_settings, register_user
+from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError
+from tests.stream.conftest import collect_stream
+from tests.wsclient import WSClient
+
+StartServer = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def start_server(
+    database_url: str, fake_openrouter: FakeOpenRouter
+) -> AsyncIterator[StartServer]:
+    servers: list[LiveServer] = []
+
+    async def start(**overrides: Any) -> LiveServer:
+        settings = make_settings(
+            database_url,
+            openrouter_api_key="sk-or-test",
+            openrouter_base_url=fake_openrouter.base_url,
+            **overrides,
+        )
+        server = LiveServer(create_app(settings))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def ask(server: LiveServer, question: str) -> dict[str, Any]:
+    """One user, one session, one question: the ``stream.end`` it got."""
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    try:
+        await client.request({"type": "join", "session_id": session_id})
+        ack = await client.request(
+            {"type": "message", "session_id": session_id, "content": question}
+        )
+        streamed = await collect_stream(client, ack["stream_id"])
+        assert streamed.end is not None
+        return streamed.end
+    finally:
+        await client.close()
+
+
+async def test_a_hanging_upstream_fails_at_the_first_token_deadline_despite_comment_lines(
+    start_server: StartServer, fake_openrouter: FakeOpenRouter
+) -> None:
+    server = await start_server(llm_first_token_timeout_s=0.5, llm_max_retries=0)
+    fake_openrouter.enqueue(Hang(comment_every_s=0.05))
+
+    started = asyncio.get_running_loop().time()
+    end = await ask(server, "anyone there?")
+
+    assert end["finish_reason"] == "error"
+    assert end["error"]["code"] == "unavailable"
+    assert end["message"] is None
+    assert asyncio.get_running_loop().time() - started < 5
+    assert await fake_openrouter.wait_disconnect(2.0)
+
+
+@pytest.mark.slow
+async def test_the_breaker_opens_after_repeated_failures_fails_fast_and_recovers(
+    start_server: StartServer, fake_openrouter: FakeOpenRouter
+) -> None:
+    server = await start_server(llm_breaker_fail_max=2, llm_breaker_reset_s=3.0, llm_max_retries=0)
+    fake_openrouter.enqueue(HttpError(503, "down"), HttpError(503, "down"))
+    for _ in range(2):
+        assert (await ask(server, "fail"))["error"]["code"] == "unavailable"
+    asked_before = len(fake_openrouter.chat_requests)
+
+    fast_fail = await ask(server, "fail fast")
+
+    assert fast_fail["error"]["code"] == "unavailable"
+    assert "circuit" in fast_fail["error"]["message"]
+    assert len(fake_openrouter.chat_requests) == asked_before  # the upstream was spared
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["data"]["checks"]["llm"] == "circuit open"
+
+    await asyncio.sleep(3.1)  # the breaker's reset timeout is wall-clock time
+    recovered = await ask(server, "better now?")
+
+    assert recovered["finish_reason"] == "stop"
+    assert recovered["message"]["content"] == "Hello from the fake."
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        assert (await http.get("/readyz")).status_code == 200
