@@ -2,11 +2,13 @@
 
 Lexical search is dialect specific and must hit the index the migration made:
 
-- PostgreSQL: ``to_tsvector('english', text) @@ websearch_to_tsquery('english', :q)``,
-  ranked by ``ts_rank_cd``. The text search configuration is written as a literal
-  (``'english'::regconfig``), never a bound parameter: only an expression identical
-  to the GIN index's ``to_tsvector('english', text)`` can use it, and a generic
-  prepared plan with a parameter in its place would not.
+- PostgreSQL: ``search_vector @@ websearch_to_tsquery('english', :q)``, ranked by
+  ``ts_rank_cd`` on the same stored vector. ``search_vector`` is a generated column
+  (``to_tsvector('english', text)``, migration 0002) with the GIN index
+  ``ix_chunks_fts`` on it: ranking reads the stored vector instead of parsing every
+  matching chunk's text again. The column is not mapped on ``Chunk`` (it is never
+  written), so it is named here. The text search configuration of the query is a
+  literal (``'english'::regconfig``), matching the column's, never a parameter.
 - SQLite: ``chunks_fts MATCH :q`` on the external-content FTS5 table, ranked by
   ``bm25`` (lower is better there; scores here are negated so higher is better on
   both back ends).
@@ -119,7 +121,7 @@ def _hits(rows: Sequence) -> list[ChunkHit]:
 
 
 def _pg_vector() -> ColumnElement[Any]:
-    return func.to_tsvector(_PG_CONFIG, Chunk.text)
+    return literal_column("chunks.search_vector")
 
 
 def _pg_query(query: str) -> ColumnElement[Any]:
@@ -127,7 +129,7 @@ def _pg_query(query: str) -> ColumnElement[Any]:
 
 
 def postgres_match(query: str) -> ColumnElement[bool]:
-    """The PostgreSQL full-text condition, written exactly as the GIN index's expression."""
+    """The PostgreSQL full-text condition, on the indexed ``search_vector`` column."""
     return _pg_vector().op("@@")(_pg_query(query))  # type: ignore[return-value]
 
 

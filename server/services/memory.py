@@ -1,8 +1,8 @@
 """Per-user memory: what the assistant keeps about a user, and the prompt's view of it.
 
 Two writers: the user through ``/v1/me/memory`` (source ``"user"``) and extraction
-after a turn (``apply_changes``, source ``"learned"``). A learned item never
-overwrites one the user wrote. Every change invalidates the user's entry in the
+after a turn (``learn_from_turn`` → ``apply_changes``, source ``"learned"``). A
+learned item never overwrites one the user wrote. Every change invalidates the user's entry in the
 context cache, so the next turn reads the table again; a cache that is down costs a
 database read, never the request.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from db.engine import Database
 from db.models import MemoryItem
 from db.repositories import memories as memories_repo
 from memory.cache import DEFAULT_TTL_S, UserContextCache
-from memory.extraction import KINDS, MemoryChanges
+from memory.extraction import KINDS, Complete, MemoryChanges, extract_memory
 from memory.extraction import MemoryItem as KnownItem
 from server.errors import BadRequest, NotFound, ParleyError, TooLarge
 from server.services.accounts import Principal
@@ -29,6 +30,21 @@ from server.services.sessions import parse_id
 log = logging.getLogger(__name__)
 
 SOURCES = ("user", "learned")
+
+# Extraction costs a model call per turn, so it runs only when the user's message
+# could carry something durable about them: it speaks of the user ("I", "my", "me"…)
+# or gives a standing instruction ("always", "from now on", "call me"…). A question
+# like "what is the capital of Peru?" has nothing to remember and is not sent.
+_ABOUT_THE_USER = re.compile(
+    r"\b(?:i|i'm|i've|i'd|i'll|me|my|mine|myself|we|our"
+    r"|always|never|from\ now\ on|call\ me|remember|prefer\w*)\b",
+    re.IGNORECASE,
+)
+
+
+def worth_learning(user_text: str) -> bool:
+    """Whether a turn may hold a preference or a fact about the user (rule above)."""
+    return bool(_ABOUT_THE_USER.search(user_text))
 
 
 def memory_to_wire(item: MemoryItem) -> dict[str, Any]:
@@ -130,6 +146,40 @@ class MemoryService:
         if applied:
             await self._invalidate(user_id)
         return applied
+
+    async def learn_from_turn(
+        self,
+        user_id: uuid.UUID,
+        user_text: str,
+        assistant_text: str,
+        *,
+        model: str,
+        complete: Complete,
+    ) -> int:
+        """Extract what a finished turn says about the user and store it as ``learned``.
+
+        Runs off the hot path, after the answer went out; returns how many items
+        changed. Never raises: a failed extraction logs and changes nothing, because
+        nobody is waiting for it.
+        """
+        if not worth_learning(user_text):
+            return 0
+        try:
+            existing = await self.known_items(user_id)
+            changes = await extract_memory(
+                complete,
+                model=model,
+                user_message=user_text,
+                assistant_reply=assistant_text,
+                existing=existing,
+                max_chars=self._max_chars,
+            )
+            return await self.apply_changes(user_id, changes)
+        except ParleyError as exc:
+            log.warning("learning from a turn failed: %s", exc.message)
+        except Exception:
+            log.exception("learning from a turn failed")
+        return 0
 
     async def context_items(self, user_id: uuid.UUID) -> builtins.list[str]:
         """The lines the prompt shows about the user, oldest first; cached per user."""
