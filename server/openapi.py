@@ -284,6 +284,9 @@ ENDPOINTS: dict[str, Doc] = {
         201,
         schemas.MessagePostBody,
         errors=(200, 409, 429),
+        # With ``Accept: text/event-stream``: events named after the frame types
+        # (message, stream.start, stream.status, stream.delta, stream.end).
+        raw={201: ("text/event-stream", STRING), 200: ("text/event-stream", STRING)},
     ),
     "DELETE /v1/sessions/{id}/messages/{message_id}": Doc(
         "Soft-delete a message (author, owner or admin; audited)",
@@ -377,7 +380,10 @@ def build_document(routes: list[BaseRoute]) -> Schema:
         "info": {
             "title": "Parley",
             "version": "1",
-            "description": "Real-time chat with an assistant. REST half of the wire contract.",
+            "description": (
+                "Real-time chat with an assistant: the REST half of the wire contract. "
+                "The WebSocket at GET /v1/ws is described in docs/protocol.md."
+            ),
         },
         "paths": paths,
         "components": {
@@ -443,10 +449,8 @@ def _responses(doc: Doc, has_ids: bool) -> Schema:
     if doc.data is not None:
         envelope = obj(success={"const": True}, data=doc.data)
         for status in {doc.ok, *(s for s in doc.errors if s < 300)}:
-            responses[str(status)] = {
-                "description": "success",
-                "content": {"application/json": {"schema": envelope}},
-            }
+            answer = responses.setdefault(str(status), {"description": "success", "content": {}})
+            answer["content"]["application/json"] = {"schema": envelope}
     errors = {s for s in doc.errors if s >= 400} | {500}
     if not doc.public:
         errors |= {401, 403, 503}
