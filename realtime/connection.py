@@ -49,6 +49,8 @@ class Connection:
     typing_in: set[str] = field(default_factory=set)
     strikes: int = 0
     closing: tuple[int, str] | None = None
+    # Set with ``closing``: lets the endpoint give up on a writer stuck on a dead peer.
+    close_requested: asyncio.Event = field(default_factory=asyncio.Event)
     _outbox: deque[str] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,6 +70,7 @@ class Connection:
         """Ask the writer to close the socket once what is queued before now is sent."""
         if self.closing is None:
             self.closing = (code, reason)
+            self.close_requested.set()
             self._ready.set()
 
     async def next_batch(self) -> tuple[list[str], tuple[int, str] | None]:

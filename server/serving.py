@@ -31,6 +31,13 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_sent = True
         self.transport.close()
 
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        # The app gave up on a peer that stopped reading (server/ws.py ``_abandon``):
+        # what is still buffered would never drain, and close() would wait for it.
+        if not self.close_sent and self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
+
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     options: dict[str, Any] = {

@@ -29,6 +29,9 @@ from server.services.accounts import Principal
 
 log = logging.getLogger("parley.ws")
 
+# How long the writer may take to flush and send a requested close.
+CLOSE_FLUSH_GRACE_S = 2.0
+
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
     header = websocket.headers.get("authorization")
@@ -79,6 +82,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         asyncio.create_task(_read(websocket, handler), name=f"ws-read-{conn.conn_id}"),
         asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}"),
         asyncio.create_task(_expire(conn, handler), name=f"ws-expiry-{conn.conn_id}"),
+        asyncio.create_task(_abandon(conn), name=f"ws-abandon-{conn.conn_id}"),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -135,6 +139,17 @@ async def _expire(conn: Connection, handler: ConnectionHandler) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(handler.token_refreshed.wait(), remaining)
     await asyncio.Event().wait()
+
+
+async def _abandon(conn: Connection) -> None:
+    """Return (ending the connection) when a requested close has not happened in time.
+
+    A peer that stops reading leaves the writer waiting on a send forever, so the
+    close it was asked for never goes out; without this it would stay registered.
+    """
+    await conn.close_requested.wait()
+    await asyncio.sleep(CLOSE_FLUSH_GRACE_S)
+    log.info("peer did not take its close in %.0f s; dropping it", CLOSE_FLUSH_GRACE_S)
 
 
 routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
