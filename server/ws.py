@@ -26,6 +26,7 @@ from server.http import error_response
 from server.logging import conn_id_var
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
+from server.serving import SEND_TEXTS_EXTENSION
 
 log = logging.getLogger("parley.ws")
 
@@ -112,11 +113,16 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
 
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
+    # One socket write per queued batch where the server offers it (server/serving.py).
+    send_texts = websocket.scope.get("extensions", {}).get(SEND_TEXTS_EXTENSION)
     try:
         while True:
             batch, closing = await conn.next_batch()
-            for text in batch:
-                await websocket.send({"type": "websocket.send", "text": text})
+            if send_texts is not None and batch:
+                await send_texts(batch)
+            else:
+                for text in batch:
+                    await websocket.send({"type": "websocket.send", "text": text})
             if closing is not None:
                 code, reason = closing
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
