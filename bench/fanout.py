@@ -1,0 +1,164 @@
+"""Fan-out of ``typing`` and stored ``message`` frames to a room of 200 (issue 3).
+
+    .venv/bin/python -m bench.fanout [--members 200] [--seconds 4] [--only one|two]
+
+Real ``parley serve`` processes: one node (memory bus, SQLite), then two nodes
+(Redis bus, PostgreSQL) with the receivers split between them. The receivers and
+senders are one Node.js process (``bench/node/client.js``): sockets authenticate with
+the Bearer header and join one session; a few of them send at a stepped rate while
+every socket records delivery latency against the send time on the same clock. Each
+step reports what the server and the client used of the CPU. Rate limits are raised
+through settings (MESSAGES_PER_WINDOW, TYPING_PER_WINDOW) so that the limiter is not
+what is measured. Writes the ``## Realtime fan-out (issue 3)`` section of
+docs/benchmarks.md together with ``bench.idle_connections``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench._common import (
+    REDIS_URL,
+    REPORT,
+    CpuWindow,
+    NodeClient,
+    ServerNode,
+    fresh_database,
+    seed_room,
+    server_env,
+)
+from bench._fanout_report import RESULTS, render_and_write
+
+TYPING_TARGETS = [10_000, 25_000, 50_000, 75_000, 100_000]  # deliveries per second
+MESSAGE_TARGETS = [5_000, 10_000, 25_000, 50_000]
+SENDERS = 20
+HELD_P99_MS = 100.0
+LIMITS = {
+    # The benchmark measures fan-out, not the limiter: per-user limits far above the
+    # rates the senders reach.
+    "MESSAGES_PER_WINDOW": "1000000",
+    "TYPING_PER_WINDOW": "1000000",
+    "SEND_QUEUE_FRAMES": "8192",
+}
+
+
+async def run_steps(
+    client: NodeClient,
+    servers: list[ServerNode],
+    kind: str,
+    targets: list[int],
+    members: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    per_event = members - 1 if kind == "typing" else members
+    steps = []
+    for target in targets:
+        rate = target / per_event
+        pids = {f"server{i}": s.pid for i, s in enumerate(servers)} | {"client": client.pid}
+        window = CpuWindow(pids)
+        result = await client.call(
+            cmd="run", kind=kind, rate=rate, seconds=seconds, senders=SENDERS, grace_s=5
+        )
+        cpu = window.percent()
+        result["target_deliveries"] = target
+        result["cpu"] = cpu
+        result["held"] = held(result)
+        steps.append(result)
+        print(json.dumps(result), flush=True)
+        if result["delivered"] < 0.5 * result["expected"]:
+            break  # far past saturation: higher steps say nothing more
+        await asyncio.sleep(1.0)  # let queues drain between steps
+    return steps
+
+
+def held(result: dict[str, Any]) -> bool:
+    return (
+        result["delivered"] >= 0.999 * result["expected"]
+        and result["p99_ms"] < HELD_P99_MS
+        and result["delivery_rate"] >= 0.9 * result["target_deliveries"]
+    )
+
+
+async def one_node(members: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    async with fresh_database("sqlite", workdir) as url:
+        room = await seed_room(url, members)
+        server = ServerNode("one", server_env(url, None, **LIMITS), workdir)
+        await server.start()
+        client = NodeClient()
+        try:
+            await client.start()
+            connected = await client.call(
+                cmd="connect", urls=[server.ws_url], tokens=room.tokens, session_id=room.session_id
+            )
+            assert connected["connected"] == members, connected
+            typing = await run_steps(client, [server], "typing", TYPING_TARGETS, members, seconds)
+            messages = await run_steps(
+                client, [server], "message", MESSAGE_TARGETS, members, seconds
+            )
+        finally:
+            await client.stop()
+            server.stop()
+    return {"setup": "one node, memory bus, SQLite", "typing": typing, "message": messages}
+
+
+async def two_nodes(members: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    async with fresh_database("postgresql", workdir) as url:
+        room = await seed_room(url, members)
+        env = server_env(url, REDIS_URL, DB_POOL_SIZE="10", **LIMITS)
+        servers = [ServerNode(name, env, workdir) for name in ("a", "b")]
+        client = NodeClient()
+        try:
+            for server in servers:
+                await server.start()
+            await client.start()
+            connected = await client.call(
+                cmd="connect",
+                urls=[s.ws_url for s in servers],
+                tokens=room.tokens,
+                session_id=room.session_id,
+            )
+            assert connected["connected"] == members, connected
+            typing = await run_steps(client, servers, "typing", TYPING_TARGETS, members, seconds)
+            messages = await run_steps(
+                client, servers, "message", MESSAGE_TARGETS, members, seconds
+            )
+        finally:
+            await client.stop()
+            for server in servers:
+                server.stop()
+    return {
+        "setup": "two nodes, Redis bus, PostgreSQL (receivers and senders split evenly)",
+        "typing": typing,
+        "message": messages,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {"members": args.members, "seconds": args.seconds}
+    with tempfile.TemporaryDirectory(prefix="parley-fanout-") as tmp:
+        workdir = Path(tmp)
+        if args.only in (None, "one"):
+            results["one"] = await one_node(args.members, args.seconds, workdir)
+        if args.only in (None, "two"):
+            results["two"] = await two_nodes(args.members, args.seconds, workdir)
+    render_and_write(fanout=results, report=args.report)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each rate step")
+    parser.add_argument("--only", choices=["one", "two"], help="run one setup only")
+    parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
+    args = parser.parse_args()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

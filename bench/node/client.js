@@ -1,0 +1,245 @@
+// Lean WebSocket load client for Parley's realtime benchmarks.
+//
+// Driven by JSON lines on stdin, answers one JSON line on stdout per command:
+//   {"cmd":"connect","urls":[...],"tokens":[...],"session_id":"…"|null,"concurrency":100}
+//     open one socket per token (Authorization: Bearer), spread over urls round-robin;
+//     with a session_id each socket joins it. -> {"connected":N,"failed":F,"ms":…}
+//   {"cmd":"run","kind":"typing"|"message","rate":events_per_s,"seconds":s,"senders":k}
+//     the first k sockets send `kind` frames at `rate` events/s in total; every socket
+//     records what it receives. Latency is receive time minus send time on this
+//     process's monotonic clock: a message carries its send time in its content; the
+//     n-th typing frame from a user matches that user's n-th send (delivery keeps a
+//     sender's order). -> counts, achieved rates, latency percentiles
+//   {"cmd":"count"} -> {"open":N}
+//   {"cmd":"quit"}
+// A Python receiver spends 30-40 us of CPU per frame; this one a few, so the server,
+// not the load generator, is what gets measured.
+"use strict";
+
+const WebSocket = require("ws");
+const readline = require("readline");
+
+const BUCKET_MS = 0.05; // latency histogram resolution
+const BUCKETS = 200000; // up to 10 s
+let sockets = [];
+let userOf = []; // socket index -> user id (from welcome)
+let sessionId = null;
+let run = null; // state of the current run, or null
+
+function now() {
+  return performance.now();
+}
+
+function reply(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function openOne(url, token, join) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, {
+      headers: { Authorization: "Bearer " + token },
+      perMessageDeflate: false,
+    });
+    const slot = { ws, user: null, index: -1 };
+    let settled = false;
+    const done = (ok) => {
+      if (!settled) {
+        settled = true;
+        resolve(ok ? slot : null);
+      }
+    };
+    ws.on("message", (data) => {
+      const text = data.toString();
+      if (run !== null && slot.index >= 0) {
+        onFrame(slot, text);
+        return;
+      }
+      const frame = JSON.parse(text);
+      if (frame.type === "welcome") {
+        slot.user = frame.user.id;
+        if (!join) done(true);
+        else ws.send(JSON.stringify({ type: "join", session_id: sessionId, id: "j" }));
+      } else if (frame.type === "joined") {
+        done(true);
+      } else if (frame.type === "error" && !settled) {
+        process.stderr.write("join error: " + text + "\n");
+        done(false);
+      }
+    });
+    ws.on("error", (err) => {
+      process.stderr.write("socket error: " + err.message + "\n");
+      done(false);
+    });
+    ws.on("unexpected-response", (_req, res) => {
+      process.stderr.write("handshake refused: " + res.statusCode + "\n");
+      done(false);
+    });
+    ws.on("close", () => done(false));
+  });
+}
+
+async function connect(cmd) {
+  const started = now();
+  sessionId = cmd.session_id || null;
+  const join = sessionId !== null;
+  const concurrency = cmd.concurrency || 100;
+  let next = 0;
+  let failed = 0;
+  const opened = new Array(cmd.tokens.length).fill(null);
+  async function worker() {
+    while (next < cmd.tokens.length) {
+      const i = next++;
+      const slot = await openOne(cmd.urls[i % cmd.urls.length], cmd.tokens[i], join);
+      if (slot === null) failed++;
+      opened[i] = slot;
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  for (const slot of opened) {
+    if (slot !== null) {
+      slot.index = sockets.length;
+      sockets.push(slot);
+    }
+  }
+  userOf = sockets.map((s) => s.user);
+  return { connected: sockets.length, failed, ms: now() - started };
+}
+
+function onFrame(slot, text) {
+  const r = run;
+  // Cheap routing on the frame's start: acks (the sender's replies) need no parse.
+  if (text.startsWith('{"type":"ack"')) {
+    r.acks++;
+    return;
+  }
+  const frame = JSON.parse(text);
+  const t = now();
+  let sentAt;
+  if (frame.type === "typing" && r.kind === "typing") {
+    const seen = r.seen[slot.index];
+    const n = seen.get(frame.user_id) || 0;
+    seen.set(frame.user_id, n + 1);
+    sentAt = r.sendTimes.get(frame.user_id)[n];
+  } else if (frame.type === "message" && r.kind === "message") {
+    sentAt = parseFloat(frame.message.content.slice(2));
+  } else {
+    if (frame.type === "error") r.errors++;
+    return;
+  }
+  r.delivered++;
+  const bucket = Math.min(BUCKETS - 1, Math.floor((t - sentAt) / BUCKET_MS));
+  r.hist[bucket]++;
+  r.lastDelivery = t;
+}
+
+function percentile(hist, total, p) {
+  const want = Math.ceil(total * p);
+  let acc = 0;
+  for (let i = 0; i < hist.length; i++) {
+    acc += hist[i];
+    if (acc >= want) return (i + 1) * BUCKET_MS;
+  }
+  return NaN;
+}
+
+function startRun(cmd) {
+  return new Promise((resolve) => {
+    const senders = sockets.slice(0, Math.min(cmd.senders, sockets.length));
+    run = {
+      kind: cmd.kind,
+      hist: new Uint32Array(BUCKETS),
+      delivered: 0,
+      acks: 0,
+      errors: 0,
+      sent: 0,
+      seen: sockets.map(() => new Map()),
+      sendTimes: new Map(senders.map((s) => [s.user, []])),
+      lastDelivery: 0,
+    };
+    const r = run;
+    const perEvent = cmd.kind === "typing" ? sockets.length - 1 : sockets.length;
+    const started = now();
+    const durationMs = cmd.seconds * 1000;
+    let turn = 0;
+    const tick = () => {
+      const elapsed = now() - started;
+      const due = Math.min(Math.floor((elapsed * cmd.rate) / 1000), Math.floor(cmd.seconds * cmd.rate));
+      while (r.sent < due) {
+        const slot = senders[turn++ % senders.length];
+        const t = now();
+        if (cmd.kind === "typing") {
+          r.sendTimes.get(slot.user).push(t);
+          slot.ws.send('{"type":"typing","session_id":"' + sessionId + '","active":true}');
+        } else {
+          slot.ws.send(
+            JSON.stringify({ type: "message", session_id: sessionId, content: "t:" + t, reply: "none" })
+          );
+        }
+        r.sent++;
+      }
+      if (elapsed < durationMs) {
+        setTimeout(tick, 1);
+        return;
+      }
+      const sendSeconds = (now() - started) / 1000;
+      const expected = r.sent * perEvent;
+      const graceEnd = now() + (cmd.grace_s || 5) * 1000;
+      const finish = () => {
+        if (r.delivered < expected && now() < graceEnd) {
+          setTimeout(finish, 5);
+          return;
+        }
+        const total = r.delivered;
+        const span = Math.max(r.lastDelivery - started, 1) / 1000;
+        run = null;
+        resolve({
+          kind: r.kind,
+          target_rate: cmd.rate,
+          sent: r.sent,
+          send_rate: r.sent / sendSeconds,
+          expected,
+          delivered: total,
+          acks: r.acks,
+          errors: r.errors,
+          delivery_rate: total / span,
+          p50_ms: percentile(r.hist, total, 0.5),
+          p99_ms: percentile(r.hist, total, 0.99),
+          max_ms: percentile(r.hist, total, 1.0),
+        });
+      };
+      finish();
+    };
+    tick();
+  });
+}
+
+async function handle(cmd) {
+  switch (cmd.cmd) {
+    case "connect":
+      return connect(cmd);
+    case "run":
+      return startRun(cmd);
+    case "count":
+      return { open: sockets.filter((s) => s.ws.readyState === WebSocket.OPEN).length };
+    case "quit":
+      for (const s of sockets) s.ws.terminate();
+      reply({ bye: true });
+      process.exit(0);
+      return null;
+    default:
+      throw new Error("unknown command " + cmd.cmd);
+  }
+}
+
+const lines = readline.createInterface({ input: process.stdin });
+let queue = Promise.resolve();
+lines.on("line", (line) => {
+  queue = queue.then(async () => {
+    try {
+      reply(await handle(JSON.parse(line)));
+    } catch (err) {
+      reply({ error: String(err && err.stack ? err.stack : err) });
+    }
+  });
+});
+lines.on("close", () => process.exit(0));
