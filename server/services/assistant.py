@@ -156,7 +156,7 @@ class Assistant:
                     user=generation.user_id,
                     trace=generation.trace,
                 )
-                stream = self._provider.stream(request, fallbacks=context.fallbacks)
+                stream = self._context.stream(request, context, publisher.status)
                 try:
                     async for event in stream:
                         if isinstance(event, TextDelta):

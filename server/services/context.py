@@ -2,28 +2,40 @@
 
 Order of work for a turn: the session and its rolling summary; fold the oldest turns
 into the summary when the history outgrows the budget (``summarising``); memory;
-retrieved passages (``retrieving``); web search when asked or called for
-(``searching``); then ``llm.context.build_context`` fits it all, in its documented
-order, so that no request is larger than the window.
+retrieved passages (``retrieving``); web search (``searching``); then
+``llm.context.build_context`` fits it all, in its documented order, so that no
+request is larger than the window.
+
+When to search: always when the message says ``search: true``; otherwise, for a
+model known to support tool calling, the model decides (``WEB_SEARCH_TOOL`` is
+offered and ``stream`` runs its call, see ``server.services.search_tool``); for any
+other model, the plain ``search.service.should_search`` rule. Which models support
+tools is ``extras["tool_models"]`` (a collection of model ids), published by whoever
+knows: configuration or the model catalogue. A search that fails leaves a note for
+the model and a ``stream.status`` whose ``detail`` says search was unavailable.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from llm.context import build_context
-from llm.provider import ChatProvider
+from llm.provider import ChatEvent, ChatRequest
+from llm.resilience import ResilientProvider
 from llm.summarise import fold, plan_fold
 from llm.tokens import count_text
+from rag.ranking import format_passages
+from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from server.config import Settings
 from server.errors import NotFound, ParleyError
+from server.services.search_tool import stream_with_search, unavailable_detail
 
 log = logging.getLogger("parley.context")
 
@@ -46,13 +58,15 @@ class TurnContext:
     messages: list[dict[str, Any]]
     prompt_tokens: int
     searched: bool
+    tools: list[dict[str, Any]] | None = None  # offered to the model (tool calling)
+    question: str = ""
 
 
 class ContextAssembler:
     def __init__(
         self,
         database: Database,
-        provider: ChatProvider,
+        provider: ResilientProvider,
         settings: Settings,
         extras: dict[str, Any],
     ) -> None:
@@ -127,8 +141,9 @@ class ContextAssembler:
 
         memory_items = await self._memory(user_id)
         passages_text = await self._passages(session_id, current["content"], covers, status)
+        tools = self._tools_for(model, force_search)
         search_text, search_note, searched = await self._search(
-            current["content"], force_search, status
+            current["content"], force_search or (tools is None and _rule(current)), status
         )
         built = build_context(
             system_prompt=system_prompt,
@@ -141,7 +156,44 @@ class ContextAssembler:
             window_tokens=window,
             reply_reserve_tokens=self._settings.llm_reply_reserve_tokens,
         )
-        return TurnContext(model, fallbacks, built.messages, built.prompt_tokens, searched)
+        return TurnContext(
+            model,
+            fallbacks,
+            built.messages,
+            built.prompt_tokens,
+            searched,
+            tools,
+            current["content"],
+        )
+
+    def stream(
+        self, request: ChatRequest, turn: TurnContext, status: Status
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """The model's answer for ``turn``; runs a web search the model calls for."""
+        web_search = self._extras.get("web_search")
+        if not turn.tools or web_search is None:
+            return self._provider.stream(request, fallbacks=turn.fallbacks)
+        return stream_with_search(
+            self._provider,
+            replace(request, tools=turn.tools),
+            fallbacks=turn.fallbacks,
+            searcher=web_search,
+            question=turn.question,
+            status=status,
+            budget_tokens=SEARCH_TOKENS,
+        )
+
+    def supports_tools(self, model: str) -> bool:
+        return model in (self._extras.get("tool_models") or ())
+
+    def _tools_for(self, model: str, force_search: bool) -> list[dict[str, Any]] | None:
+        """The tool list to offer, or None: search already forced, or not possible."""
+        web_search = self._extras.get("web_search")
+        if force_search or web_search is None or not web_search.configured:
+            return None
+        if not self.supports_tools(model):
+            return None
+        return [WEB_SEARCH_TOOL]
 
     async def _fold(
         self,
@@ -194,8 +246,6 @@ class ContextAssembler:
         if retriever is None:
             return ""
         await status("retrieving", None)
-        from rag.ranking import format_passages
-
         budget = PASSAGES_TOKENS
         try:
             passages = await retriever.retrieve(
@@ -207,21 +257,23 @@ class ContextAssembler:
         return format_passages(passages, budget) if passages else ""
 
     async def _search(
-        self, question: str, force: bool, status: Status
+        self, question: str, wanted: bool, status: Status
     ) -> tuple[str, str | None, bool]:
+        """Search before the model answers: results, or a note when there are none."""
         web_search = self._extras.get("web_search")
-        if web_search is None:
-            return "", None, False
-        from search.service import format_results, should_search
-
-        if not (force or should_search(question)):
+        if web_search is None or not wanted:
             return "", None, False
         await status("searching", None)
         outcome = await web_search.run(question)
         if not outcome.ok:
-            await status("searching", f"web search unavailable: {outcome.reason}")
+            await status("searching", unavailable_detail(outcome))
             return "", outcome.note(), True
-        return format_results(outcome.results, SEARCH_TOKENS), None, True
+        text = format_results(outcome.results, SEARCH_TOKENS)
+        return text, None if text else outcome.note(), True
+
+
+def _rule(current: dict[str, Any]) -> bool:
+    return should_search(str(current["content"]))
 
 
 def _turn(message: Any) -> dict[str, Any]:
