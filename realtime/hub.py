@@ -99,6 +99,9 @@ class Hub:
     def register(self, conn: Connection) -> None:
         self.connections[conn.conn_id] = conn
         self._metrics.ws_connections.inc()
+        # "Online anywhere" (online:{user_id}); presence heartbeats keep it fresh
+        # while the user is in a room.
+        self._spawn(self.presence.touch_online(conn.user_id))
 
     async def unregister(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)

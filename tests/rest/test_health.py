@@ -21,7 +21,11 @@ async def test_readyz_is_ready_when_the_database_answers(client: httpx.AsyncClie
     response = await client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["data"] == {"ready": True, "checks": {"database": "ok"}}
+    # The embedded default: the database, the in-memory bus and the offline model.
+    assert response.json()["data"] == {
+        "ready": True,
+        "checks": {"database": "ok", "bus": "ok", "llm": "ok"},
+    }
 
 
 def _closed_port() -> int:
