@@ -50,10 +50,9 @@ class WSClient:
             pass
         finally:
             if not self.closed.done():
-                rcvd = self.connection.close_rcvd
-                self.closed.set_result(
-                    (rcvd.code, rcvd.reason) if rcvd else (None, "connection lost")
-                )
+                code = self.connection.close_code
+                reason = self.connection.close_reason or ""
+                self.closed.set_result((code, reason) if code else (None, "connection lost"))
             async with self._arrived:
                 self._arrived.notify_all()
 
