@@ -20,6 +20,7 @@ are already in the prompt as recent turns.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
+    String,
     and_,
     bindparam,
     column,
@@ -75,14 +78,22 @@ def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _visible(session_id: uuid.UUID, exclude_after_seq: int | None) -> ColumnElement[bool]:
+def _visible(exclude_after_seq: bool) -> ColumnElement[bool]:
+    """Chunks of ``:session_id`` that a turn may see (rules in the module docstring)."""
     history: ColumnElement[bool] = Message.deleted_at.is_(None)
-    if exclude_after_seq is not None:
-        history = and_(history, Chunk.message_seq <= exclude_after_seq)
+    if exclude_after_seq:
+        history = and_(history, Chunk.message_seq <= bindparam("up_to_seq"))
     return and_(
-        Chunk.session_id == session_id,
+        Chunk.session_id == bindparam("session_id"),
         or_(Chunk.document_id.is_not(None), and_(Chunk.message_seq.is_not(None), history)),
     )
+
+
+def _params(session_id: uuid.UUID, exclude_after_seq: int | None, **more: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"session_id": session_id, **more}
+    if exclude_after_seq is not None:
+        params["up_to_seq"] = exclude_after_seq
+    return params
 
 
 def _select(score: ColumnElement[float]) -> Select:
@@ -124,37 +135,48 @@ def _pg_vector() -> ColumnElement[Any]:
     return literal_column("chunks.search_vector")
 
 
-def _pg_query(query: str) -> ColumnElement[Any]:
-    return func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", query))
+def _pg_query() -> ColumnElement[Any]:
+    return func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", type_=String))
 
 
 def postgres_match(query: str) -> ColumnElement[bool]:
     """The PostgreSQL full-text condition, on the indexed ``search_vector`` column."""
-    return _pg_vector().op("@@")(_pg_query(query))  # type: ignore[return-value]
+    tsquery = func.websearch_to_tsquery(_PG_CONFIG, bindparam("q", query))
+    return _pg_vector().op("@@")(tsquery)  # type: ignore[return-value]
 
 
-def lexical_statement(
-    dialect: str, session_id: uuid.UUID, query: str, *, limit: int, exclude_after_seq: int | None
-) -> Select:
-    """The full-text query for ``dialect`` (exposed so that tests can EXPLAIN it)."""
-    visible = _visible(session_id, exclude_after_seq)
+@functools.cache
+def _lexical_template(dialect: str, exclude_after_seq: bool) -> Select:
+    """The full-text query with every value a parameter: built once per shape, because
+    building and compiling a statement cost more than running it (bench/retrieval.py).
+    Parameters: ``q``, ``session_id``, ``limit`` and, when excluding, ``up_to_seq``."""
+    visible = _visible(exclude_after_seq)
     if dialect == "postgresql":
-        vector, tsquery = _pg_vector(), _pg_query(query)
+        vector, tsquery = _pg_vector(), _pg_query()
         score = func.ts_rank_cd(vector, tsquery)
         return (
             _select(score)
-            .where(postgres_match(query), visible)
+            .where(vector.op("@@")(tsquery), visible)
             .order_by(score.desc(), Chunk.id)
-            .limit(limit)
+            .limit(bindparam("limit", type_=Integer))
         )
     bm25: ColumnElement[float] = -literal_column("bm25(chunks_fts)")
     return (
         _select(bm25)
         .join(_SQLITE_FTS, _SQLITE_FTS.c.rowid == Chunk.id)
-        .where(text("chunks_fts MATCH :q").bindparams(q=query), visible)
+        .where(text("chunks_fts MATCH :q").bindparams(bindparam("q", type_=String)), visible)
         .order_by(literal_column("bm25(chunks_fts)"), Chunk.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
+
+
+def lexical_statement(
+    dialect: str, session_id: uuid.UUID, query: str, *, limit: int, exclude_after_seq: int | None
+) -> Select:
+    """The full-text query for ``dialect`` with its values bound (for EXPLAIN in tests
+    and the benchmark; ``lexical_search`` executes the template with parameters)."""
+    template = _lexical_template(dialect, exclude_after_seq is not None)
+    return template.params(_params(session_id, exclude_after_seq, q=query, limit=limit))
 
 
 async def lexical_search(
@@ -168,10 +190,14 @@ async def lexical_search(
     """Best matches first. ``query`` is already in the dialect's syntax (``rag.query``)."""
     if not query:
         return []
-    statement = lexical_statement(
-        _dialect(session), session_id, query, limit=limit, exclude_after_seq=exclude_after_seq
+    template = _lexical_template(_dialect(session), exclude_after_seq is not None)
+    # Core execution on the session's connection: the rows are plain tuples, and the
+    # ORM's per-statement work would cost more than the query.
+    connection = await session.connection()
+    result = await connection.execute(
+        template, _params(session_id, exclude_after_seq, q=query, limit=limit)
     )
-    return _hits((await session.execute(statement)).all())
+    return _hits(result.all())
 
 
 async def embeddings_for_session(
@@ -185,7 +211,8 @@ async def embeddings_for_session(
             Message,
             and_(Message.session_id == Chunk.session_id, Message.seq == Chunk.message_seq),
         )
-        .where(_visible(session_id, exclude_after_seq), Chunk.embedding.is_not(None))
+        .where(_visible(exclude_after_seq is not None), Chunk.embedding.is_not(None)),
+        _params(session_id, exclude_after_seq),
     )
     return [(row.id, row.embedding) for row in rows]
 
