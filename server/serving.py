@@ -3,6 +3,7 @@ used by ``parley serve`` and by the tests' live servers alike."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import uvicorn
@@ -17,6 +18,37 @@ HEARTBEAT_CLOSE_CODE = 4408
 SEND_TEXTS_EXTENSION = "parley.send_texts"
 
 
+class _ReceiveQueue:
+    """What uvicorn's WebSocket protocol uses of ``asyncio.Queue``: ``put_nowait``,
+    ``get`` and ``empty``. An ``asyncio.Queue`` holds three deques and an Event, ~3 KiB
+    per connection before a frame arrives; this holds a list, and a future only while
+    the app waits."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, closing a silent peer with 4408 instead of 1011.
 
@@ -24,6 +56,10 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
     with both at the heartbeat interval a peer that answers nothing for two intervals
     is closed, with the code the wire contract names.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _ReceiveQueue()  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from datetime import UTC, datetime
 
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -32,6 +33,7 @@ log = logging.getLogger("parley.ws")
 
 # How long the writer may take to flush and send a requested close.
 CLOSE_FLUSH_GRACE_S = 2.0
+EXPIRY_RECHECK_S = 30.0
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -82,15 +84,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     tasks = [
         asyncio.create_task(_read(websocket, handler), name=f"ws-read-{conn.conn_id}"),
         asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}"),
-        asyncio.create_task(_expire(conn, handler), name=f"ws-expiry-{conn.conn_id}"),
         asyncio.create_task(_abandon(conn), name=f"ws-abandon-{conn.conn_id}"),
     ]
+    expiry = _ExpiryTimer(conn)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("connection task failed", exc_info=task.exception())
     finally:
+        expiry.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -132,19 +135,34 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
         return
 
 
-async def _expire(conn: Connection, handler: ConnectionHandler) -> None:
-    """Close with 4401 when the access token expires and no ``refresh`` came."""
-    from datetime import UTC, datetime
+class _ExpiryTimer:
+    """Closes with 4401 when the access token expires and no ``refresh`` came.
 
-    while conn.expires_at is not None:
+    A loop timer rather than a task: a task parked in ``wait_for`` costs ~3 KiB per
+    idle connection. ``refresh`` moves ``conn.expires_at``; the timer re-reads it when it
+    fires, and fires at least every ``EXPIRY_RECHECK_S`` so that a refresh to a token
+    expiring sooner is honoured too.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._handle: asyncio.TimerHandle | None = None
+        self._check()
+
+    def _check(self) -> None:
+        conn = self._conn
+        if conn.expires_at is None or conn.closing is not None:
+            return
         remaining = (conn.expires_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
             conn.close(TOKEN_EXPIRED_CLOSE_CODE, "access token expired")
-            await asyncio.Event().wait()
-        handler.token_refreshed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(handler.token_refreshed.wait(), remaining)
-    await asyncio.Event().wait()
+            return
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(min(remaining, EXPIRY_RECHECK_S), self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 async def _abandon(conn: Connection) -> None:
