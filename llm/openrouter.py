@@ -98,6 +98,7 @@ class OpenRouterProvider:
             write=connect_timeout_s,
             pool=connect_timeout_s,
         )
+        self._tool_capable: set[str] = set()
         self.catalog = ModelCatalog(
             self._fetch_models, ttl_s=catalog_ttl_s, override=context_length_override
         )
@@ -105,6 +106,11 @@ class OpenRouterProvider:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    async def supports_tools(self, model: str) -> bool:
+        """Whether OpenRouter's ``/models`` lists ``tools`` among the model's parameters."""
+        await self.catalog.models()
+        return model in self._tool_capable
 
     # -- streaming ---------------------------------------------------------------
 
@@ -262,9 +268,13 @@ class OpenRouterProvider:
         if response.status_code != 200:
             raise status_error(response)
         lengths: dict[str, int] = {}
+        tool_capable: set[str] = set()
         for model in json_object(response.content).get("data") or []:
             if isinstance(model, dict) and isinstance(model.get("context_length"), int):
                 lengths[str(model["id"])] = model["context_length"]
+            if isinstance(model, dict) and "tools" in (model.get("supported_parameters") or []):
+                tool_capable.add(str(model["id"]))
+        self._tool_capable = tool_capable
         return lengths
 
     async def aclose(self) -> None:

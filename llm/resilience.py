@@ -212,6 +212,11 @@ class ResilientProvider:
         name, upstream_model = self.route(model)
         return await self._providers[name].context_length(upstream_model)
 
+    async def supports_tools(self, model: str) -> bool:
+        name, upstream_model = self.route(model)
+        probe = getattr(self._providers[name], "supports_tools", None)
+        return bool(probe is not None and await probe(upstream_model))
+
     def provider(self, name: str | None = None) -> ChatProvider:
         return self._providers[name or self._default]
 

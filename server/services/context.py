@@ -141,7 +141,7 @@ class ContextAssembler:
 
         memory_items = await self._memory(user_id)
         passages_text = await self._passages(session_id, current["content"], covers, status)
-        tools = self._tools_for(model, force_search)
+        tools = await self._tools_for(model, force_search)
         search_text, search_note, searched = await self._search(
             current["content"], force_search or (tools is None and _rule(current)), status
         )
@@ -183,15 +183,24 @@ class ContextAssembler:
             budget_tokens=SEARCH_TOKENS,
         )
 
-    def supports_tools(self, model: str) -> bool:
-        return model in (self._extras.get("tool_models") or ())
+    async def supports_tools(self, model: str) -> bool:
+        """``extras["tool_models"]`` when set (tests, operators), else OpenRouter's
+        ``/models`` (``supported_parameters`` lists ``tools``)."""
+        listed = self._extras.get("tool_models")
+        if listed is not None:
+            return model in listed
+        probe = getattr(self._provider, "supports_tools", None)
+        try:
+            return bool(probe is not None and await probe(model))
+        except ParleyError:
+            return False
 
-    def _tools_for(self, model: str, force_search: bool) -> list[dict[str, Any]] | None:
+    async def _tools_for(self, model: str, force_search: bool) -> list[dict[str, Any]] | None:
         """The tool list to offer, or None: search already forced, or not possible."""
         web_search = self._extras.get("web_search")
         if force_search or web_search is None or not web_search.configured:
             return None
-        if not self.supports_tools(model):
+        if not await self.supports_tools(model):
             return None
         return [WEB_SEARCH_TOOL]
 

@@ -112,6 +112,8 @@ class FakeOpenRouter:
             "anthropic/claude-3.5-sonnet": 200_000,
             "meta-llama/llama-3-8b-instruct": 8192,
         }
+        # Models whose /models entry lists "tools" among supported_parameters.
+        self.tool_models: set[str] = set()
         self.generations: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
         self.disconnected = threading.Event()
@@ -184,6 +186,8 @@ class FakeOpenRouter:
                 "context_length": length,
                 "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
                 "top_provider": {"context_length": length, "max_completion_tokens": 16384},
+                "supported_parameters": ["max_tokens", "temperature", "response_format"]
+                + (["tools", "tool_choice"] if model in self.tool_models else []),
             }
             for model, length in self.models.items()
         ]
