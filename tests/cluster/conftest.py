@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TEST_JWT_SECRET
+from tests.conftest import TEST_JWT_SECRET, TestUser, create_session, register_user
 from tests.services import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +118,16 @@ async def cluster(postgres_database: str, tmp_path: Path) -> AsyncIterator[Calla
     yield start_node
     for node in nodes:
         node.kill()
+
+
+async def shared_room(node: Node, title: str = "cluster") -> tuple[TestUser, TestUser, str]:
+    """Ada's session with Bob added, made through ``node``'s REST side."""
+    async with httpx.AsyncClient(base_url=node.http_url) as http:
+        ada = await register_user(http, "Ada")
+        bob = await register_user(http, "Bob")
+        session_id = await create_session(http, ada, title=title)
+        response = await http.post(
+            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+        )
+        assert response.status_code == 201, response.text
+    return ada, bob, session_id

@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as redis
 
-from tests.cluster.conftest import free_port
-from tests.conftest import create_session, register_user
+from tests.cluster.conftest import free_port, shared_room
 from tests.services import services_required
 from tests.wsclient import WSClient
 
@@ -85,13 +83,7 @@ async def test_members_catch_up_after_redis_restarts_under_a_live_room(
 ) -> None:
     node_a = await cluster("a", redis_url=private_redis.url)
     node_b = await cluster("b", redis_url=private_redis.url)
-    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
-        ada = await register_user(http, "Ada")
-        bob = await register_user(http, "Bob")
-        session_id = await create_session(http, ada, title="outage")
-        await http.post(
-            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
-        )
+    ada, bob, session_id = await shared_room(node_a, "outage")
     ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
     bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
     try:

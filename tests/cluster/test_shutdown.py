@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.conftest import Node
-from tests.conftest import TestUser, create_session, register_user
+from tests.cluster.conftest import Node, shared_room
+from tests.conftest import TestUser
 from tests.ws.rawws import close_code
 from tests.wsclient import WSClient
 
@@ -21,18 +21,6 @@ DRAIN_TIMEOUT_S = 1.0
 # Limits are counted in the shared Redis (logins per address, messages per user);
 # every test here logs in from 127.0.0.1, as other suites do, and talks a lot.
 LIMITS = {"login_attempts_per_window": "100000", "messages_per_window": "1000"}
-
-
-async def shared_room(node: Node) -> tuple[TestUser, TestUser, str]:
-    async with httpx.AsyncClient(base_url=node.http_url) as http:
-        ada = await register_user(http, "Ada")
-        bob = await register_user(http, "Bob")
-        session_id = await create_session(http, ada, title="shutdown")
-        response = await http.post(
-            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
-        )
-        assert response.status_code == 201, response.text
-    return ada, bob, session_id
 
 
 async def history(node: Node, user: TestUser, session_id: str) -> list[dict[str, Any]]:

@@ -4,10 +4,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import create_session, register_user
+from tests.cluster.conftest import shared_room
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.wsclient import WSClient
 
@@ -19,13 +18,7 @@ async def test_members_on_two_nodes_see_messages_in_order_presence_and_typing(
     cluster: Callable[..., Any],
 ) -> None:
     node_a, node_b = await cluster("a"), await cluster("b")
-    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
-        ada = await register_user(http, "Ada")
-        bob = await register_user(http, "Bob")
-        session_id = await create_session(http, ada, title="cluster")
-        await http.post(
-            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
-        )
+    ada, bob, session_id = await shared_room(node_a, "cluster")
     ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
     bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
     try:
@@ -62,13 +55,7 @@ async def test_a_killed_nodes_users_leave_presence_on_the_other_node(
     cluster: Callable[..., Any],
 ) -> None:
     node_a, node_b = await cluster("a"), await cluster("b")
-    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
-        ada = await register_user(http, "Ada")
-        bob = await register_user(http, "Bob")
-        session_id = await create_session(http, ada, title="cluster")
-        await http.post(
-            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
-        )
+    ada, bob, session_id = await shared_room(node_a, "cluster")
     ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
     bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
     try:
@@ -95,13 +82,7 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
     upstream = {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake_openrouter.base_url}
     node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
     fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
-    async with httpx.AsyncClient(base_url=node_a.http_url) as http:
-        ada = await register_user(http, "Ada")
-        bob = await register_user(http, "Bob")
-        session_id = await create_session(http, ada, title="cancel")
-        await http.post(
-            f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
-        )
+    ada, bob, session_id = await shared_room(node_a, "cancel")
     ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
     bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
     try:
