@@ -184,8 +184,11 @@ class SessionService:
             raise BadRequest("give before_seq or after_seq, not both")
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
-        await self.require_member(principal, session_id)
+        # One transaction for the access check and the page: this is the hottest REST
+        # read (clients page history on every restore), so one round trip less counts.
         async with self._db.transaction() as session:
+            if not await sessions_repo.is_member(session, session_id, principal.user_id):
+                raise NotFound("session not found")
             if after_seq is not None:
                 page = await messages_repo.page_after(session, session_id, after_seq, limit)
             else:
