@@ -84,7 +84,7 @@ def _typed(
     if not isinstance(value, types) or (types == _INT and isinstance(value, bool)):
         kind = {str: "a string", int: "an integer", bool: "a boolean"}[types[0]]
         raise FrameError(f"{frame_type}: {name} must be {kind}", frame_id)
-    if types == _INT and int(value) < 0:
+    if isinstance(value, int) and value < 0:
         raise FrameError(f"{frame_type}: {name} must not be negative", frame_id)
     return value
 
