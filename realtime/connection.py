@@ -48,8 +48,9 @@ class Connection:
     typing_in: set[str] = field(default_factory=set)
     strikes: int = 0
     closing: tuple[int, str] | None = None
-    # Set with ``closing``: lets the endpoint give up on a writer stuck on a dead peer.
-    close_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called once with ``closing``: lets the endpoint give up on a writer stuck on a dead
+    # peer (a callback, not an Event: nothing per idle connection).
+    on_close: Callable[[], None] | None = None
     # A list and a future made only while the writer waits: an empty deque or an Event
     # costs ~760 bytes each, which 10,000 idle connections would pay for nothing.
     _outbox: list[str] = field(default_factory=list)
@@ -71,7 +72,8 @@ class Connection:
         """Ask the writer to close the socket once what is queued before now is sent."""
         if self.closing is None:
             self.closing = (code, reason)
-            self.close_requested.set()
+            if self.on_close is not None:
+                self.on_close()
             self._wake()
 
     def _wake(self) -> None:

@@ -63,6 +63,9 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
+        # uvicorn keeps the parsed handshake request (~2 KiB of headers) but never reads
+        # it again; the ASGI scope holds what the app needs.
+        self.request = None  # type: ignore[assignment]
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][SEND_TEXTS_EXTENSION] = self.send_texts

@@ -76,6 +76,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         on_overflow=lambda _: container.metrics.slow_clients_dropped.inc(),
     )
     conn_id_var.set(conn.conn_id)
+    abandon = _Abandon(conn)
     handler = ConnectionHandler(container, hub, conn)
     hub.register(conn)
     conn.send(
@@ -84,16 +85,18 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     tasks = [
         asyncio.create_task(_read(websocket, handler), name=f"ws-read-{conn.conn_id}"),
         asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}"),
-        asyncio.create_task(_abandon(conn), name=f"ws-abandon-{conn.conn_id}"),
     ]
     expiry = _ExpiryTimer(conn)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [*tasks, abandon.given_up], return_when=asyncio.FIRST_COMPLETED
+        )
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("connection task failed", exc_info=task.exception())
     finally:
         expiry.cancel()
+        abandon.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -165,15 +168,34 @@ class _ExpiryTimer:
             self._handle.cancel()
 
 
-async def _abandon(conn: Connection) -> None:
-    """Return (ending the connection) when a requested close has not happened in time.
+class _Abandon:
+    """Ends the connection (``given_up``) when a requested close has not happened in time.
 
     A peer that stops reading leaves the writer waiting on a send forever, so the
-    close it was asked for never goes out; without this it would stay registered.
+    close it was asked for never goes out; without this it would stay registered. A
+    timer armed by the close request rather than a task waiting for it: an idle
+    connection pays nothing for it.
     """
-    await conn.close_requested.wait()
-    await asyncio.sleep(CLOSE_FLUSH_GRACE_S)
-    log.info("peer did not take its close in %.0f s; dropping it", CLOSE_FLUSH_GRACE_S)
+
+    def __init__(self, conn: Connection) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.given_up: asyncio.Future[None] = self._loop.create_future()
+        self._handle: asyncio.TimerHandle | None = None
+        conn.on_close = self._arm
+
+    def _arm(self) -> None:
+        if self._handle is None:
+            self._handle = self._loop.call_later(CLOSE_FLUSH_GRACE_S, self._give_up)
+
+    def _give_up(self) -> None:
+        if not self.given_up.done():
+            log.info("peer did not take its close in %.0f s; dropping it", CLOSE_FLUSH_GRACE_S)
+            self.given_up.set_result(None)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.given_up.cancel()
 
 
 routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
