@@ -42,7 +42,11 @@ class Generation:
     user_id: str
     reply_to: dict[str, Any]
     force_search: bool
+    # The model the session asks for, when the caller already read the session.
+    model: str | None = None
     task: asyncio.Task[None] | None = None
+    # ``stream.start`` goes out while the context is read; everything else waits for it.
+    starting: asyncio.Future[None] | None = None
     cancelled_by: str | None = None
     trace: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
@@ -81,6 +85,7 @@ class Assistant:
         user_message: dict[str, Any],
         *,
         force_search: bool,
+        model: str | None = None,
     ) -> str:
         generation = Generation(
             stream_id=uuid.uuid4().hex,
@@ -88,6 +93,7 @@ class Assistant:
             user_id=str(principal.user_id),
             reply_to=user_message,
             force_search=force_search,
+            model=model,
         )
         self.running[generation.stream_id] = generation
         generation.task = asyncio.create_task(
@@ -138,15 +144,26 @@ class Assistant:
         try:
             try:
                 session_uuid = uuid.UUID(generation.session_id)
-                model_asked = await self._context.model_for(session_uuid)
-                await publisher.start(model_asked, generation.reply_to["id"])
+                model_asked = generation.model or await self._context.model_for(session_uuid)
+                # Nothing before the upstream request waits on the bus or the stream log
+                # when it need not: stream.start is published while the context is read.
+                starting = asyncio.ensure_future(
+                    publisher.start(model_asked, generation.reply_to["id"])
+                )
+                generation.starting = starting
+
+                async def status(stage: str, detail: str | None = None) -> None:
+                    await asyncio.shield(starting)
+                    await publisher.status(stage, detail)
+
                 context = await self._context.assemble(
                     session_uuid,
                     uuid.UUID(generation.user_id),
                     generation.reply_to,
                     force_search=generation.force_search,
-                    status=publisher.status,
+                    status=status,
                 )
+                await asyncio.shield(starting)
                 messages = context.messages
                 await publisher.status("generating")
                 request = ChatRequest(
@@ -239,6 +256,8 @@ class Assistant:
         text = publisher.text
         answered_by = finish.model if finish is not None else model_asked
         usage = (finish.usage if finish else None) or estimate_usage(messages, text)
+        if generation.starting is not None:
+            await asyncio.gather(generation.starting, return_exceptions=True)
         if not publisher_started(publisher):
             await publisher.start(model_asked, generation.reply_to["id"])
         stored: dict[str, Any] | None = None

@@ -34,6 +34,7 @@ class AssistantTrigger(Protocol):
         user_message: dict[str, Any],
         *,
         force_search: bool,
+        model: str | None = None,
     ) -> str | None: ...
 
 
@@ -91,21 +92,24 @@ class MessageService:
         text, idempotency_key, reply_mode, force_search = self.validate(
             content, client_msg_id, reply, search
         )
-        stored, created = await self._store(principal, session_id, text, idempotency_key)
+        stored, created, model = await self._store(principal, session_id, text, idempotency_key)
         if not created:
             return PostedMessage(stored, created=False)
         if self.fanout is not None:
             await self.fanout.message_stored(str(session_id), stored)
         stream_id = None
         if reply_mode == "auto" and self.assistant is not None:
+            # The session row was just read: its model saves the generation a round trip
+            # before the upstream request.
             stream_id = await self.assistant.reply(
-                principal, session_id, stored, force_search=force_search
+                principal, session_id, stored, force_search=force_search, model=model
             )
         return PostedMessage(stored, created=True, stream_id=stream_id)
 
     async def _store(
         self, principal: Principal, session_id: uuid.UUID, text: str, client_msg_id: str | None
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[dict[str, Any], bool, str | None]:
+        """The stored message, whether it is new, and the session's model (if set)."""
         try:
             async with self._db.transaction() as session:
                 chat = await sessions_repo.get_session_for_member(
@@ -120,7 +124,7 @@ class MessageService:
                         session, session_id, client_msg_id
                     )
                     if existing is not None:
-                        return _replayed(existing, text), False
+                        return _replayed(existing, text), False, chat.model
                 if chat.status == "expired":
                     await sessions_repo.update_session(session, chat.id, status="active")
                 message = await messages_repo.append_message(
@@ -131,7 +135,7 @@ class MessageService:
                     content=text,
                     client_msg_id=client_msg_id,
                 )
-                return message_to_wire(message), True
+                return message_to_wire(message), True, chat.model
         except IntegrityError:
             if client_msg_id is None:
                 raise
@@ -142,7 +146,7 @@ class MessageService:
                 )
             if existing is None:
                 raise
-            return _replayed(existing, text), False
+            return _replayed(existing, text), False, None
 
 
 def _replayed(existing: Any, text: str) -> dict[str, Any]:
