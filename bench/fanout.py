@@ -34,7 +34,15 @@ from bench._common import (
 )
 from bench._fanout_report import RESULTS, render_and_write
 
-TYPING_TARGETS = [10_000, 25_000, 50_000, 75_000, 100_000]  # deliveries per second
+TYPING_TARGETS = [
+    10_000,
+    25_000,
+    50_000,
+    75_000,
+    100_000,
+    150_000,
+    200_000,
+]  # deliveries per second
 MESSAGE_TARGETS = [5_000, 10_000, 25_000, 50_000]
 SENDERS = 20
 HELD_P99_MS = 100.0
@@ -155,7 +163,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each rate step")
     parser.add_argument("--only", choices=["one", "two"], help="run one setup only")
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the section from the last results"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        render_and_write(report=args.report)
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     asyncio.run(main_async(args))
 

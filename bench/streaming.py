@@ -1,0 +1,275 @@
+"""Assistant streaming through Parley versus reading the upstream directly (issue 4).
+
+    .venv/bin/python -m bench.streaming [--rounds 60] [--tokens 20000] [--members 50]
+
+A loopback fake OpenRouter (``tests/fakes/openrouter.py``, scenario ``Fast(n)``: every
+token as fast as it can write them) and one ``parley serve`` process (memory bus,
+SQLite) configured against it. In the same run, interleaved round by round:
+
+* direct: a client POSTs ``/chat/completions`` to the fake and reads the stream;
+* WebSocket: a member sends a ``message`` frame and reads the ``stream.delta``s;
+* SSE: ``POST /v1/sessions/{id}/messages`` with ``Accept: text/event-stream``.
+
+Time to first token is from the request leaving the client to the first token
+(``stream.delta``) arriving; "added" is each path's percentile minus the direct one.
+The relay rate is tokens over the time from the first token to the last one (the
+``stream.end``) at the slowest receiver, with 1 and with ``--members`` members joined.
+Writes the ``## Assistant streaming (issue 4)`` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench._common import (
+    REPORT,
+    ROOT,
+    CpuWindow,
+    ServerNode,
+    fresh_database,
+    machine,
+    seed_room,
+    server_env,
+    write_section,
+)
+from tests.fakes.openrouter import Fast, serve_fake_openrouter
+
+TITLE = "## Assistant streaming (issue 4)"
+RESULTS = ROOT / "bench" / "results" / "streaming.json"
+MODEL = "openai/gpt-4o-mini"
+TTFT_TOKENS = 20
+
+
+async def ws_member(url: str, token: str, session_id: str) -> ClientConnection:
+    ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None)
+    assert orjson.loads(await ws.recv())["type"] == "welcome"
+    await ws.send(orjson.dumps({"type": "join", "session_id": session_id, "id": "j"}).decode())
+    while orjson.loads(await ws.recv())["type"] != "joined":
+        pass
+    return ws
+
+
+async def read_stream(ws: ClientConnection) -> tuple[float, float, int]:
+    """(first delta at, stream.end at, characters) for the next stream on ``ws``."""
+    first = 0.0
+    chars = 0
+    while True:
+        frame = orjson.loads(await ws.recv())
+        kind = frame["type"]
+        if kind == "stream.delta":
+            if not first:
+                first = time.perf_counter()
+            chars += len(frame["text"])
+        elif kind == "stream.end":
+            return first, time.perf_counter(), chars
+
+
+async def ws_round(asker: ClientConnection, others: list[ClientConnection], sid: str) -> Any:
+    readers = [asyncio.create_task(read_stream(ws)) for ws in [asker, *others]]
+    sent = time.perf_counter()
+    await asker.send(orjson.dumps({"type": "message", "session_id": sid, "content": "go"}).decode())
+    results = await asyncio.gather(*readers)
+    return sent, results
+
+
+async def sse_round(
+    http: httpx.AsyncClient, token: str, sid: str
+) -> tuple[float, float, float, int]:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    first = 0.0
+    chars = 0
+    event = ""
+    sent = time.perf_counter()
+    async with http.stream(
+        "POST", f"/v1/sessions/{sid}/messages", json={"content": "go"}, headers=headers
+    ) as response:
+        assert response.status_code == 201, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "stream.delta":
+                if not first:
+                    first = time.perf_counter()
+                chars += len(orjson.loads(line[6:])["text"])
+            elif line.startswith("data: ") and event == "stream.end":
+                return sent, first, time.perf_counter(), chars
+    raise AssertionError("the SSE response ended without stream.end")
+
+
+async def direct_round(http: httpx.AsyncClient, base_url: str) -> tuple[float, float, float, int]:
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    first = 0.0
+    chars = 0
+    sent = time.perf_counter()
+    async with http.stream("POST", base_url + "/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                return sent, first, time.perf_counter(), chars
+            choices = orjson.loads(line[6:]).get("choices") or []
+            text = choices[0]["delta"].get("content") if choices else None
+            if text:
+                if not first:
+                    first = time.perf_counter()
+                chars += len(text)
+    raise AssertionError("the upstream stream ended without [DONE]")
+
+
+def pct(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000
+
+
+async def run(rounds: int, tokens: int, members: int, workdir: Path) -> dict[str, Any]:
+    with serve_fake_openrouter() as fake:
+        fake.default = Fast(TTFT_TOKENS)
+        async with fresh_database("sqlite", workdir) as url:
+            room = await seed_room(url, members)
+            env = server_env(
+                url,
+                None,
+                OPENROUTER_API_KEY="bench-key",
+                OPENROUTER_BASE_URL=fake.base_url,
+                LLM_MODEL=MODEL,
+                MESSAGES_PER_WINDOW="1000000",
+            )
+            server = ServerNode("stream", env, workdir)
+            await server.start()
+            sockets: list[ClientConnection] = []
+            try:
+                async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as http:
+                    asker = await ws_member(server.ws_url, room.tokens[0], room.session_id)
+                    sockets.append(asker)
+                    sid, token = room.session_id, room.tokens[0]
+                    ttft: dict[str, list[float]] = {"direct": [], "ws": [], "sse": []}
+                    for _ in range(3):  # warm: connections, caches, the model catalogue
+                        await direct_round(http, fake.base_url)
+                        await ws_round(asker, [], sid)
+                        await sse_round(http, token, sid)
+                        await read_stream(asker)
+                    for _ in range(rounds):
+                        sent, first, _, _ = await direct_round(http, fake.base_url)
+                        ttft["direct"].append(first - sent)
+                        sent, ((first, _, _),) = await ws_round(asker, [], sid)
+                        ttft["ws"].append(first - sent)
+                        sent, first, _, _ = await sse_round(http, token, sid)
+                        ttft["sse"].append(first - sent)
+                        await read_stream(asker)  # the asker is a member: it saw that one too
+
+                    fake.default = Fast(tokens)
+                    rates: dict[str, Any] = {}
+                    sent, first, end, chars = await direct_round(http, fake.base_url)
+                    rates["direct"] = {"tokens": chars / 4, "seconds": end - first}
+                    window = CpuWindow({"server": server.pid})
+                    sent, ((first, end, chars),) = await ws_round(asker, [], sid)
+                    rates["ws_1"] = {"tokens": chars / 4, "seconds": end - first}
+                    rates["ws_1"]["cpu"] = window.percent()["server"]
+                    sent, first, end, chars = await sse_round(http, token, sid)
+                    rates["sse_1"] = {"tokens": chars / 4, "seconds": end - first}
+                    await read_stream(asker)
+                    for index in range(1, members):
+                        sockets.append(
+                            await ws_member(server.ws_url, room.tokens[index], room.session_id)
+                        )
+                    window = CpuWindow({"server": server.pid})
+                    sent, results = await ws_round(asker, sockets[1:], sid)
+                    cpu = window.percent()["server"]
+                    start = min(r[0] for r in results)
+                    slowest = max(r[1] for r in results)
+                    assert all(r[2] == tokens * 4 for r in results), "a member missed text"
+                    rates[f"ws_{members}"] = {
+                        "tokens": tokens,
+                        "seconds": slowest - start,
+                        "cpu": cpu,
+                    }
+            finally:
+                for ws in sockets:
+                    await ws.close()
+                server.stop()
+    return {"rounds": rounds, "tokens": tokens, "members": members, "ttft": ttft, "rates": rates}
+
+
+def render(result: dict[str, Any]) -> str:
+    ttft = result["ttft"]
+    direct50, direct99 = pct(ttft["direct"], 50), pct(ttft["direct"], 99)
+    lines = [
+        f"Machine: {result['machine']}. Run {result['date']} with"
+        f" `python -m bench.streaming --rounds {result['rounds']}"
+        f" --tokens {result['tokens']} --members {result['members']}`: one `parley serve`"
+        " (memory bus, SQLite), a loopback fake OpenRouter (`Fast(n)`) in the benchmark"
+        " process, Python clients (httpx, websockets).",
+        "",
+        f"### Time to first token ({result['rounds']} rounds per path, interleaved;"
+        f" `Fast({TTFT_TOKENS})`)",
+        "",
+        "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| upstream read directly | {direct50:.2f} | {direct99:.2f} | | |",
+    ]
+    for key, name in (("ws", "WebSocket `message` → first `stream.delta`"), ("sse", "SSE POST")):
+        p50, p99 = pct(ttft[key], 50), pct(ttft[key], 99)
+        lines.append(
+            f"| {name} | {p50:.2f} | {p99:.2f} | {p50 - direct50:.2f} | {p99 - direct99:.2f} |"
+        )
+    rates = result["rates"]
+    direct_rate = rates["direct"]["tokens"] / rates["direct"]["seconds"]
+    lines += [
+        "",
+        f"### Relay rate (`Fast({result['tokens']})`, one generation per row)",
+        "",
+        "| receiver | tokens/s | share of direct | server CPU % |",
+        "| --- | ---: | ---: | ---: |",
+        f"| upstream read directly | {direct_rate:,.0f} | 1.00 | |",
+    ]
+    for key, name in (
+        ("ws_1", "WebSocket, 1 member"),
+        ("sse_1", "SSE, the poster"),
+        (f"ws_{result['members']}", f"WebSocket, {result['members']} members (slowest)"),
+    ):
+        rate = rates[key]["tokens"] / rates[key]["seconds"]
+        cpu = f"{rates[key]['cpu']:.0f}" if "cpu" in rates[key] else ""
+        lines.append(f"| {name} | {rate:,.0f} | {rate / direct_rate:.2f} | {cpu} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--members", type=int, default=50)
+    parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the section from the last results"
+    )
+    args = parser.parse_args()
+    if args.render_only:
+        result = json.loads(RESULTS.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="parley-stream-") as tmp:
+            result = asyncio.run(run(args.rounds, args.tokens, args.members, Path(tmp)))
+        result["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        result["machine"] = machine()
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=1))
+    body = render(result)
+    notes = Path(__file__).with_name("_streaming_notes.md")
+    if notes.exists():
+        body += "\n\n" + notes.read_text().strip()
+    write_section(TITLE, body, args.report)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
