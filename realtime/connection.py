@@ -34,7 +34,7 @@ class StreamCursor:
     pending: list[Envelope] | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: no per-instance __dict__ for idle connections
 class Connection:
     conn_id: str
     user_id: str

@@ -49,6 +49,37 @@ class _ReceiveQueue:
         return not self._items
 
 
+class _WritableFlag:
+    """What uvicorn uses of the ``writable`` Event (set, clear, is_set, wait), without
+    the Event's deque: waiters are made only while the transport is paused."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return True
+
+
 class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, closing a silent peer with 4408 instead of 1011.
 
@@ -60,6 +91,7 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self.writable = _WritableFlag()  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

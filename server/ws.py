@@ -163,6 +163,8 @@ class _ExpiryTimer:
     expiring sooner is honoured too.
     """
 
+    __slots__ = ("_conn", "_handle")
+
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._handle: asyncio.TimerHandle | None = None
@@ -192,6 +194,8 @@ class _Abandon:
     timer armed by the close request rather than a task waiting for it: an idle
     connection pays nothing for it.
     """
+
+    __slots__ = ("_handle", "_loop", "given_up")
 
     def __init__(self, conn: Connection) -> None:
         self._loop = asyncio.get_running_loop()
