@@ -42,6 +42,10 @@ class StreamPublisher:
         self.text_parts: list[str] = []
 
     @property
+    def started(self) -> bool:
+        return self._flusher is not None
+
+    @property
     def text(self) -> str:
         return "".join(self.text_parts)
 

@@ -53,6 +53,19 @@ class Generation:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(eq=False)
+class _Result:
+    """What a generation produced, filled in as it runs and read when it is stored."""
+
+    model_asked: str
+    started: float
+    first_token_at: float | None = None
+    finish: StreamFinished | None = None
+    error: ParleyError | None = None
+    outcome: str = "stop"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Assistant:
     def __init__(
         self,
@@ -134,138 +147,102 @@ class Assistant:
         publisher = StreamPublisher(
             self._hub, self._hub.stream_log, generation.session_id, generation.stream_id
         )
-        started = time.perf_counter()
-        first_token_at: float | None = None
-        finish: StreamFinished | None = None
-        error: ParleyError | None = None
-        outcome = "stop"
-        model_asked = self._settings.llm_model
-        messages: list[dict[str, Any]] = []
+        result = _Result(model_asked=self._settings.llm_model, started=time.perf_counter())
         try:
             try:
-                session_uuid = uuid.UUID(generation.session_id)
-                model_asked = generation.model or await self._context.model_for(session_uuid)
-                # Nothing before the upstream request waits on the bus or the stream log
-                # when it need not: stream.start is published while the context is read.
-                starting = asyncio.ensure_future(
-                    publisher.start(model_asked, generation.reply_to["id"])
-                )
-                generation.starting = starting
-
-                async def status(stage: str, detail: str | None = None) -> None:
-                    await asyncio.shield(starting)
-                    await publisher.status(stage, detail)
-
-                context = await self._context.assemble(
-                    session_uuid,
-                    uuid.UUID(generation.user_id),
-                    generation.reply_to,
-                    force_search=generation.force_search,
-                    status=status,
-                )
-                await asyncio.shield(starting)
-                messages = context.messages
-                await publisher.status("generating")
-                request = ChatRequest(
-                    model=context.model,
-                    messages=context.messages,
-                    max_tokens=self._settings.llm_reply_reserve_tokens,
-                    user=generation.user_id,
-                    trace=generation.trace,
-                )
-                stream = self._context.stream(request, context, publisher.status)
-                try:
-                    async for event in stream:
-                        if isinstance(event, TextDelta):
-                            if first_token_at is None:
-                                first_token_at = time.perf_counter()
-                            publisher.add(event.text)
-                        elif isinstance(event, StreamFinished):
-                            finish = event
-                finally:
-                    # Closing the generator closes the upstream HTTP response.
-                    await stream.aclose()
-                if finish is not None:
-                    outcome = finish.finish_reason
-                    error = finish.error
+                await self._generate(generation, publisher, result)
             except asyncio.CancelledError:
-                outcome = "cancelled" if not generation.draining else "error"
+                result.outcome = "cancelled" if not generation.draining else "error"
                 if generation.draining:
                     error = ParleyError("the server restarted before the answer finished")
                     error.code = "unavailable"
+                    result.error = error
             except ParleyError as exc:
-                outcome, error = "error", exc
-            except Exception as exc:
+                result.outcome, result.error = "error", exc
+            except Exception:
                 log.exception("generation %s failed", generation.stream_id)
-                outcome, error = "error", ParleyError("the assistant failed")
-                del exc
-            await self._finish(
-                generation,
-                publisher,
-                model_asked,
-                finish,
-                outcome,
-                error,
-                messages,
-                started,
-                first_token_at,
-            )
+                result.outcome, result.error = "error", ParleyError("the assistant failed")
+            # Shielded: a second cancel (shutdown) must not lose the stored answer.
+            await asyncio.shield(self._store_and_end(generation, publisher, result))
         finally:
             self.running.pop(generation.stream_id, None)
             generation.done.set()
 
-    async def _finish(
-        self,
-        generation: Generation,
-        publisher: StreamPublisher,
-        model_asked: str,
-        finish: StreamFinished | None,
-        outcome: str,
-        error: ParleyError | None,
-        messages: list[dict[str, Any]],
-        started: float,
-        first_token_at: float | None,
+    async def _generate(
+        self, generation: Generation, publisher: StreamPublisher, result: _Result
     ) -> None:
-        # Shielded: a second cancel (shutdown) must not lose the stored answer.
-        await asyncio.shield(
-            self._store_and_end(
-                generation,
-                publisher,
-                model_asked,
-                finish,
-                outcome,
-                error,
-                messages,
-                started,
-                first_token_at,
-            )
+        session_uuid = uuid.UUID(generation.session_id)
+        result.model_asked = generation.model or await self._context.model_for(session_uuid)
+        # Nothing before the upstream request waits on the bus or the stream log when it
+        # need not: stream.start is published while the context is read.
+        starting = asyncio.ensure_future(
+            publisher.start(result.model_asked, generation.reply_to["id"])
         )
+        generation.starting = starting
+
+        async def status(stage: str, detail: str | None = None) -> None:
+            await asyncio.shield(starting)
+            await publisher.status(stage, detail)
+
+        context = await self._context.assemble(
+            session_uuid,
+            uuid.UUID(generation.user_id),
+            generation.reply_to,
+            force_search=generation.force_search,
+            status=status,
+        )
+        await asyncio.shield(starting)
+        result.messages = context.messages
+        await publisher.status("generating")
+        request = ChatRequest(
+            model=context.model,
+            messages=context.messages,
+            max_tokens=self._settings.llm_reply_reserve_tokens,
+            user=generation.user_id,
+            trace=generation.trace,
+        )
+        stream = self._context.stream(request, context, publisher.status)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    if result.first_token_at is None:
+                        result.first_token_at = time.perf_counter()
+                    publisher.add(event.text)
+                elif isinstance(event, StreamFinished):
+                    result.finish = event
+        finally:
+            # Closing the generator closes the upstream HTTP response.
+            await stream.aclose()
+        if result.finish is not None:
+            result.outcome = result.finish.finish_reason
+            result.error = result.finish.error
 
     async def _store_and_end(
-        self,
-        generation: Generation,
-        publisher: StreamPublisher,
-        model_asked: str,
-        finish: StreamFinished | None,
-        outcome: str,
-        error: ParleyError | None,
-        messages: list[dict[str, Any]],
-        started: float,
-        first_token_at: float | None,
+        self, generation: Generation, publisher: StreamPublisher, result: _Result
     ) -> None:
+        """Store the answer and its usage event, then tell the room the stream ended.
+
+        Both writes come before ``stream.end``, so a client that saw the end finds the
+        message in history and the generation in the usage record.
+        """
         text = publisher.text
-        answered_by = finish.model if finish is not None else model_asked
-        usage = (finish.usage if finish else None) or estimate_usage(messages, text)
+        finish = result.finish
+        answered_by = finish.model if finish is not None else result.model_asked
+        usage = (finish.usage if finish else None) or estimate_usage(result.messages, text)
         if generation.starting is not None:
             await asyncio.gather(generation.starting, return_exceptions=True)
-        if not publisher_started(publisher):
-            await publisher.start(model_asked, generation.reply_to["id"])
+        if not publisher.started:
+            await publisher.start(result.model_asked, generation.reply_to["id"])
         stored: dict[str, Any] | None = None
         seq: int | None = None
         session_uuid = uuid.UUID(generation.session_id)
-        if text:
-            status = {"stop": "complete", "length": "complete"}.get(outcome, outcome)
-            async with self._db.transaction() as session:
+        duration = time.perf_counter() - result.started
+        ttft = result.first_token_at - result.started if result.first_token_at is not None else None
+        async with self._db.transaction() as session:
+            if text:
+                status = {"stop": "complete", "length": "complete"}.get(
+                    result.outcome, result.outcome
+                )
                 message = await messages_repo.append_message(
                     session,
                     session_id=session_uuid,
@@ -276,27 +253,7 @@ class Assistant:
                     model=answered_by,
                     reply_to=uuid.UUID(generation.reply_to["id"]),
                 )
-            stored, seq = message_to_wire(message), message.seq
-            self._metrics.messages_stored.labels("assistant").inc()
-        end: dict[str, Any] = {
-            "type": "stream.end",
-            "session_id": generation.session_id,
-            "stream_id": generation.stream_id,
-            "finish_reason": outcome,
-            "model": answered_by,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-            },
-            "message": stored,
-        }
-        if error is not None:
-            end["error"] = {"code": error.code, "message": error.message}
-        await publisher.end(end, seq)
-        duration = time.perf_counter() - started
-        ttft = first_token_at - started if first_token_at is not None else None
-        self._record_metrics(answered_by, outcome, usage, ttft, duration, error)
-        async with self._db.transaction() as session:
+                stored, seq = message_to_wire(message), message.seq
             event = await usage_repo.record_usage(
                 session,
                 user_id=uuid.UUID(generation.user_id),
@@ -307,12 +264,30 @@ class Assistant:
                 completion_tokens=usage.completion_tokens,
                 ttft_ms=round(ttft * 1000) if ttft is not None else None,
                 duration_ms=round(duration * 1000),
-                outcome=outcome,
+                outcome=result.outcome,
             )
+        if stored is not None:
+            self._metrics.messages_stored.labels("assistant").inc()
+        end: dict[str, Any] = {
+            "type": "stream.end",
+            "session_id": generation.session_id,
+            "stream_id": generation.stream_id,
+            "finish_reason": result.outcome,
+            "model": answered_by,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            },
+            "message": stored,
+        }
+        if result.error is not None:
+            end["error"] = {"code": result.error.code, "message": result.error.message}
+        await publisher.end(end, seq)
+        self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
         reported = finish is not None and finish.usage is not None
         if not reported and generation.trace.get("generation_id"):
             self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
-        if stored is not None and outcome in ("stop", "length"):
+        if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
 
     def _recover_usage_later(self, event_id: uuid.UUID, generation_id: str) -> None:
@@ -373,7 +348,3 @@ class Assistant:
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def publisher_started(publisher: StreamPublisher) -> bool:
-    return publisher._flusher is not None
