@@ -15,8 +15,8 @@ Wire format (https://openrouter.ai/docs/api-reference/streaming, .../errors):
 
 OpenRouter keeps the connection alive with comments for as long as a provider is
 slow, so an HTTP read timeout never fires: the deadlines here count *content*
-(first token, idle gap between content chunks, total) and are enforced with
-``asyncio.timeout_at`` around each read, whatever else arrives on the wire.
+(first token, idle gap between content chunks, total) and are enforced around each
+read (``llm.deadline.MovingDeadline``), whatever else arrives on the wire.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import orjson
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from llm.catalog import ModelCatalog
+from llm.deadline import MovingDeadline
 from llm.openrouter_errors import (
     body_error,
     deadline_error,
@@ -149,10 +150,17 @@ class OpenRouterProvider:
             if request.trace is not None and state.generation_id:
                 request.trace["generation_id"] = state.generation_id
             events = await stack.enter_async_context(aclosing(source.aiter_sse()))
+            content_deadline = MovingDeadline(deadline)
+            stack.callback(content_deadline.close)
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    content_deadline.read_started()
+                    try:
                         sse = await anext(events)
+                    except BaseException as exc:
+                        content_deadline.read_finished(exc)
+                        raise
+                    content_deadline.read_finished()
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
@@ -187,6 +195,7 @@ class OpenRouterProvider:
                     return
                 if state.content_at_last_feed:
                     deadline = min(loop.time() + self._idle_timeout_s, total_at)
+                    content_deadline.extend(deadline)
 
             for call in state.tool_calls():
                 yield call
