@@ -4,11 +4,10 @@ services; this module only translates between frames and service calls."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from realtime.connection import Connection
 from realtime.frames import ClientFrame, FrameError, encode, error_frame, parse_client_frame
@@ -31,23 +30,31 @@ log = logging.getLogger("parley.ws")
 ABUSE_CLOSE_CODE = 4429
 TOKEN_EXPIRED_CLOSE_CODE = 4401
 
+FrameMethod = Callable[[ClientFrame], Awaitable[dict[str, Any] | None]]
+
 
 class ConnectionHandler:
+    # Per idle connection this is three references: no per-instance dict, no table of
+    # bound methods, no Event. A ``refresh`` moves ``conn.expires_at``, which the expiry
+    # timer (server/ws.py) re-reads; nothing needs to wait for it.
+    __slots__ = ("conn", "container", "hub")
+
+    # Frame type -> method name, once per class (a subclass's override is honoured).
+    FRAME_METHODS: ClassVar[dict[str, str]] = {
+        "join": "join",
+        "leave": "leave",
+        "message": "message",
+        "typing": "typing",
+        "cancel": "cancel",
+        "resume": "resume",
+        "refresh": "refresh",
+        "ping": "ping",
+    }
+
     def __init__(self, container: Container, hub: Hub, conn: Connection) -> None:
         self.container = container
         self.hub = hub
         self.conn = conn
-        self.token_refreshed = asyncio.Event()
-        self._handlers: dict[str, Callable[[ClientFrame], Awaitable[dict[str, Any] | None]]] = {
-            "join": self.join,
-            "leave": self.leave,
-            "message": self.message,
-            "typing": self.typing,
-            "cancel": self.cancel,
-            "resume": self.resume,
-            "refresh": self.refresh,
-            "ping": self.ping,
-        }
 
     async def handle_text(self, text: str) -> None:
         frame_id: str | None = None
@@ -55,7 +62,8 @@ class ConnectionHandler:
             frame = parse_client_frame(text)
             frame_id = frame.id
             self.container.metrics.frames_in.labels(frame.type).inc()
-            reply = await self._handlers[frame.type](frame)
+            method: FrameMethod = getattr(self, self.FRAME_METHODS[frame.type])
+            reply = await method(frame)
             if reply is not None:
                 if frame_id is not None:
                     reply["id"] = frame_id
@@ -185,7 +193,6 @@ class ConnectionHandler:
         if str(principal.user_id) != self.conn.user_id:
             raise Unauthorized("the new token is for another user")
         self.conn.expires_at = principal.expires_at
-        self.token_refreshed.set()
         return {"type": "ack"}
 
     async def ping(self, frame: ClientFrame) -> dict[str, Any]:

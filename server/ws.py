@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import uuid
+import weakref
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime.connection import Connection
@@ -34,6 +40,7 @@ log = logging.getLogger("parley.ws")
 # How long the writer may take to flush and send a requested close.
 CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
+EXPIRY_TIMER_SLACK_S = 0.001
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -66,6 +73,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
+    # The reader runs in this task and the writer in its own; when the writer ends (a
+    # close went out, the peer went away) or the close is abandoned, the reader is
+    # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
+    # bookkeeping: ~2 KiB per idle connection.
+    endpoint = asyncio.current_task()
+    assert endpoint is not None
+    life = _Lifecycle(endpoint, container)
     conn = Connection(
         conn_id=uuid.uuid4().hex,
         user_id=str(principal.user_id),
@@ -73,45 +87,31 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         role=principal.role,
         expires_at=principal.expires_at,
         max_outbox=container.settings.send_queue_frames,
-        on_overflow=lambda _: container.metrics.slow_clients_dropped.inc(),
+        on_overflow=life.overflowed,
+        on_close=life.arm_abandon,
     )
     conn_id_var.set(conn.conn_id)
-    abandon = _Abandon(conn)
     handler = ConnectionHandler(container, hub, conn)
     hub.register(conn)
     conn.send(
         encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
     )
-    # The reader runs in this task and the writer in its own; when the writer ends (a
-    # close went out, the peer went away) or the close is abandoned, the reader is
-    # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
-    # bookkeeping: ~2 KiB per idle connection.
-    endpoint = asyncio.current_task()
-    assert endpoint is not None
-    stopping = False
-
-    def stop(_: object = None) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            endpoint.cancel()
-
     writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
-    writer.add_done_callback(stop)
-    abandon.given_up.add_done_callback(stop)
-    expiry = _ExpiryTimer(conn)
+    writer.add_done_callback(life.stop)
+    expiry = _expiry_timers().watch(conn)
     try:
         await _read(websocket, handler)
     except asyncio.CancelledError:
-        if not stopping or endpoint.cancelling() > 1:
+        if not life.stopping or endpoint.cancelling() > 1:
             raise  # cancelled from outside (shutdown): not ours to swallow
         endpoint.uncancel()
     except Exception:
         log.exception("connection reader failed")
     finally:
-        stopping = True
-        expiry.cancel()
-        abandon.cancel()
+        life.stopping = True
+        if expiry is not None:
+            expiry[2] = None  # the timers drop the entry when it comes due
+        life.disarm_abandon()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         if not writer.cancelled() and writer.exception() is not None:
@@ -145,6 +145,8 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
             else:
                 for text in batch:
                     await websocket.send({"type": "websocket.send", "text": text})
+            # Not held while waiting for the next batch (an idle connection's last frame).
+            del batch
             if closing is not None:
                 code, reason = closing
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
@@ -154,68 +156,150 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
         return
 
 
-class _ExpiryTimer:
-    """Closes with 4401 when the access token expires and no ``refresh`` came.
+class _Lifecycle:
+    """What ends one connection's endpoint, and its callbacks, in one slotted object.
 
-    A loop timer rather than a task: a task parked in ``wait_for`` costs ~3 KiB per
-    idle connection. ``refresh`` moves ``conn.expires_at``; the timer re-reads it when it
-    fires, and fires at least every ``EXPIRY_RECHECK_S`` so that a refresh to a token
-    expiring sooner is honoured too.
+    ``stop`` cancels the endpoint (the reader) once: when the writer ends, or when a
+    requested close has not gone out in time. A peer that stops reading leaves the
+    writer waiting on a send forever, so the close it was asked for never goes out;
+    without the abandon timer it would stay registered. The timer is armed by the close
+    request (``conn.on_close``), so an idle connection pays nothing for it, and no
+    future or closure is kept per connection either.
     """
 
-    __slots__ = ("_conn", "_handle")
+    __slots__ = ("_container", "_endpoint", "_handle", "stopping")
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, endpoint: asyncio.Task[Any], container: Container) -> None:
+        self._endpoint = endpoint
+        self._container = container
         self._handle: asyncio.TimerHandle | None = None
-        self._check()
+        self.stopping = False
 
-    def _check(self) -> None:
-        conn = self._conn
+    def stop(self, _: object = None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._endpoint.cancel()
+
+    def overflowed(self, _: Connection) -> None:
+        self._container.metrics.slow_clients_dropped.inc()
+
+    def arm_abandon(self) -> None:
+        if self._handle is None and not self.stopping:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_later(CLOSE_FLUSH_GRACE_S, self._give_up)
+
+    def disarm_abandon(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _give_up(self) -> None:
+        if not self.stopping:
+            log.info("peer did not take its close in %.0f s; dropping it", CLOSE_FLUSH_GRACE_S)
+            self.stop()
+
+
+class _ExpiryTimers:
+    """Closes connections with 4401 when their access token expires and no ``refresh`` came.
+
+    One loop timer for all the connections of an event loop, over a heap of
+    ``[due, seq, conn]`` entries (~150 bytes each): a loop timer per connection costs
+    ~600 bytes with uvloop, a task parked in ``wait_for`` ~3 KiB. ``refresh`` moves
+    ``conn.expires_at``; an entry re-reads it when it comes due, and comes due at least
+    every ``EXPIRY_RECHECK_S`` so that a refresh to a token expiring sooner is honoured
+    too. A finished connection's endpoint sets its entry's ``conn`` to None; the entry
+    is dropped when it comes due (within ``EXPIRY_RECHECK_S``).
+    """
+
+    # No reference to the loop: the registry below holds loops weakly.
+    __slots__ = ("_at", "_handle", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def watch(self, conn: Connection) -> list[Any] | None:
+        """Start watching; returns the entry (to clear on exit), or None if not needed."""
+        entry = [0.0, self._seq, conn]
+        self._seq += 1
+        loop = asyncio.get_running_loop()
+        if not self._due_again(entry, conn, loop.time()):
+            return None
+        self._arm(loop)
+        return entry
+
+    def _due_again(self, entry: list[Any], conn: Connection, now: float) -> bool:
+        """Closes ``conn`` if its token has expired, else puts ``entry`` back in the heap."""
         if conn.expires_at is None or conn.closing is not None:
-            return
+            return False
         remaining = (conn.expires_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
             conn.close(TOKEN_EXPIRED_CLOSE_CODE, "access token expired")
-            return
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(min(remaining, EXPIRY_RECHECK_S), self._check)
+            return False
+        entry[0] = now + min(remaining, EXPIRY_RECHECK_S)
+        heapq.heappush(self._heap, entry)
+        return True
 
-    def cancel(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep the one timer at the earliest entry."""
+        heap = self._heap
+        at = heap[0][0] if heap else math.inf
+        if at == self._at:
+            return
         if self._handle is not None:
             self._handle.cancel()
+            self._handle = None
+        self._at = at
+        if heap:
+            self._handle = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._heap
+        try:
+            # A loop's timers may run up to a clock tick early; take what is due by then.
+            while heap and heap[0][0] <= now + EXPIRY_TIMER_SLACK_S:
+                entry = heapq.heappop(heap)
+                conn = entry[2]
+                if conn is None:
+                    continue
+                try:
+                    self._due_again(entry, conn, now)
+                except Exception:  # one connection's failure must not stop the others'
+                    log.exception("token expiry check failed")
+        finally:
+            self._arm(loop)
 
 
-class _Abandon:
-    """Ends the connection (``given_up``) when a requested close has not happened in time.
+_timers_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExpiryTimers] = (
+    weakref.WeakKeyDictionary()
+)
 
-    A peer that stops reading leaves the writer waiting on a send forever, so the
-    close it was asked for never goes out; without this it would stay registered. A
-    timer armed by the close request rather than a task waiting for it: an idle
-    connection pays nothing for it.
+
+def _expiry_timers() -> _ExpiryTimers:
+    loop = asyncio.get_running_loop()
+    timers = _timers_by_loop.get(loop)
+    if timers is None:
+        timers = _timers_by_loop[loop] = _ExpiryTimers()
+    return timers
+
+
+class _WebSocketApp:
+    """``websocket_endpoint`` as a plain ASGI app.
+
+    Given a function, Starlette wraps it in two coroutines, two closures, a second
+    ``WebSocket`` and a second exception-handling layer, all alive for the connection's
+    life (~2 KiB). Exceptions still reach the app's ``ExceptionMiddleware``, which looks
+    up the same handlers. Not a coroutine function either: the endpoint's coroutine is
+    awaited by the route directly, one frame fewer.
     """
 
-    __slots__ = ("_handle", "_loop", "given_up")
-
-    def __init__(self, conn: Connection) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.given_up: asyncio.Future[None] = self._loop.create_future()
-        self._handle: asyncio.TimerHandle | None = None
-        conn.on_close = self._arm
-
-    def _arm(self) -> None:
-        if self._handle is None:
-            self._handle = self._loop.call_later(CLOSE_FLUSH_GRACE_S, self._give_up)
-
-    def _give_up(self) -> None:
-        if not self.given_up.done():
-            log.info("peer did not take its close in %.0f s; dropping it", CLOSE_FLUSH_GRACE_S)
-            self.given_up.set_result(None)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self.given_up.cancel()
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return websocket_endpoint(WebSocket(scope, receive=receive, send=send))
 
 
-routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
+routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", _WebSocketApp(), name="websocket_endpoint")]
