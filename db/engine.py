@@ -33,12 +33,28 @@ class Database:
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Same pool; its transactions start with a plain BEGIN on SQLite (see below).
+        self._read_sessions = async_sessionmaker(
+            self.engine.execution_options(parley_read_only=True), expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         try:
             async with self.sessions() as session, session.begin():
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            if _is_connection_failure(exc):
+                raise Unavailable("the database is unreachable") from exc
+            raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A transaction for reads only: on SQLite it does not take the write lock, so
+        reads run beside each other and beside a writer (WAL) instead of queueing."""
+        try:
+            async with self._read_sessions() as session, session.begin():
                 yield session
         except (OperationalError, DBAPIError) as exc:
             if _is_connection_failure(exc):
@@ -63,12 +79,13 @@ def _is_connection_failure(exc: DBAPIError) -> bool:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE.
+    """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE for transactions that write.
 
     pysqlite's default deferred BEGIN lets two transactions both read and then both try
     to write, and one fails at once with "database is locked" (the busy handler is not
     consulted for that upgrade). Taking the write lock at BEGIN makes writers queue on
-    the busy timeout instead; WAL keeps readers from blocking on them.
+    the busy timeout instead; WAL keeps readers from blocking on them. Transactions
+    from ``Database.read`` only read, so they begin deferred and never wait for the lock.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -83,4 +100,5 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("parley_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

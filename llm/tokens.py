@@ -23,7 +23,20 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(ENCODING_NAME)
 
 
+# Every turn recounts the conversation's recent messages: short texts are remembered.
+# The cache holds at most CACHED_TEXTS texts of at most CACHED_TEXT_CHARS characters.
+CACHED_TEXTS = 8192
+CACHED_TEXT_CHARS = 2048
+
+
 def count_text(text: str) -> int:
+    if len(text) <= CACHED_TEXT_CHARS:
+        return _count_short(text)
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+@lru_cache(maxsize=CACHED_TEXTS)
+def _count_short(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 

@@ -34,7 +34,8 @@ class SSEStreamer:
         self, principal: Principal, session_id: uuid.UUID, body: MessagePostBody
     ) -> StreamingResponse:
         sid = str(session_id)
-        await self._container.sessions.require_member(principal, session_id)
+        # No membership read first: ``post`` refuses a non-member before anything is
+        # sent, and until it succeeds the listener sends nothing.
         listener = Connection(
             conn_id="sse-" + uuid.uuid4().hex,
             user_id=str(principal.user_id),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, case, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import ChatSession, Message, Summary
+from db.models import ChatSession, Chunk, Message, SessionMember, Summary
 from db.types import utcnow
 
 
@@ -73,6 +74,68 @@ async def append_message(
     return message
 
 
+# One statement checks membership and that the session is open, reopens an expired
+# session, and takes the next seq; the row lock it takes serialises writers.
+_NEXT_SEQ_FOR_MEMBER = (
+    update(ChatSession)
+    .where(
+        ChatSession.id == bindparam("sid"),
+        ChatSession.status != "closed",
+        exists().where(
+            SessionMember.session_id == ChatSession.id,
+            SessionMember.user_id == bindparam("uid"),
+        ),
+    )
+    .values(
+        last_seq=ChatSession.last_seq + 1,
+        last_activity_at=bindparam("now"),
+        status=case((ChatSession.status == "expired", "active"), else_=ChatSession.status),
+    )
+    .returning(ChatSession.last_seq, ChatSession.model)
+)
+
+
+async def append_member_message(
+    session: AsyncSession,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    content: str,
+    client_msg_id: str | None,
+    message_id: uuid.UUID,
+) -> tuple[Message, str | None] | None:
+    """A member's message with the session's next ``seq``, and the session's model.
+
+    None when ``user_id`` is not a member or the session is closed (the caller reads
+    which). Like ``append_message``, a ``client_msg_id`` already used raises
+    IntegrityError and the rollback takes the seq bump with it. Two statements on the
+    path to every answer's first token, hence Core rather than the ORM unit of work.
+    """
+    now = utcnow()
+    connection = await session.connection()
+    bumped = (
+        await connection.execute(
+            _NEXT_SEQ_FOR_MEMBER, {"sid": session_id, "uid": user_id, "now": now}
+        )
+    ).first()
+    if bumped is None:
+        return None
+    seq, model = bumped
+    values = {
+        "id": message_id,
+        "session_id": session_id,
+        "seq": seq,
+        "role": "user",
+        "user_id": user_id,
+        "content": content,
+        "client_msg_id": client_msg_id,
+        "status": "complete",
+        "created_at": now,
+    }
+    await connection.execute(insert(Message), values)
+    return Message(**values), model
+
+
 async def page_before(
     session: AsyncSession, session_id: uuid.UUID, before_seq: int | None, limit: int
 ) -> list[Message]:
@@ -82,6 +145,86 @@ async def page_before(
         query = query.where(Message.seq < before_seq)
     rows = await session.execute(query.order_by(Message.seq.desc()).limit(limit))
     return list(reversed(rows.scalars().all()))
+
+
+class Turn(NamedTuple):
+    id: uuid.UUID
+    seq: int
+    role: str
+    content: str
+
+
+class TurnHeader(NamedTuple):
+    """What answering a turn needs to know about its session, in one query."""
+
+    model: str | None
+    system_prompt: str | None
+    status: str
+    summary_covers_seq: int | None
+    summary: str | None
+    has_passages: bool  # any indexed chunk (document or history) to retrieve from
+
+
+def _latest_summary(column: Any) -> Any:
+    return (
+        select(column)
+        .where(Summary.session_id == ChatSession.id)
+        .order_by(Summary.covers_seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# Built once: the hot path of every answer runs these, and a prebuilt statement with
+# bind parameters skips most of SQLAlchemy's per-statement work.
+_TURN_HEADER = (
+    select(
+        ChatSession.model,
+        ChatSession.system_prompt,
+        ChatSession.status,
+        _latest_summary(Summary.covers_seq),
+        _latest_summary(Summary.content),
+        exists().where(Chunk.session_id == ChatSession.id),
+    )
+    .join(SessionMember, SessionMember.session_id == ChatSession.id)
+    .where(ChatSession.id == bindparam("session_id"), SessionMember.user_id == bindparam("user_id"))
+)
+_RECENT_TURNS = (
+    select(Message.id, Message.seq, Message.role, Message.content)
+    .where(Message.session_id == bindparam("session_id"), Message.deleted_at.is_(None))
+    .order_by(Message.seq.desc())
+    .limit(bindparam("limit"))
+)
+_RECENT_TURNS_BEFORE = _RECENT_TURNS.where(Message.seq < bindparam("before_seq"))
+
+
+async def turn_header(
+    session: AsyncSession, session_id: uuid.UUID, member_id: uuid.UUID
+) -> TurnHeader | None:
+    """The session's settings, latest summary and whether it has passages; None unless
+    ``member_id`` is a member."""
+    connection = await session.connection()
+    row = (
+        await connection.execute(_TURN_HEADER, {"session_id": session_id, "user_id": member_id})
+    ).first()
+    if row is None:
+        return None
+    model, system_prompt, status, covers_seq, summary, has_chunks = row
+    return TurnHeader(model, system_prompt, status, covers_seq, summary, bool(has_chunks))
+
+
+async def recent_turns(
+    session: AsyncSession, session_id: uuid.UUID, before_seq: int | None, limit: int
+) -> list[Turn]:
+    """The newest ``limit`` live messages before ``before_seq`` (or the newest), oldest
+    first, as plain rows: a turn's context reads hundreds and needs four columns."""
+    connection = await session.connection()
+    params: dict[str, Any] = {"session_id": session_id, "limit": limit}
+    statement = _RECENT_TURNS
+    if before_seq is not None:
+        statement, params["before_seq"] = _RECENT_TURNS_BEFORE, before_seq
+    rows = await connection.execute(statement, params)
+    return [Turn(*row) for row in reversed(rows.all())]
 
 
 async def page_after(

@@ -175,7 +175,10 @@ class AccountService:
         self, user_id: uuid.UUID, claims: Claims | None, expires_at: datetime | None
     ) -> Principal:
         user: User | None
-        async with self._db.transaction() as session:
+        external = claims is not None and claims.external
+        # Every request authenticates: only a first sight of an external user writes.
+        unit = self._db.transaction() if external else self._db.read()
+        async with unit as session:
             if claims is not None and claims.external:
                 user = await users_repo.ensure_external_user(
                     session, user_id, name=claims.name or "user", role=claims.role

@@ -20,7 +20,7 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
-from llm.provider import ChatRequest, StreamFinished, TextDelta, Usage
+from llm.provider import ChatEvent, ChatRequest, StreamFinished, TextDelta, Usage
 from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
@@ -42,11 +42,17 @@ class Generation:
     user_id: str
     reply_to: dict[str, Any]
     force_search: bool
-    # The model the session asks for, when the caller already read the session.
+    # The model the session asks for, learnt when the question is stored.
     model: str | None = None
     task: asyncio.Task[None] | None = None
-    # ``stream.start`` goes out while the context is read; everything else waits for it.
-    starting: asyncio.Future[None] | None = None
+    # Resolved once the question is stored (``PendingReply.confirm``), cancelled if it
+    # is not (``abandon``): nothing reaches the room before that.
+    confirmed: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    abandoned: bool = False
+    # ``stream.start`` and the statuses, published while the context is read.
+    announcements: _Announcements | None = None
     cancelled_by: str | None = None
     trace: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
@@ -91,28 +97,32 @@ class Assistant:
 
     # AssistantTrigger ------------------------------------------------------------------
 
-    async def reply(
+    def prepare(
         self,
         principal: Principal,
         session_id: uuid.UUID,
-        user_message: dict[str, Any],
+        question: dict[str, Any],
         *,
         force_search: bool,
-        model: str | None = None,
-    ) -> str:
+    ) -> PendingReply:
+        """Start answering ``question`` while it is being stored.
+
+        The context is read and the upstream request sent at once, so storing the
+        question does not sit in front of the first token; the room hears nothing until
+        the caller confirms the question was stored, and nothing at all if it abandons.
+        """
         generation = Generation(
             stream_id=uuid.uuid4().hex,
             session_id=str(session_id),
             user_id=str(principal.user_id),
-            reply_to=user_message,
+            reply_to=question,
             force_search=force_search,
-            model=model,
         )
         self.running[generation.stream_id] = generation
         generation.task = asyncio.create_task(
             self._run(generation), name=f"generation-{generation.stream_id}"
         )
-        return generation.stream_id
+        return PendingReply(generation)
 
     async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
         """Stop a generation wherever it runs; ``not_found`` if none is running."""
@@ -152,6 +162,8 @@ class Assistant:
             try:
                 await self._generate(generation, publisher, result)
             except asyncio.CancelledError:
+                if generation.abandoned:
+                    return
                 result.outcome = "cancelled" if not generation.draining else "error"
                 if generation.draining:
                     error = ParleyError("the server restarted before the answer finished")
@@ -162,38 +174,37 @@ class Assistant:
             except Exception:
                 log.exception("generation %s failed", generation.stream_id)
                 result.outcome, result.error = "error", ParleyError("the assistant failed")
+            if not await _was_confirmed(generation):
+                return  # the question was never stored: there is nothing to answer
             # Shielded: a second cancel (shutdown) must not lose the stored answer.
             await asyncio.shield(self._store_and_end(generation, publisher, result))
         finally:
             self.running.pop(generation.stream_id, None)
             generation.done.set()
 
+    async def _announce(
+        self, generation: Generation, publisher: StreamPublisher, result: _Result
+    ) -> None:
+        """``stream.start``, once the question is stored and its frame is out."""
+        await asyncio.shield(generation.confirmed)
+        result.model_asked = generation.model or self._settings.llm_model
+        await publisher.start(result.model_asked, generation.reply_to["id"])
+
     async def _generate(
         self, generation: Generation, publisher: StreamPublisher, result: _Result
     ) -> None:
-        session_uuid = uuid.UUID(generation.session_id)
-        result.model_asked = generation.model or await self._context.model_for(session_uuid)
-        # Nothing before the upstream request waits on the bus or the stream log when it
-        # need not: stream.start is published while the context is read.
-        starting = asyncio.ensure_future(
-            publisher.start(result.model_asked, generation.reply_to["id"])
+        announcements = _Announcements(
+            asyncio.ensure_future(self._announce(generation, publisher, result)), publisher
         )
-        generation.starting = starting
-
-        async def status(stage: str, detail: str | None = None) -> None:
-            await asyncio.shield(starting)
-            await publisher.status(stage, detail)
-
+        generation.announcements = announcements
         context = await self._context.assemble(
-            session_uuid,
+            uuid.UUID(generation.session_id),
             uuid.UUID(generation.user_id),
             generation.reply_to,
             force_search=generation.force_search,
-            status=status,
+            status=announcements.status,
         )
-        await asyncio.shield(starting)
         result.messages = context.messages
-        await publisher.status("generating")
         request = ChatRequest(
             model=context.model,
             messages=context.messages,
@@ -201,21 +212,29 @@ class Assistant:
             user=generation.user_id,
             trace=generation.trace,
         )
-        stream = self._context.stream(request, context, publisher.status)
+        stream = self._context.stream(request, context, announcements.status)
+
+        async def first_event() -> ChatEvent:
+            return await anext(stream)
+
+        # The request leaves now; what it answers waits for stream.start and the statuses.
+        first = asyncio.ensure_future(first_event())
         try:
+            await announcements.status("generating")
+            await announcements.settled()
+            if not publisher.started:
+                raise asyncio.CancelledError  # abandoned: the question was never stored
+            try:
+                _take(await first, publisher, result)
+            except StopAsyncIteration:
+                return
             async for event in stream:
-                if isinstance(event, TextDelta):
-                    if result.first_token_at is None:
-                        result.first_token_at = time.perf_counter()
-                    publisher.add(event.text)
-                elif isinstance(event, StreamFinished):
-                    result.finish = event
+                _take(event, publisher, result)
         finally:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
             # Closing the generator closes the upstream HTTP response.
             await stream.aclose()
-        if result.finish is not None:
-            result.outcome = result.finish.finish_reason
-            result.error = result.finish.error
 
     async def _store_and_end(
         self, generation: Generation, publisher: StreamPublisher, result: _Result
@@ -229,8 +248,8 @@ class Assistant:
         finish = result.finish
         answered_by = finish.model if finish is not None else result.model_asked
         usage = (finish.usage if finish else None) or estimate_usage(result.messages, text)
-        if generation.starting is not None:
-            await asyncio.gather(generation.starting, return_exceptions=True)
+        if generation.announcements is not None:
+            await generation.announcements.settled()
         if not publisher.started:
             await publisher.start(result.model_asked, generation.reply_to["id"])
         stored: dict[str, Any] | None = None
@@ -348,3 +367,80 @@ class Assistant:
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class _Announcements:
+    """``stream.start``, then each ``stream.status``, published in order in the background,
+    so that reading the context never waits on the room (or on the question's store)."""
+
+    def __init__(self, start: asyncio.Future[None], publisher: StreamPublisher) -> None:
+        self._last = start
+        self._publisher = publisher
+        start.add_done_callback(_consume)
+
+    async def status(self, stage: str, detail: str | None = None) -> None:
+        previous = self._last
+
+        async def publish() -> None:
+            await asyncio.wait([previous])
+            if self._publisher.started:
+                await self._publisher.status(stage, detail)
+
+        self._last = asyncio.ensure_future(publish())
+        self._last.add_done_callback(_consume)
+
+    async def settled(self) -> None:
+        """Wait until everything announced so far is out (or failed)."""
+        await asyncio.wait([self._last])
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    # A failed announcement is logged by the hub; never "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class PendingReply:
+    """A generation started before its question was stored (``Assistant.prepare``)."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def confirm(self, stored: dict[str, Any], model: str | None) -> str:
+        """The question is stored and its frame sent: let the answer reach the room."""
+        generation = self._generation
+        generation.reply_to = stored
+        generation.model = model
+        if not generation.confirmed.done():
+            generation.confirmed.set_result(None)
+        return generation.stream_id
+
+    def abandon(self) -> None:
+        """The question was not stored (refused, or a retry of one already answered)."""
+        generation = self._generation
+        generation.abandoned = True
+        if not generation.confirmed.done():
+            generation.confirmed.cancel()
+        if generation.task is not None:
+            generation.task.cancel()
+
+
+async def _was_confirmed(generation: Generation) -> bool:
+    try:
+        await asyncio.shield(generation.confirmed)
+    except asyncio.CancelledError:
+        if generation.confirmed.cancelled():
+            return False
+        raise
+    return True
+
+
+def _take(event: ChatEvent, publisher: StreamPublisher, result: _Result) -> None:
+    if isinstance(event, TextDelta):
+        if result.first_token_at is None:
+            result.first_token_at = time.perf_counter()
+        publisher.add(event.text)
+    elif isinstance(event, StreamFinished):
+        result.finish = event
+        result.outcome = event.finish_reason
+        result.error = event.error

@@ -17,6 +17,7 @@ the model and a ``stream.status`` whose ``detail`` says search was unavailable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 from db.engine import Database
 from db.repositories import messages as messages_repo
-from db.repositories import sessions as sessions_repo
+from db.repositories.messages import Turn, TurnHeader
 from llm.context import build_context
 from llm.provider import ChatEvent, ChatRequest
 from llm.resilience import ResilientProvider
@@ -34,7 +35,7 @@ from llm.tokens import count_text
 from rag.ranking import format_passages
 from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from server.config import Settings
-from server.errors import NotFound, ParleyError
+from server.errors import Conflict, NotFound, ParleyError
 from server.services.search_tool import stream_with_search, unavailable_detail
 
 log = logging.getLogger("parley.context")
@@ -84,13 +85,6 @@ class ContextAssembler:
             length = None
         return length or 8192
 
-    async def model_for(self, session_id: uuid.UUID) -> str:
-        async with self._db.transaction() as session:
-            chat = await sessions_repo.get_session(session, session_id)
-        if chat is None:
-            raise NotFound("session not found")
-        return chat.model or self._settings.llm_model
-
     async def assemble(
         self,
         session_id: uuid.UUID,
@@ -100,50 +94,58 @@ class ContextAssembler:
         force_search: bool,
         status: Status,
     ) -> TurnContext:
-        async with self._db.transaction() as session:
-            chat = await sessions_repo.get_session(session, session_id)
-            if chat is None:
-                raise NotFound("session not found")
-            summary = await messages_repo.latest_summary(session, session_id)
-            recent = await messages_repo.page_before(
-                session, session_id, current["seq"], HISTORY_WINDOW
-            )
-        model = chat.model or self._settings.llm_model
-        fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
-        window = await self.window_for(model)
-        budget = window - self._settings.llm_reply_reserve_tokens
-        covers = summary.covers_seq if summary else 0
-        summary_text = summary.content if summary else None
-        turns = [_turn(m) for m in recent if m.seq > covers and m.deleted_at is None]
-        turn_seqs = [m.seq for m in recent if m.seq > covers and m.deleted_at is None]
-        system_prompt = chat.system_prompt or DEFAULT_SYSTEM_PROMPT
+        """The request for answering ``current``, asked by ``user_id``.
 
-        summary_cap = max(64, int(budget * SUMMARY_SHARE))
-        history = [{"role": "system", "content": system_prompt}, *turns, _turn_dict(current)]
-        folded = plan_fold(
-            history,
-            count_text(summary_text or "") if summary_text else 0,
-            int(budget * 0.6),
-            KEEP_RECENT_TURNS,
-        )
-        if folded:
-            await status("summarising", None)
-            summary_text, covers = await self._fold(
-                session_id,
-                model,
-                summary_text,
-                turns[:folded],
-                turn_seqs[folded - 1],
-                summary_cap,
-                window,
-            )
-            turns = turns[folded:]
+        ``current`` may still be on its way to the database (its ``seq`` is then None):
+        the assistant reads the context while the message is stored. The session, its
+        summary and whether it has anything to retrieve from come in one query.
+        """
+        question = str(current["content"])
+        memory = asyncio.ensure_future(self._memory(user_id))
+        try:
+            header, recent = await self._history(session_id, user_id, current)
+            model = header.model or self._settings.llm_model
+            fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
+            window = await self.window_for(model)
+            budget = window - self._settings.llm_reply_reserve_tokens
+            covers = header.summary_covers_seq or 0
+            summary_text = header.summary
+            live = [m for m in recent if m.seq > covers]
+            turns = [{"role": m.role, "content": m.content} for m in live]
+            system_prompt = header.system_prompt or DEFAULT_SYSTEM_PROMPT
 
-        memory_items = await self._memory(user_id)
-        passages_text = await self._passages(session_id, current["content"], covers, status)
-        tools = await self._tools_for(model, force_search)
+            summary_cap = max(64, int(budget * SUMMARY_SHARE))
+            history = [{"role": "system", "content": system_prompt}, *turns, _turn_dict(current)]
+            folded = plan_fold(
+                history,
+                count_text(summary_text or "") if summary_text else 0,
+                int(budget * 0.6),
+                KEEP_RECENT_TURNS,
+            )
+            has_passages = header.has_passages
+            if folded:
+                await status("summarising", None)
+                summary_text, covers = await self._fold(
+                    session_id,
+                    model,
+                    summary_text,
+                    turns[:folded],
+                    live[folded - 1].seq,
+                    summary_cap,
+                    window,
+                )
+                turns = turns[folded:]
+                has_passages = True  # the folded turns were just indexed
+            # Skipped outright for a session with no documents and nothing summarised.
+            passages_text = (
+                await self._passages(session_id, question, covers, status) if has_passages else ""
+            )
+            tools = await self._tools_for(model, force_search)
+            memory_items = await memory
+        finally:
+            memory.cancel()
         search_text, search_note, searched = await self._search(
-            current["content"], force_search or (tools is None and _rule(current)), status
+            question, force_search or (tools is None and _rule(current)), status
         )
         built = build_context(
             system_prompt=system_prompt,
@@ -157,14 +159,32 @@ class ContextAssembler:
             reply_reserve_tokens=self._settings.llm_reply_reserve_tokens,
         )
         return TurnContext(
-            model,
-            fallbacks,
-            built.messages,
-            built.prompt_tokens,
-            searched,
-            tools,
-            current["content"],
+            model, fallbacks, built.messages, built.prompt_tokens, searched, tools, question
         )
+
+    async def _history(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, current: dict[str, Any]
+    ) -> tuple[TurnHeader, list[Turn]]:
+        """The session (the asker must be a member) and the turns before ``current``."""
+        async with self._db.read() as session:
+            header = await messages_repo.turn_header(session, session_id, user_id)
+            if header is None:
+                raise NotFound("session not found")
+            if header.status == "closed":
+                raise Conflict("the session is closed; restore it to write again")
+            retry_of = current.get("client_msg_id") if current.get("seq") is None else None
+            if retry_of:
+                stored = await messages_repo.find_by_client_msg_id(
+                    session, session_id, str(retry_of)
+                )
+                if stored is not None and str(stored.id) != str(current["id"]):
+                    # A retry of a message stored (and answered) before: ask no model.
+                    raise Conflict("this message was already sent")
+            recent = await messages_repo.recent_turns(
+                session, session_id, current.get("seq"), HISTORY_WINDOW
+            )
+        current_id = uuid.UUID(str(current["id"]))
+        return header, [turn for turn in recent if turn.id != current_id]
 
     def stream(
         self, request: ChatRequest, turn: TurnContext, status: Status
@@ -249,7 +269,7 @@ class ContextAssembler:
             return []
 
     async def _passages(
-        self, session_id: uuid.UUID, question: str, covers_seq: int, status: Status
+        self, session_id: uuid.UUID, question: str, covers_seq: int | None, status: Status
     ) -> str:
         retriever = self._extras.get("retriever")
         if retriever is None:
@@ -283,10 +303,6 @@ class ContextAssembler:
 
 def _rule(current: dict[str, Any]) -> bool:
     return should_search(str(current["content"]))
-
-
-def _turn(message: Any) -> dict[str, Any]:
-    return {"role": message.role, "content": message.content}
 
 
 def _turn_dict(message: dict[str, Any]) -> dict[str, Any]:

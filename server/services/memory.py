@@ -74,7 +74,7 @@ class MemoryService:
     # REST: the user's own view.
 
     async def list(self, principal: Principal) -> list[dict[str, Any]]:
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             items = await memories_repo.list_for_user(session, principal.user_id)
         return [memory_to_wire(item) for item in items]
 
@@ -105,7 +105,7 @@ class MemoryService:
 
     async def known_items(self, user_id: uuid.UUID) -> builtins.list[KnownItem]:
         """Existing items for ``memory.extraction``; the user's own are not replaceable."""
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             items = await memories_repo.list_for_user(session, user_id)
         return [
             KnownItem(str(item.id), item.kind, item.content, replaceable=item.source == "learned")  # type: ignore[arg-type]
@@ -190,7 +190,7 @@ class MemoryService:
                 return [str(line) for line in orjson.loads(cached)]
         except (ParleyError, orjson.JSONDecodeError, TypeError) as exc:
             log.warning("user context cache read failed: %s", exc)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             items = await memories_repo.list_for_user(session, user_id)
         lines = [f"({item.kind}) {item.content}" for item in items]
         try:

@@ -26,16 +26,21 @@ class MessageFanout(Protocol):
     async def message_stored(self, session_id: str, message: dict[str, Any]) -> None: ...
 
 
+class PendingAnswer(Protocol):
+    def confirm(self, stored: dict[str, Any], model: str | None) -> str: ...
+
+    def abandon(self) -> None: ...
+
+
 class AssistantTrigger(Protocol):
-    async def reply(
+    def prepare(
         self,
         principal: Principal,
         session_id: uuid.UUID,
-        user_message: dict[str, Any],
+        question: dict[str, Any],
         *,
         force_search: bool,
-        model: str | None = None,
-    ) -> str | None: ...
+    ) -> PendingAnswer: ...
 
 
 @dataclass(frozen=True)
@@ -92,54 +97,72 @@ class MessageService:
         text, idempotency_key, reply_mode, force_search = self.validate(
             content, client_msg_id, reply, search
         )
-        stored, created, model = await self._store(principal, session_id, text, idempotency_key)
-        if not created:
-            return PostedMessage(stored, created=False)
-        if self.fanout is not None:
-            await self.fanout.message_stored(str(session_id), stored)
-        stream_id = None
+        message_id = uuid.uuid4()
+        answer = None
         if reply_mode == "auto" and self.assistant is not None:
-            # The session row was just read: its model saves the generation a round trip
-            # before the upstream request.
-            stream_id = await self.assistant.reply(
-                principal, session_id, stored, force_search=force_search, model=model
+            # The assistant reads the context and asks the model while the question is
+            # stored, so the store does not sit in front of the first token.
+            question = {
+                "id": str(message_id),
+                "session_id": str(session_id),
+                "seq": None,
+                "role": "user",
+                "user_id": str(principal.user_id),
+                "content": text,
+                "client_msg_id": idempotency_key,
+            }
+            answer = self.assistant.prepare(
+                principal, session_id, question, force_search=force_search
             )
+        try:
+            stored, created, model = await self._store(
+                principal, session_id, text, idempotency_key, message_id
+            )
+            if not created:
+                if answer is not None:
+                    answer.abandon()
+                return PostedMessage(stored, created=False)
+            if self.fanout is not None:
+                await self.fanout.message_stored(str(session_id), stored)
+        except BaseException:
+            if answer is not None:
+                answer.abandon()
+            raise
+        stream_id = answer.confirm(stored, model) if answer is not None else None
         return PostedMessage(stored, created=True, stream_id=stream_id)
 
     async def _store(
-        self, principal: Principal, session_id: uuid.UUID, text: str, client_msg_id: str | None
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        text: str,
+        client_msg_id: str | None,
+        message_id: uuid.UUID,
     ) -> tuple[dict[str, Any], bool, str | None]:
         """The stored message, whether it is new, and the session's model (if set)."""
         try:
             async with self._db.transaction() as session:
-                chat = await sessions_repo.get_session_for_member(
-                    session, session_id, principal.user_id
-                )
-                if chat is None:
-                    raise NotFound("session not found")
-                if chat.status == "closed":
-                    raise Conflict("the session is closed; restore it to write again")
-                if client_msg_id is not None:
-                    existing = await messages_repo.find_by_client_msg_id(
-                        session, session_id, client_msg_id
-                    )
-                    if existing is not None:
-                        return _replayed(existing, text), False, chat.model
-                if chat.status == "expired":
-                    await sessions_repo.update_session(session, chat.id, status="active")
-                message = await messages_repo.append_message(
+                appended = await messages_repo.append_member_message(
                     session,
                     session_id=session_id,
-                    role="user",
                     user_id=principal.user_id,
                     content=text,
                     client_msg_id=client_msg_id,
+                    message_id=message_id,
                 )
-                return message_to_wire(message), True, chat.model
+                if appended is None:
+                    chat = await sessions_repo.get_session_for_member(
+                        session, session_id, principal.user_id
+                    )
+                    if chat is None:
+                        raise NotFound("session not found")
+                    raise Conflict("the session is closed; restore it to write again")
+                message, model = appended
+                return message_to_wire(message), True, model
         except IntegrityError:
             if client_msg_id is None:
                 raise
-            # Two copies of one retry raced; the other stored it first.
+            # A retry: this client_msg_id is stored already (perhaps by a racing copy).
             async with self._db.transaction() as session:
                 existing = await messages_repo.find_by_client_msg_id(
                     session, session_id, client_msg_id

@@ -69,7 +69,7 @@ class Retriever:
             else sqlite_fts_query(query_text)
         )
         query_vector = await self._query_vector(query_text)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             lexical = await retrieval_repo.lexical_search(
                 session,
                 session_id,

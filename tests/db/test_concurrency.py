@@ -47,10 +47,20 @@ async def test_concurrent_appends_from_many_engines_get_seqs_without_gaps_or_dup
     nodes = [Database(postgres_url, pool_size=1) for _ in range(NODES)]
     start = asyncio.Event()
 
+    principal = Principal(user_id=user_id, name="Writer", role="user", expires_at=None)
+
     async def node(database: Database, number: int) -> list[int]:
+        # Both ways in: a member's message (MessageService) and the assistant's answer.
+        service = MessageService(database, max_content_chars=1000)
         await start.wait()
         seqs = []
         for n in range(APPENDS_PER_NODE):
+            if n % 2 == 0:
+                posted = await service.post(
+                    principal, session_id, content=f"node {number} post {n}", reply="none"
+                )
+                seqs.append(posted.message["seq"])
+                continue
             async with database.transaction() as db:
                 message = await messages_repo.append_message(
                     db,
