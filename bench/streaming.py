@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.streaming [--rounds 60] [--tokens 20000] [--members 50]
 
 A loopback fake OpenRouter (``tests/fakes/openrouter.py``, scenario ``Fast(n)``: every
-token as fast as it can write them) and one ``parley serve`` process (memory bus,
-SQLite) configured against it. In the same run, interleaved round by round:
+token as fast as it can write them) and one ``parley serve`` process (memory bus;
+SQLite, then PostgreSQL unless ``--databases`` says otherwise) configured against it.
+In the same run, interleaved round by round:
 
 * direct: a client POSTs ``/chat/completions`` to the fake and reads the stream;
 * WebSocket: a member sends a ``message`` frame and reads the ``stream.delta``s;
@@ -132,10 +133,12 @@ def pct(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000
 
 
-async def run(rounds: int, tokens: int, members: int, workdir: Path) -> dict[str, Any]:
+async def run(
+    rounds: int, tokens: int, members: int, workdir: Path, database: str
+) -> dict[str, Any]:
     with serve_fake_openrouter() as fake:
         fake.default = Fast(TTFT_TOKENS)
-        async with fresh_database("sqlite", workdir) as url:
+        async with fresh_database(database, workdir) as url:
             room = await seed_room(url, members)
             env = server_env(
                 url,
@@ -198,21 +201,39 @@ async def run(rounds: int, tokens: int, members: int, workdir: Path) -> dict[str
                 for ws in sockets:
                     await ws.close()
                 server.stop()
-    return {"rounds": rounds, "tokens": tokens, "members": members, "ttft": ttft, "rates": rates}
+    return {
+        "database": database,
+        "rounds": rounds,
+        "tokens": tokens,
+        "members": members,
+        "ttft": ttft,
+        "rates": rates,
+    }
 
 
-def render(result: dict[str, Any]) -> str:
+NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def render(report: dict[str, Any]) -> str:
+    first = report["runs"][0]
+    lines = [
+        f"Machine: {report['machine']}. Run {report['date']} with"
+        f" `python -m bench.streaming --rounds {first['rounds']}"
+        f" --tokens {first['tokens']} --members {first['members']}`: one `parley serve`"
+        " (memory bus) per database, a loopback fake OpenRouter (`Fast(n)`) in the"
+        " benchmark process, Python clients (httpx, websockets).",
+    ]
+    return "\n".join(lines + [render_run(result) for result in report["runs"]])
+
+
+def render_run(result: dict[str, Any]) -> str:
     ttft = result["ttft"]
+    database = NAMES.get(result["database"], result["database"])
     direct50, direct99 = pct(ttft["direct"], 50), pct(ttft["direct"], 99)
     lines = [
-        f"Machine: {result['machine']}. Run {result['date']} with"
-        f" `python -m bench.streaming --rounds {result['rounds']}"
-        f" --tokens {result['tokens']} --members {result['members']}`: one `parley serve`"
-        " (memory bus, SQLite), a loopback fake OpenRouter (`Fast(n)`) in the benchmark"
-        " process, Python clients (httpx, websockets).",
         "",
-        f"### Time to first token ({result['rounds']} rounds per path, interleaved;"
-        f" `Fast({TTFT_TOKENS})`)",
+        f"### {database}: time to first token ({result['rounds']} rounds per path,"
+        f" interleaved; `Fast({TTFT_TOKENS})`)",
         "",
         "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -227,7 +248,7 @@ def render(result: dict[str, Any]) -> str:
     direct_rate = rates["direct"]["tokens"] / rates["direct"]["seconds"]
     lines += [
         "",
-        f"### Relay rate (`Fast({result['tokens']})`, one generation per row)",
+        f"### {database}: relay rate (`Fast({result['tokens']})`, one generation per row)",
         "",
         "| receiver | tokens/s | share of direct | server CPU % |",
         "| --- | ---: | ---: | ---: |",
@@ -249,16 +270,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--tokens", type=int, default=20_000)
     parser.add_argument("--members", type=int, default=50)
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the section from the last results"
     )
     args = parser.parse_args()
+    result: dict[str, Any]
     if args.render_only:
         result = json.loads(RESULTS.read_text())
     else:
-        with tempfile.TemporaryDirectory(prefix="parley-stream-") as tmp:
-            result = asyncio.run(run(args.rounds, args.tokens, args.members, Path(tmp)))
+        runs = []
+        for database in args.databases.split(","):
+            with tempfile.TemporaryDirectory(prefix="parley-stream-") as tmp:
+                runs.append(
+                    asyncio.run(run(args.rounds, args.tokens, args.members, Path(tmp), database))
+                )
+        result = {"runs": runs}
         result["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
         result["machine"] = machine()
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,63 @@ async def append_member_message(
     return Message(**values), model
 
 
+_PAGE_COLUMNS = (
+    Message.id,
+    Message.session_id,
+    Message.seq,
+    Message.role,
+    Message.user_id,
+    Message.content,
+    Message.client_msg_id,
+    Message.status,
+    Message.model,
+    Message.reply_to,
+    Message.created_at,
+    Message.deleted_at,
+)
+_ASKER_IS_MEMBER = exists().where(
+    SessionMember.session_id == bindparam("session_id"),
+    SessionMember.user_id == bindparam("user_id"),
+)
+_MEMBER_PAGE = select(*_PAGE_COLUMNS).where(
+    Message.session_id == bindparam("session_id"), _ASKER_IS_MEMBER
+)
+_MEMBER_PAGE_NEWEST = _MEMBER_PAGE.order_by(Message.seq.desc()).limit(bindparam("limit"))
+_MEMBER_PAGE_BEFORE = _MEMBER_PAGE_NEWEST.where(Message.seq < bindparam("seq"))
+_MEMBER_PAGE_AFTER = (
+    _MEMBER_PAGE.where(Message.seq > bindparam("seq"))
+    .order_by(Message.seq)
+    .limit(bindparam("limit"))
+)
+
+
+async def member_page(
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    member_id: uuid.UUID,
+    *,
+    before_seq: int | None = None,
+    after_seq: int | None = None,
+    limit: int,
+) -> list[Any]:
+    """A page of history, oldest first, as rows with a message's attributes: after
+    ``after_seq``, else before ``before_seq``, else the newest. Empty unless
+    ``member_id`` is a member (an empty page is the caller's cue to check which).
+
+    The hottest REST read: one prebuilt Core statement, the access check inside it.
+    """
+    connection = await session.connection()
+    params: dict[str, Any] = {"session_id": session_id, "user_id": member_id, "limit": limit}
+    if after_seq is not None:
+        statement, params["seq"] = _MEMBER_PAGE_AFTER, after_seq
+    elif before_seq is not None:
+        statement, params["seq"] = _MEMBER_PAGE_BEFORE, before_seq
+    else:
+        statement = _MEMBER_PAGE_NEWEST
+    rows = list((await connection.execute(statement, params)).all())
+    return rows if after_seq is not None else rows[::-1]
+
+
 async def page_before(
     session: AsyncSession, session_id: uuid.UUID, before_seq: int | None, limit: int
 ) -> list[Message]:

@@ -184,15 +184,21 @@ class SessionService:
             raise BadRequest("give before_seq or after_seq, not both")
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
-        # One transaction for the access check and the page: this is the hottest REST
-        # read (clients page history on every restore), so one round trip less counts.
-        async with self._db.transaction() as session:
-            if not await sessions_repo.is_member(session, session_id, principal.user_id):
+        # The hottest REST read (clients page history on every restore): the access
+        # check rides in the page's own query; only an empty page needs a second look.
+        async with self._db.read() as session:
+            page = await messages_repo.member_page(
+                session,
+                session_id,
+                principal.user_id,
+                before_seq=before_seq,
+                after_seq=after_seq,
+                limit=limit,
+            )
+            if not page and not await sessions_repo.is_member(
+                session, session_id, principal.user_id
+            ):
                 raise NotFound("session not found")
-            if after_seq is not None:
-                page = await messages_repo.page_after(session, session_id, after_seq, limit)
-            else:
-                page = await messages_repo.page_before(session, session_id, before_seq, limit)
         first_seq = page[0].seq if page else None
         return {
             "messages": [message_to_wire(m) for m in page],

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from db.models import ChatSession, Message, Summary
 
 
-def message_to_wire(message: Message) -> dict[str, Any]:
+def message_to_wire(message: Message | Row[Any]) -> dict[str, Any]:
+    """A stored message: the ORM object, or a row with its columns (history pages)."""
     deleted = message.deleted_at is not None
     return {
         "id": str(message.id),

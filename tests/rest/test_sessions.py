@@ -169,9 +169,15 @@ async def test_a_stranger_gets_not_found_for_someone_elses_session(
     owner = await register_user(client, "Owner")
     stranger = await register_user(client, "Stranger")
     session_id = await create_session(client, owner)
+    posted = await client.post(
+        f"/v1/sessions/{session_id}/messages",
+        json={"content": "for members only", "reply": "none"},
+        headers=owner.headers,
+    )
+    assert posted.status_code == 201, posted.text
     missing_id = str(uuid.uuid4())
 
-    for path in ("", "/messages"):
+    for path in ("", "/messages", "/messages?after_seq=0", "/messages?before_seq=5"):
         theirs = await client.get(f"/v1/sessions/{session_id}{path}", headers=stranger.headers)
         nobodys = await client.get(f"/v1/sessions/{missing_id}{path}", headers=stranger.headers)
         assert theirs.status_code == nobodys.status_code == 404
