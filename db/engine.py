@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -38,28 +38,14 @@ class Database:
             self.engine.execution_options(parley_read_only=True), expire_on_commit=False
         )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        try:
-            async with self.sessions() as session, session.begin():
-                yield session
-        except (OperationalError, DBAPIError) as exc:
-            if _is_connection_failure(exc):
-                raise Unavailable("the database is unreachable") from exc
-            raise
+        return _unit_of_work(self.sessions)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A transaction for reads only: on SQLite it does not take the write lock, so
         reads run beside each other and beside a writer (WAL) instead of queueing."""
-        try:
-            async with self._read_sessions() as session, session.begin():
-                yield session
-        except (OperationalError, DBAPIError) as exc:
-            if _is_connection_failure(exc):
-                raise Unavailable("the database is unreachable") from exc
-            raise
+        return _unit_of_work(self._read_sessions)
 
     async def ping(self) -> None:
         try:
@@ -70,6 +56,19 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _unit_of_work(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    try:
+        async with sessions() as session, session.begin():
+            yield session
+    except (OperationalError, DBAPIError) as exc:
+        if _is_connection_failure(exc):
+            raise Unavailable("the database is unreachable") from exc
+        raise
 
 
 def _is_connection_failure(exc: DBAPIError) -> bool:
