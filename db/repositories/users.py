@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,27 @@ async def create_user(
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
+
+
+class Caller(NamedTuple):
+    name: str
+    role: str
+    disabled: bool
+    revoked_before: datetime | None  # access tokens issued earlier are revoked
+
+
+# Every authenticated request reads this: one prebuilt statement, user and revocation.
+_CALLER = (
+    select(User.name, User.role, User.disabled, RevokedAccessToken.not_before)
+    .outerjoin(RevokedAccessToken, RevokedAccessToken.user_id == User.id)
+    .where(User.id == bindparam("user_id"))
+)
+
+
+async def caller(session: AsyncSession, user_id: uuid.UUID) -> Caller | None:
+    connection = await session.connection()
+    row = (await connection.execute(_CALLER, {"user_id": user_id})).first()
+    return Caller(*row) if row is not None else None
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -116,14 +138,6 @@ async def revoke_access_tokens_before(
         index_elements=[RevokedAccessToken.user_id], set_={"not_before": instant}
     )
     await session.execute(statement)
-
-
-async def access_revoked_before(session: AsyncSession, user_id: uuid.UUID) -> datetime | None:
-    return (
-        await session.execute(
-            select(RevokedAccessToken.not_before).where(RevokedAccessToken.user_id == user_id)
-        )
-    ).scalar_one_or_none()
 
 
 async def count_users(session: AsyncSession) -> int:

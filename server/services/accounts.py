@@ -174,24 +174,23 @@ class AccountService:
     async def _principal_for(
         self, user_id: uuid.UUID, claims: Claims | None, expires_at: datetime | None
     ) -> Principal:
-        user: User | None
-        external = claims is not None and claims.external
-        # Every request authenticates: only a first sight of an external user writes.
-        unit = self._db.transaction() if external else self._db.read()
-        async with unit as session:
-            if claims is not None and claims.external:
+        if claims is not None and claims.external:
+            # Another service's user: the first sight creates the local row.
+            async with self._db.transaction() as session:
                 user = await users_repo.ensure_external_user(
                     session, user_id, name=claims.name or "user", role=claims.role
                 )
-            else:
-                user = await users_repo.get_user(session, user_id)
-            if user is None or user.disabled:
+            if user.disabled:
                 raise Unauthorized("account unavailable")
-            if claims is not None and not claims.external:
-                revoked_before = await users_repo.access_revoked_before(session, user_id)
-                if revoked_before is not None and claims.issued_at < revoked_before:
-                    raise Unauthorized("token revoked")
-        return Principal(user_id=user.id, name=user.name, role=user.role, expires_at=expires_at)
+            return Principal(user_id=user.id, name=user.name, role=user.role, expires_at=expires_at)
+        async with self._db.read() as session:
+            caller = await users_repo.caller(session, user_id)
+        if caller is None or caller.disabled:
+            raise Unauthorized("account unavailable")
+        revoked_before = caller.revoked_before
+        if claims is not None and revoked_before is not None and claims.issued_at < revoked_before:
+            raise Unauthorized("token revoked")
+        return Principal(user_id=user_id, name=caller.name, role=caller.role, expires_at=expires_at)
 
     async def _start_family(self, user: User, family_id: uuid.UUID | None = None) -> LoginResult:
         access, ttl = self.tokens.issue_access_token(user.id, role=user.role, name=user.name)
