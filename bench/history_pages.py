@@ -190,7 +190,7 @@ def render(result: dict[str, object]) -> str:
             "",
             "| path | reads | p50 ms | p95 ms | p99 ms |",
             "| --- | ---: | ---: | ---: | ---: |",
-            f"| `SessionService.history` (membership check + keyset page) |"
+            f"| `SessionService.history` (keyset page, access check in the query) |"
             f" {result['service_reads']} | {service['p50']:.2f} | {service['p95']:.2f} |"
             f" {service['p99']:.2f} |",
             f"| `GET /v1/sessions/{{id}}/messages` in-process (auth, JSON) |"
@@ -199,7 +199,10 @@ def render(result: dict[str, object]) -> str:
             "",
             f"Target p95 < 5 ms for the service path: {verdict}. The page is an index range"
             " scan on the unique `(session_id, seq)` index, so its cost does not grow with"
-            " the session's length.",
+            " the session's length. The page and the membership check are one prebuilt Core"
+            " statement (`db.repositories.messages.member_page`, the check an `EXISTS` the"
+            " planner runs once) in a read-only transaction; the earlier ORM version, a"
+            " membership query then an entity page, measured p50 2.30 / p95 5.84 ms.",
             "",
         ]
     )
