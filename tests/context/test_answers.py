@@ -14,10 +14,12 @@ import pytest
 
 from db.repositories import messages as messages_repo
 from tests.context.answers import MODEL, Answers, StartAnswers, answers_factory, details, stages
+from tests.fakes.embeddings import API_KEY as EMBEDDINGS_KEY
+from tests.fakes.embeddings import FakeEmbeddings, fake_embeddings
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.fakes.tavily import FakeTavily
 
-__all__ = ["fake_openrouter"]
+__all__ = ["fake_embeddings", "fake_openrouter"]
 
 
 @pytest.fixture
@@ -238,3 +240,46 @@ async def test_a_fact_from_a_summarised_turn_reaches_the_request_when_asked_abou
     assert summary is not None and "Zanzibar" not in summary.content
     assert all("Zanzibar" not in m["content"] for m in answers.sent()[1:])
     assert "my cat is called Zanzibar" in answers.system()
+
+
+PARKING = """# Parking
+
+The automobile stays in the east garage overnight; the key hangs by the door.
+"""
+FILLER = "# Canteen\n\nLunch is served from noon. The soup changes every weekday.\n"
+
+
+@pytest.mark.parametrize("semantic", [True, False], ids=["with-embeddings", "full-text-only"])
+async def test_semantic_retrieval_finds_a_passage_that_shares_no_word_with_the_question(
+    start_answers: StartAnswers, fake_embeddings: FakeEmbeddings, semantic: bool
+) -> None:
+    overrides = (
+        {
+            "embeddings_url": fake_embeddings.base_url,
+            "embeddings_api_key": EMBEDDINGS_KEY,
+            "embeddings_model": "fake-embed-1",
+        }
+        if semantic
+        else {}
+    )
+    async with start_answers(**overrides) as answers:
+        ada = await answers.user()
+        session_id = await answers.session(ada)
+        for title, content in (("Parking", PARKING), ("Canteen", FILLER)):
+            response = await answers.http.post(
+                f"/v1/sessions/{session_id}/documents",
+                json={"title": title, "content": content},
+                headers=ada.headers,
+            )
+            assert response.status_code == 201, response.text
+
+        await answers.ask(ada, session_id, "Where do we keep the car?")
+
+        found = "east garage" in answers.system()
+    # "car" is not in the document: only the embeddings (car ~ automobile) find it.
+    assert found is semantic
+    if semantic:
+        inputs = [text for body in fake_embeddings.requests for text in body["input"]]
+        assert "Where do we keep the car?" in inputs
+        assert any("automobile" in text for text in inputs)
+        assert {body["model"] for body in fake_embeddings.requests} == {"fake-embed-1"}

@@ -16,8 +16,6 @@ first N requests fail with that mode and the rest succeed.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,11 +23,12 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 API_KEY = "tvly-test-0123456789abcdef"
 
@@ -154,41 +153,10 @@ class FakeTavily:
         raise AssertionError(f"unknown fake Tavily mode {self.mode!r}")
 
 
-class _Served:
-    """uvicorn on a socket bound before the thread starts, so the port is known and
-    connections queue in the backlog until the server accepts them: no start-up wait."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-def serve_fake_tavily() -> tuple[FakeTavily, _Served]:
+def serve_fake_tavily() -> tuple[FakeTavily, LoopbackServer]:
     fake = FakeTavily()
     app = Starlette(routes=[Route("/search", fake.search, methods=["POST"])])
-    served = _Served(app)
+    served = LoopbackServer(app)
     fake.base_url = f"http://127.0.0.1:{served.port}"
     served.start()
     return fake, served
