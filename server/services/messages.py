@@ -118,17 +118,23 @@ class MessageService:
             stored, created, model = await self._store(
                 principal, session_id, text, idempotency_key, message_id
             )
-            if not created:
-                if answer is not None:
-                    answer.abandon()
-                return PostedMessage(stored, created=False)
-            if self.fanout is not None:
-                await self.fanout.message_stored(str(session_id), stored)
         except BaseException:
             if answer is not None:
                 answer.abandon()
             raise
-        stream_id = answer.confirm(stored, model) if answer is not None else None
+        if not created:
+            if answer is not None:
+                answer.abandon()
+            return PostedMessage(stored, created=False)
+        stream_id = None
+        try:
+            if self.fanout is not None:
+                await self.fanout.message_stored(str(session_id), stored)
+        finally:
+            # Stored is stored: even if the fan-out failed (or we were cancelled), the
+            # question is answered; members recover the message itself through seq.
+            if answer is not None:
+                stream_id = answer.confirm(stored, model)
         return PostedMessage(stored, created=True, stream_id=stream_id)
 
     async def _store(

@@ -1,0 +1,100 @@
+"""``MessageService.post`` and the assistant's early start: a stored question is
+always answered, an unstored one never is (both databases)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from db import migrate
+from db.engine import Database
+from db.models import Message
+from db.repositories import sessions as sessions_repo
+from db.repositories import users as users_repo
+from server.errors import Conflict
+from server.services.accounts import Principal
+from server.services.messages import MessageService
+
+
+class RecordingAssistant:
+    """Stands in for ``Assistant``: records what happens to each prepared answer."""
+
+    def __init__(self) -> None:
+        self.prepared: list[dict[str, Any]] = []
+        self.confirmed: list[str] = []
+        self.abandoned = 0
+
+    def prepare(
+        self, principal: Principal, session_id: uuid.UUID, question: dict[str, Any], **_: Any
+    ) -> RecordingAssistant:
+        self.prepared.append(question)
+        return self
+
+    def confirm(self, stored: dict[str, Any], model: str | None) -> str:
+        self.confirmed.append(stored["id"])
+        return "stream-1"
+
+    def abandon(self) -> None:
+        self.abandoned += 1
+
+
+class BrokenFanout:
+    async def message_stored(self, session_id: str, message: dict[str, Any]) -> None:
+        raise RuntimeError("the bus is down")
+
+
+@pytest.fixture
+async def posting(database_url: str) -> Any:
+    database = Database(database_url)
+    await migrate.upgrade(database)
+    async with database.transaction() as db:
+        user = await users_repo.create_user(
+            db, email=f"{uuid.uuid4().hex}@example.com", name="Ada", password_hash=None
+        )
+        chat = await sessions_repo.create_session(
+            db, owner_id=user.id, title="t", model=None, system_prompt=None
+        )
+    service = MessageService(database, max_content_chars=1000)
+    assistant = RecordingAssistant()
+    service.assistant = assistant
+    principal = Principal(user_id=user.id, name="Ada", role="user", expires_at=None)
+    yield database, service, assistant, principal, chat.id
+    await database.dispose()
+
+
+async def stored_count(database: Database, session_id: uuid.UUID) -> int:
+    async with database.read() as db:
+        query = select(func.count()).select_from(Message).where(Message.session_id == session_id)
+        return int((await db.execute(query)).scalar_one())
+
+
+async def test_a_stored_question_is_answered_even_when_its_fan_out_fails(posting: Any) -> None:
+    database, service, assistant, principal, session_id = posting
+    service.fanout = BrokenFanout()
+
+    with pytest.raises(RuntimeError):
+        await service.post(principal, session_id, content="still answer me")
+
+    assert await stored_count(database, session_id) == 1
+    assert assistant.confirmed == [assistant.prepared[0]["id"]]
+    assert assistant.abandoned == 0
+
+
+async def test_a_refused_or_repeated_question_is_never_answered(posting: Any) -> None:
+    database, service, assistant, principal, session_id = posting
+
+    first = await service.post(principal, session_id, content="once", client_msg_id="c-1")
+    again = await service.post(principal, session_id, content="once", client_msg_id="c-1")
+    async with database.transaction() as db:
+        await sessions_repo.update_session(db, session_id, status="closed")
+    with pytest.raises(Conflict):
+        await service.post(principal, session_id, content="too late")
+
+    assert first.stream_id == "stream-1" and again.stream_id is None
+    assert again.message["id"] == first.message["id"]
+    assert assistant.confirmed == [first.message["id"]]
+    assert assistant.abandoned == 2
+    assert await stored_count(database, session_id) == 1
