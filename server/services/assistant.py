@@ -1,6 +1,8 @@
 """The assistant: one generation per answered message, independent of any connection.
 
-A generation is a task on the node that stored the user message. It publishes to
+A generation is a task on the node that stores the user message, started while that
+message is being stored (``prepare``): the context is read and the upstream request
+sent at once, and nothing is published until the store commits. It publishes to
 the room through the hub (so every member on every node sees it), keeps running
 when the asker disconnects, stops on ``cancel`` from any member on any node (a
 control message reaches the node running it, which closes the upstream request),
