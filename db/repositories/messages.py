@@ -47,35 +47,64 @@ async def append_message(
     no ``seq`` is ever skipped. Callers handle that IntegrityError (see
     ``server.services.messages``).
     """
-    now = utcnow()
-    seq = (
-        await session.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id)
-            .values(last_seq=ChatSession.last_seq + 1, last_activity_at=now)
-            .returning(ChatSession.last_seq)
-        )
-    ).scalar_one()
-    message = Message(
-        id=message_id or uuid.uuid4(),
-        session_id=session_id,
-        seq=seq,
-        role=role,
-        user_id=user_id,
-        content=content,
-        client_msg_id=client_msg_id,
-        status=status,
-        model=model,
-        reply_to=reply_to,
-        created_at=now,
+    appended = await _append(
+        session,
+        _NEXT_SEQ,
+        {"sid": session_id},
+        {
+            "id": message_id or uuid.uuid4(),
+            "session_id": session_id,
+            "role": role,
+            "user_id": user_id,
+            "content": content,
+            "client_msg_id": client_msg_id,
+            "status": status,
+            "model": model,
+            "reply_to": reply_to,
+        },
     )
-    session.add(message)
-    await session.flush()
-    return message
+    if appended is None:
+        raise LookupError(f"no session {session_id}")
+    return appended[0]
 
 
-# One statement checks membership and that the session is open, reopens an expired
-# session, and takes the next seq; the row lock it takes serialises writers.
+async def append_member_message(
+    session: AsyncSession,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    content: str,
+    client_msg_id: str | None,
+    message_id: uuid.UUID,
+) -> tuple[Message, str | None] | None:
+    """A member's message with the session's next ``seq``, and the session's model.
+
+    None when ``user_id`` is not a member or the session is closed (the caller reads
+    which): one statement checks both, reopens an expired session and takes the seq.
+    Otherwise as ``append_message``.
+    """
+    return await _append(
+        session,
+        _NEXT_SEQ_FOR_MEMBER,
+        {"sid": session_id, "uid": user_id},
+        {
+            "id": message_id,
+            "session_id": session_id,
+            "role": "user",
+            "user_id": user_id,
+            "content": content,
+            "client_msg_id": client_msg_id,
+            "status": "complete",
+        },
+    )
+
+
+_NEXT_SEQ = (
+    update(ChatSession)
+    .where(ChatSession.id == bindparam("sid"))
+    .values(last_seq=ChatSession.last_seq + 1, last_activity_at=bindparam("now"))
+    .returning(ChatSession.last_seq, ChatSession.model)
+)
 _NEXT_SEQ_FOR_MEMBER = (
     update(ChatSession)
     .where(
@@ -95,48 +124,44 @@ _NEXT_SEQ_FOR_MEMBER = (
 )
 
 
-async def append_member_message(
-    session: AsyncSession,
-    *,
-    session_id: uuid.UUID,
-    user_id: uuid.UUID,
-    content: str,
-    client_msg_id: str | None,
-    message_id: uuid.UUID,
+async def _append(
+    session: AsyncSession, next_seq: Any, params: dict[str, Any], values: dict[str, Any]
 ) -> tuple[Message, str | None] | None:
-    """A member's message with the session's next ``seq``, and the session's model.
+    """Take the next seq with ``next_seq`` (None if it matched no session), then insert.
 
-    None when ``user_id`` is not a member or the session is closed (the caller reads
-    which). Like ``append_message``, a ``client_msg_id`` already used raises
-    IntegrityError and the rollback takes the seq bump with it. Two statements on the
-    path to every answer's first token, hence Core rather than the ORM unit of work.
+    Two prebuilt Core statements: every message, and every answer's first token, waits
+    on them, and the ORM's unit of work would about double their cost.
     """
     now = utcnow()
     connection = await session.connection()
-    bumped = (
-        await connection.execute(
-            _NEXT_SEQ_FOR_MEMBER, {"sid": session_id, "uid": user_id, "now": now}
-        )
-    ).first()
+    bumped = (await connection.execute(next_seq, {**params, "now": now})).first()
     if bumped is None:
         return None
-    seq, model = bumped
-    values = {
-        "id": message_id,
-        "session_id": session_id,
-        "seq": seq,
-        "role": "user",
-        "user_id": user_id,
-        "content": content,
-        "client_msg_id": client_msg_id,
-        "status": "complete",
-        "created_at": now,
-    }
-    await connection.execute(insert(Message), values)
-    return Message(**values), model
+    seq, session_model = bumped
+    row = {**values, "seq": seq, "created_at": now}
+    await connection.execute(insert(Message), row)
+    return Message(**row), session_model
 
 
-_PAGE_COLUMNS = (
+class _Pages(NamedTuple):
+    """The three shapes of a history page, prebuilt once per access rule."""
+
+    newest: Any
+    before: Any
+    after: Any
+
+    @classmethod
+    def of(cls, base: Any) -> _Pages:
+        newest = base.order_by(Message.seq.desc()).limit(bindparam("limit"))
+        after = base.where(Message.seq > bindparam("seq")).order_by(Message.seq)
+        return cls(
+            newest, newest.where(Message.seq < bindparam("seq")), after.limit(bindparam("limit"))
+        )
+
+
+# Rows carry a message's attributes (``server.services.wire.message_to_wire`` takes
+# them): a page is a hot read, and building ORM objects for it cost more than the query.
+_PAGE = select(
     Message.id,
     Message.session_id,
     Message.seq,
@@ -149,21 +174,35 @@ _PAGE_COLUMNS = (
     Message.reply_to,
     Message.created_at,
     Message.deleted_at,
+).where(Message.session_id == bindparam("session_id"))
+_PAGES = _Pages.of(_PAGE)
+_MEMBER_PAGES = _Pages.of(
+    _PAGE.where(
+        exists().where(
+            SessionMember.session_id == bindparam("session_id"),
+            SessionMember.user_id == bindparam("user_id"),
+        )
+    )
 )
-_ASKER_IS_MEMBER = exists().where(
-    SessionMember.session_id == bindparam("session_id"),
-    SessionMember.user_id == bindparam("user_id"),
-)
-_MEMBER_PAGE = select(*_PAGE_COLUMNS).where(
-    Message.session_id == bindparam("session_id"), _ASKER_IS_MEMBER
-)
-_MEMBER_PAGE_NEWEST = _MEMBER_PAGE.order_by(Message.seq.desc()).limit(bindparam("limit"))
-_MEMBER_PAGE_BEFORE = _MEMBER_PAGE_NEWEST.where(Message.seq < bindparam("seq"))
-_MEMBER_PAGE_AFTER = (
-    _MEMBER_PAGE.where(Message.seq > bindparam("seq"))
-    .order_by(Message.seq)
-    .limit(bindparam("limit"))
-)
+
+
+async def _page(
+    session: AsyncSession,
+    pages: _Pages,
+    params: dict[str, Any],
+    before_seq: int | None,
+    after_seq: int | None,
+) -> list[Any]:
+    """Oldest first: after ``after_seq``, else before ``before_seq``, else the newest."""
+    if after_seq is not None:
+        statement, params["seq"] = pages.after, after_seq
+    elif before_seq is not None:
+        statement, params["seq"] = pages.before, before_seq
+    else:
+        statement = pages.newest
+    connection = await session.connection()
+    rows = list((await connection.execute(statement, params)).all())
+    return rows if after_seq is not None else rows[::-1]
 
 
 async def member_page(
@@ -175,33 +214,26 @@ async def member_page(
     after_seq: int | None = None,
     limit: int,
 ) -> list[Any]:
-    """A page of history, oldest first, as rows with a message's attributes: after
-    ``after_seq``, else before ``before_seq``, else the newest. Empty unless
-    ``member_id`` is a member (an empty page is the caller's cue to check which).
-
-    The hottest REST read: one prebuilt Core statement, the access check inside it.
-    """
-    connection = await session.connection()
-    params: dict[str, Any] = {"session_id": session_id, "user_id": member_id, "limit": limit}
-    if after_seq is not None:
-        statement, params["seq"] = _MEMBER_PAGE_AFTER, after_seq
-    elif before_seq is not None:
-        statement, params["seq"] = _MEMBER_PAGE_BEFORE, before_seq
-    else:
-        statement = _MEMBER_PAGE_NEWEST
-    rows = list((await connection.execute(statement, params)).all())
-    return rows if after_seq is not None else rows[::-1]
+    """A page of history (see ``_page``), empty unless ``member_id`` is a member: an
+    empty page is the caller's cue to check which. The access check is inside the
+    page's own query, so the hottest REST read is one round trip."""
+    params = {"session_id": session_id, "user_id": member_id, "limit": limit}
+    return await _page(session, _MEMBER_PAGES, params, before_seq, after_seq)
 
 
 async def page_before(
     session: AsyncSession, session_id: uuid.UUID, before_seq: int | None, limit: int
-) -> list[Message]:
+) -> list[Any]:
     """The ``limit`` messages just before ``before_seq`` (or the newest), oldest first."""
-    query = select(Message).where(Message.session_id == session_id)
-    if before_seq is not None:
-        query = query.where(Message.seq < before_seq)
-    rows = await session.execute(query.order_by(Message.seq.desc()).limit(limit))
-    return list(reversed(rows.scalars().all()))
+    params = {"session_id": session_id, "limit": limit}
+    return await _page(session, _PAGES, params, before_seq, None)
+
+
+async def page_after(
+    session: AsyncSession, session_id: uuid.UUID, after_seq: int, limit: int
+) -> list[Any]:
+    params = {"session_id": session_id, "limit": limit}
+    return await _page(session, _PAGES, params, None, after_seq)
 
 
 class Turn(NamedTuple):
@@ -282,18 +314,6 @@ async def recent_turns(
         statement, params["before_seq"] = _RECENT_TURNS_BEFORE, before_seq
     rows = await connection.execute(statement, params)
     return [Turn(*row) for row in reversed(rows.all())]
-
-
-async def page_after(
-    session: AsyncSession, session_id: uuid.UUID, after_seq: int, limit: int
-) -> list[Message]:
-    rows = await session.execute(
-        select(Message)
-        .where(Message.session_id == session_id, Message.seq > after_seq)
-        .order_by(Message.seq)
-        .limit(limit)
-    )
-    return list(rows.scalars())
 
 
 async def get_message(
