@@ -252,6 +252,7 @@ class TurnHeader(NamedTuple):
     summary_covers_seq: int | None
     summary: str | None
     has_passages: bool  # any indexed chunk (document or history) to retrieve from
+    already_sent: bool  # another message holds the question's client_msg_id
 
 
 def _latest_summary(column: Any) -> Any:
@@ -274,6 +275,11 @@ _TURN_HEADER = (
         _latest_summary(Summary.covers_seq),
         _latest_summary(Summary.content),
         exists().where(Chunk.session_id == ChatSession.id),
+        exists().where(
+            Message.session_id == ChatSession.id,
+            Message.client_msg_id == bindparam("retry_key"),
+            Message.id != bindparam("question_id"),
+        ),
     )
     .join(SessionMember, SessionMember.session_id == ChatSession.id)
     .where(ChatSession.id == bindparam("session_id"), SessionMember.user_id == bindparam("user_id"))
@@ -288,18 +294,30 @@ _RECENT_TURNS_BEFORE = _RECENT_TURNS.where(Message.seq < bindparam("before_seq")
 
 
 async def turn_header(
-    session: AsyncSession, session_id: uuid.UUID, member_id: uuid.UUID
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    member_id: uuid.UUID,
+    *,
+    question_id: uuid.UUID,
+    retry_key: str | None,
 ) -> TurnHeader | None:
-    """The session's settings, latest summary and whether it has passages; None unless
+    """The session's settings, latest summary, whether it has passages, and whether a
+    message other than ``question_id`` already holds ``retry_key``; None unless
     ``member_id`` is a member."""
     connection = await session.connection()
-    row = (
-        await connection.execute(_TURN_HEADER, {"session_id": session_id, "user_id": member_id})
-    ).first()
+    params = {
+        "session_id": session_id,
+        "user_id": member_id,
+        "question_id": question_id,
+        "retry_key": retry_key,
+    }
+    row = (await connection.execute(_TURN_HEADER, params)).first()
     if row is None:
         return None
-    model, system_prompt, status, covers_seq, summary, has_chunks = row
-    return TurnHeader(model, system_prompt, status, covers_seq, summary, bool(has_chunks))
+    model, system_prompt, status, covers_seq, summary, has_chunks, sent = row
+    return TurnHeader(
+        model, system_prompt, status, covers_seq, summary, bool(has_chunks), bool(sent)
+    )
 
 
 async def recent_turns(

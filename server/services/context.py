@@ -166,24 +166,23 @@ class ContextAssembler:
         self, session_id: uuid.UUID, user_id: uuid.UUID, current: dict[str, Any]
     ) -> tuple[TurnHeader, list[Turn]]:
         """The session (the asker must be a member) and the turns before ``current``."""
+        current_id = uuid.UUID(str(current["id"]))
+        # While the question is being stored (no seq yet), a retry of one stored before
+        # must not ask the model again: the header says whether its key is taken.
+        retry_key = current.get("client_msg_id") if current.get("seq") is None else None
         async with self._db.read() as session:
-            header = await messages_repo.turn_header(session, session_id, user_id)
+            header = await messages_repo.turn_header(
+                session, session_id, user_id, question_id=current_id, retry_key=retry_key
+            )
             if header is None:
                 raise NotFound("session not found")
             if header.status == "closed":
                 raise Conflict("the session is closed; restore it to write again")
-            retry_of = current.get("client_msg_id") if current.get("seq") is None else None
-            if retry_of:
-                stored = await messages_repo.find_by_client_msg_id(
-                    session, session_id, str(retry_of)
-                )
-                if stored is not None and str(stored.id) != str(current["id"]):
-                    # A retry of a message stored (and answered) before: ask no model.
-                    raise Conflict("this message was already sent")
+            if header.already_sent:
+                raise Conflict("this message was already sent")
             recent = await messages_repo.recent_turns(
                 session, session_id, current.get("seq"), HISTORY_WINDOW
             )
-        current_id = uuid.UUID(str(current["id"]))
         return header, [turn for turn in recent if turn.id != current_id]
 
     def stream(
@@ -269,7 +268,7 @@ class ContextAssembler:
             return []
 
     async def _passages(
-        self, session_id: uuid.UUID, question: str, covers_seq: int | None, status: Status
+        self, session_id: uuid.UUID, question: str, covers_seq: int, status: Status
     ) -> str:
         retriever = self._extras.get("retriever")
         if retriever is None:
