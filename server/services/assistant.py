@@ -52,7 +52,6 @@ class Generation:
     confirmed: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    abandoned: bool = False
     # ``stream.start`` and the statuses, published while the context is read.
     announcements: _Announcements | None = None
     cancelled_by: str | None = None
@@ -164,8 +163,8 @@ class Assistant:
             try:
                 await self._generate(generation, publisher, result)
             except asyncio.CancelledError:
-                if generation.abandoned:
-                    return
+                if generation.confirmed.cancelled():
+                    return  # abandoned: the question was never stored
                 result.outcome = "cancelled" if not generation.draining else "error"
                 if generation.draining:
                     error = ParleyError("the server restarted before the answer finished")
@@ -224,8 +223,7 @@ class Assistant:
         try:
             await announcements.status("generating")
             await announcements.settled()
-            if not publisher.started:
-                raise asyncio.CancelledError  # abandoned: the question was never stored
+            announcements.started()  # raises what kept stream.start from going out
             try:
                 _take(await first, publisher, result)
             except StopAsyncIteration:
@@ -376,9 +374,14 @@ class _Announcements:
     so that reading the context never waits on the room (or on the question's store)."""
 
     def __init__(self, start: asyncio.Future[None], publisher: StreamPublisher) -> None:
-        self._last = start
+        self._start = self._last = start
         self._publisher = publisher
         start.add_done_callback(_consume)
+
+    def started(self) -> None:
+        """After ``settled``: re-raise why ``stream.start`` did not go out (cancelled
+        when the question was abandoned, or the publish's own error), if it did not."""
+        self._start.result()
 
     async def status(self, stage: str, detail: str | None = None) -> None:
         previous = self._last
@@ -420,11 +423,10 @@ class PendingReply:
     def abandon(self) -> None:
         """The question was not stored (refused, or a retry of one already answered)."""
         generation = self._generation
-        generation.abandoned = True
         if not generation.confirmed.done():
             generation.confirmed.cancel()
-        if generation.task is not None:
-            generation.task.cancel()
+            if generation.task is not None:
+                generation.task.cancel()
 
 
 async def _was_confirmed(generation: Generation) -> bool:
