@@ -30,14 +30,14 @@ CACHED_TEXT_CHARS = 2048
 
 
 def count_text(text: str) -> int:
-    if len(text) <= CACHED_TEXT_CHARS:
-        return _count_short(text)
+    return _count_cached(text) if len(text) <= CACHED_TEXT_CHARS else _count(text)
+
+
+def _count(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
-@lru_cache(maxsize=CACHED_TEXTS)
-def _count_short(text: str) -> int:
-    return len(encoding().encode(text, disallowed_special=()))
+_count_cached = lru_cache(maxsize=CACHED_TEXTS)(_count)
 
 
 def count_messages(messages: Iterable[Mapping[str, object]]) -> int:

@@ -13,18 +13,21 @@ class LoopbackServer:
     """uvicorn on a socket bound before the thread starts, so the port is known and
     connections queue in the backlog until the server accepts them: no start-up wait."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(
+        self, app: Starlette, *, http: str = "h11", backlog: int = 64, grace_s: float = 1
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(
             app,
             log_level="warning",
             lifespan="off",
             ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
+            http=http,
+            timeout_graceful_shutdown=grace_s,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -18,7 +18,6 @@ top-level ``error`` and ``finish_reason: "error"``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from llm.tokens import count_messages, count_text
+from tests.fakes.loopback import LoopbackServer
 
 COMMENT = b": OPENROUTER PROCESSING\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -434,29 +433,16 @@ def _error_response(status: int, message: str, scenario: HttpError | None = None
 @contextmanager
 def serve_fake_openrouter() -> Iterator[FakeOpenRouter]:
     fake = FakeOpenRouter()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    fake.base_url = f"http://127.0.0.1:{port}/api/v1"
-    config = uvicorn.Config(
-        fake.app(),
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    # httptools (uvicorn's default) rather than h11: the benchmark's direct reader
+    # measures this server, and it should be as fast as it can be.
+    served = LoopbackServer(fake.app(), http="auto", backlog=128, grace_s=2)
+    fake.base_url = f"http://127.0.0.1:{served.port}/api/v1"
+    served.start()
     try:
         yield fake
     finally:
         fake._closing.set()
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        served.stop()
 
 
 @pytest.fixture
