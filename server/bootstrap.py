@@ -25,6 +25,7 @@ from server.context_layer import start_context
 from server.errors import ParleyError
 from server.metrics import Metrics
 from server.ratelimit import Limit, RateLimiter
+from server.security.callers import CallerCache
 from server.security.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService
@@ -87,6 +88,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             refresh_ttl_s=settings.refresh_token_ttl_s,
             ticket_ttl_s=settings.ws_ticket_ttl_s,
             login_limit=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
+            callers=CallerCache(settings.caller_cache_ttl_s),
         )
         container = Container(
             settings=settings,

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = Field(900, ge=10)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     ws_ticket_ttl_s: int = Field(60, ge=1)
+    # How long a node may authenticate from its cached copy of a user's row (name, role,
+    # disabled, token revocation) without reading the database; 0 reads it every time.
+    # Changes reach every node over the bus at once; this bounds staleness without it.
+    caller_cache_ttl_s: float = Field(5.0, ge=0)
 
     # Limits
     max_body_bytes: int = Field(1_048_576, ge=1024)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 from realtime.hub import Hub
@@ -10,6 +11,7 @@ from realtime.keys import Keys
 from realtime.presence import Presence, PresenceChange
 from realtime.stream_log import StreamLog
 from server.container import Container
+from server.services.accounts import AccountService
 
 
 class HubFanout:
@@ -20,6 +22,33 @@ class HubFanout:
 
     async def message_stored(self, session_id: str, message: dict[str, Any]) -> None:
         await self._hub.publish_message(session_id, message)
+
+
+CALLER_CHANGED = "caller_changed"
+
+
+def connect_caller_cache(hub: Hub, accounts: AccountService) -> None:
+    """Keep every node's caller cache honest: a change to a user's row (logout-all,
+    disabling, ...) is published on the control channel, and each node drops its entry
+    when the notice arrives (the node that made the change already has). While the bus
+    is down the notice reaches no other node; their entries expire within
+    ``CALLER_CACHE_TTL_S``."""
+    callers = accounts.callers
+
+    async def publish(user_id: uuid.UUID) -> None:
+        await hub.send_control({"op": CALLER_CHANGED, "user_id": str(user_id)})
+
+    def on_notice(action: dict[str, Any]) -> None:
+        try:
+            user_id = uuid.UUID(str(action.get("user_id")))
+        except ValueError:
+            # A notice we cannot read: forgetting every entry is always safe.
+            callers.clear()
+            return
+        callers.drop(user_id)
+
+    hub.control_handlers[CALLER_CHANGED] = on_notice
+    accounts.on_caller_changed = publish
 
 
 async def start_realtime(container: Container, stack: contextlib.AsyncExitStack) -> None:
@@ -69,6 +98,7 @@ async def start_realtime(container: Container, stack: contextlib.AsyncExitStack)
         stack.push_async_callback(stream_log.close)
     container.extras.update(hub=hub, presence=presence, stream_log=stream_log)
     container.messages.fanout = HubFanout(hub)
+    connect_caller_cache(hub, container.accounts)
     container.extras.setdefault("readiness", {})["bus"] = lambda: (
         "ok" if hub.bus.healthy else "bus disconnected"
     )

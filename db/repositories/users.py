@@ -52,6 +52,13 @@ async def caller(session: AsyncSession, user_id: uuid.UUID) -> Caller | None:
     return Caller(*row) if row is not None else None
 
 
+async def set_disabled(session: AsyncSession, user_id: uuid.UUID, disabled: bool) -> bool:
+    """Returns whether the user exists. Nodes cache this flag: go through
+    ``AccountService.set_disabled``, which tells them."""
+    result = await session.execute(update(User).where(User.id == user_id).values(disabled=disabled))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
 

@@ -4,6 +4,7 @@ logout, and turning a credential into a ``Principal``."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,8 +13,9 @@ from db.engine import Database
 from db.models import User
 from db.repositories import users as users_repo
 from db.types import utcnow
-from server.errors import BadRequest, Forbidden, Unauthorized
+from server.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from server.ratelimit import Limit, RateLimiter
+from server.security.callers import CallerCache
 from server.security.passwords import hash_password, verify_password
 from server.security.tickets import TicketStore
 from server.security.tokens import (
@@ -48,6 +50,10 @@ class LoginResult:
     user: User
 
 
+# Tells the other nodes that a user's caller row changed (see ``caller_changed``).
+CallerChanged = Callable[[uuid.UUID], Awaitable[None]]
+
+
 def user_to_wire(user: User) -> dict[str, Any]:
     return {
         "id": str(user.id),
@@ -69,6 +75,7 @@ class AccountService:
         refresh_ttl_s: int,
         ticket_ttl_s: int,
         login_limit: Limit,
+        callers: CallerCache | None = None,
     ) -> None:
         self._db = database
         self.tokens = tokens
@@ -77,6 +84,11 @@ class AccountService:
         self._refresh_ttl_s = refresh_ttl_s
         self.ticket_ttl_s = ticket_ttl_s
         self._login_limit = login_limit
+        # TTL 0: every authentication reads the database, as without a cache.
+        self.callers = callers if callers is not None else CallerCache(0)
+        # Set by the realtime layer: publishes the change to every node (this one too).
+        # Left None on a single node without a hub, where the local drop is all it takes.
+        self.on_caller_changed: CallerChanged | None = None
 
     async def register(self, *, email: str, password: str, name: str, role: str = "user") -> User:
         password_hash = await hash_password(password)
@@ -146,6 +158,29 @@ class AccountService:
             # millisecond began, so a login in the very next request still works.
             cutoff = datetime.fromtimestamp(issued_at_ms(now), UTC)
             await users_repo.revoke_access_tokens_before(session, user_id, cutoff)
+        await self.caller_changed(user_id)
+
+    async def set_disabled(self, user_id: uuid.UUID, disabled: bool) -> None:
+        """Disable or re-enable an account; its tokens stop (or start) working at once."""
+        async with self._db.transaction() as session:
+            found = await users_repo.set_disabled(session, user_id, disabled)
+        if not found:
+            raise NotFound("no such user")
+        await self.caller_changed(user_id)
+
+    async def caller_changed(self, user_id: uuid.UUID) -> None:
+        """Forget the user's cached caller row here and on every other node.
+
+        Call it after the change has committed, from every path that changes what
+        ``users_repo.caller`` returns (name, role, disabled, token revocation). A read
+        that raced with the change cannot put the old row back (see ``CallerCache``).
+        When the bus is down the other nodes do not hear of it; their entries then
+        expire within ``CALLER_CACHE_TTL_S``.
+        """
+        # Dropped here first: this node's own notice comes back over the bus later.
+        self.callers.drop(user_id)
+        if self.on_caller_changed is not None:
+            await self.on_caller_changed(user_id)
 
     async def profile(self, user_id: uuid.UUID) -> dict[str, Any]:
         async with self._db.transaction() as session:
@@ -183,14 +218,26 @@ class AccountService:
             if user.disabled:
                 raise Unauthorized("account unavailable")
             return Principal(user_id=user.id, name=user.name, role=user.role, expires_at=expires_at)
-        async with self._db.read() as session:
-            caller = await users_repo.caller(session, user_id)
+        caller = await self._caller(user_id)
         if caller is None or caller.disabled:
             raise Unauthorized("account unavailable")
         revoked_before = caller.revoked_before
         if claims is not None and revoked_before is not None and claims.issued_at < revoked_before:
             raise Unauthorized("token revoked")
         return Principal(user_id=user_id, name=caller.name, role=caller.role, expires_at=expires_at)
+
+    async def _caller(self, user_id: uuid.UUID) -> users_repo.Caller | None:
+        """The user's caller row, from this node's cache when it holds a fresh one."""
+        cached = self.callers.get(user_id)
+        if cached is not None:
+            return cached
+        generation = self.callers.generation
+        async with self._db.read() as session:
+            caller = await users_repo.caller(session, user_id)
+        # A miss is not cached: it is rare (a deleted account) and the token fails anyway.
+        if caller is not None:
+            self.callers.put(user_id, caller, generation)
+        return caller
 
     async def _start_family(self, user: User, family_id: uuid.UUID | None = None) -> LoginResult:
         access, ttl = self.tokens.issue_access_token(user.id, role=user.role, name=user.name)
