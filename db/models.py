@@ -81,6 +81,10 @@ class ChatSession(Base):
     # The seq of the newest message; the next message takes last_seq + 1 in the same
     # transaction that bumps it, which serialises writers per session.
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every change to what answering a turn reads other than an append
+    # (a deleted message, a new summary, the prompt or model, documents, members), so
+    # a node's cached context is current exactly when last_seq and this still match.
+    history_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]

@@ -76,6 +76,7 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     # generations still reach members on other nodes.
     stack.push_async_callback(assistant.drain, container.settings.drain_timeout_s)
     container.messages.assistant = assistant
+    container.messages.turns = context.turns
     container.extras.update(
         llm=provider, generations=assistant, assistant=assistant, sse=SSEStreamer(container, hub)
     )

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     stream_log_ttl_s: int = Field(600, ge=1)
 
     # Context
+    # Each node's copy of recent turns per session (server/services/turn_cache.py), in
+    # millions of characters of message text; 0 reads the database for every answer.
+    context_cache_mb: int = Field(64, ge=0)
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"
     search_cache_ttl_s: int = Field(3600, ge=0)

@@ -67,6 +67,12 @@ class Metrics:
         self.generations = Counter(
             "parley_generations", "Generations by outcome", ["outcome"], registry=r
         )
+        self.context_rereads = Counter(
+            "parley_context_rereads",
+            "Answers asked again because the history read beside the question's store"
+            " (or this node's copy of it) was not the history before the question",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

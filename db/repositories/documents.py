@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Chunk, Document
+from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
 
 
@@ -35,6 +36,7 @@ async def create_document(
     size_bytes: int,
     chunks: list[NewChunk],
 ) -> Document:
+    await bump_history_revision(session, session_id)
     document = Document(
         session_id=session_id,
         uploaded_by=uploaded_by,
@@ -81,6 +83,8 @@ async def get_document(
 
 
 async def delete_document(session: AsyncSession, document_id: uuid.UUID) -> bool:
+    owner = select(Document.session_id).where(Document.id == document_id).scalar_subquery()
+    await bump_history_revision(session, owner)
     await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
     result = await session.execute(delete(Document).where(Document.id == document_id))
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, case, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ChatSession, Chunk, Message, SessionMember, Summary
+from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
 
 
@@ -37,7 +38,7 @@ async def append_message(
     model: str | None = None,
     reply_to: uuid.UUID | None = None,
     message_id: uuid.UUID | None = None,
-) -> Message:
+) -> Appended:
     """Store a message with the session's next ``seq``.
 
     Bumping ``chat_sessions.last_seq`` takes the session row's write lock (PostgreSQL)
@@ -65,7 +66,7 @@ async def append_message(
     )
     if appended is None:
         raise LookupError(f"no session {session_id}")
-    return appended[0]
+    return appended
 
 
 async def append_member_message(
@@ -76,7 +77,7 @@ async def append_member_message(
     content: str,
     client_msg_id: str | None,
     message_id: uuid.UUID,
-) -> tuple[Message, str | None] | None:
+) -> Appended | None:
     """A member's message with the session's next ``seq``, and the session's model.
 
     None when ``user_id`` is not a member or the session is closed (the caller reads
@@ -103,7 +104,7 @@ _NEXT_SEQ = (
     update(ChatSession)
     .where(ChatSession.id == bindparam("sid"))
     .values(last_seq=ChatSession.last_seq + 1, last_activity_at=bindparam("now"))
-    .returning(ChatSession.last_seq, ChatSession.model)
+    .returning(ChatSession.last_seq, ChatSession.model, ChatSession.history_revision)
 )
 _NEXT_SEQ_FOR_MEMBER = (
     update(ChatSession)
@@ -120,13 +121,21 @@ _NEXT_SEQ_FOR_MEMBER = (
         last_activity_at=bindparam("now"),
         status=case((ChatSession.status == "expired", "active"), else_=ChatSession.status),
     )
-    .returning(ChatSession.last_seq, ChatSession.model)
+    .returning(ChatSession.last_seq, ChatSession.model, ChatSession.history_revision)
 )
+
+
+class Appended(NamedTuple):
+    """A stored message and what its session said as it took the message's seq."""
+
+    message: Message
+    session_model: str | None
+    history_revision: int  # see ``ChatSession.history_revision``
 
 
 async def _append(
     session: AsyncSession, next_seq: Any, params: dict[str, Any], values: dict[str, Any]
-) -> tuple[Message, str | None] | None:
+) -> Appended | None:
     """Take the next seq with ``next_seq`` (None if it matched no session), then insert.
 
     Two prebuilt Core statements: every message, and every answer's first token, waits
@@ -137,10 +146,10 @@ async def _append(
     bumped = (await connection.execute(next_seq, {**params, "now": now})).first()
     if bumped is None:
         return None
-    seq, session_model = bumped
+    seq, session_model, revision = bumped
     row = {**values, "seq": seq, "created_at": now}
     await connection.execute(insert(Message), row)
-    return Message(**row), session_model
+    return Appended(Message(**row), session_model, revision)
 
 
 class _Pages(NamedTuple):
@@ -241,6 +250,7 @@ class Turn(NamedTuple):
     seq: int
     role: str
     content: str
+    client_msg_id: str | None
 
 
 class TurnHeader(NamedTuple):
@@ -253,6 +263,8 @@ class TurnHeader(NamedTuple):
     summary: str | None
     has_passages: bool  # any indexed chunk (document or history) to retrieve from
     already_sent: bool  # another message holds the question's client_msg_id
+    last_seq: int
+    history_revision: int
 
 
 def _latest_summary(column: Any) -> Any:
@@ -280,17 +292,22 @@ _TURN_HEADER = (
             Message.client_msg_id == bindparam("retry_key"),
             Message.id != bindparam("question_id"),
         ),
+        ChatSession.last_seq,
+        ChatSession.history_revision,
     )
     .join(SessionMember, SessionMember.session_id == ChatSession.id)
     .where(ChatSession.id == bindparam("session_id"), SessionMember.user_id == bindparam("user_id"))
 )
 _RECENT_TURNS = (
-    select(Message.id, Message.seq, Message.role, Message.content)
-    .where(Message.session_id == bindparam("session_id"), Message.deleted_at.is_(None))
+    select(Message.id, Message.seq, Message.role, Message.content, Message.client_msg_id)
+    .where(
+        Message.session_id == bindparam("session_id"),
+        Message.deleted_at.is_(None),
+        Message.seq < bindparam("before_seq"),
+    )
     .order_by(Message.seq.desc())
     .limit(bindparam("limit"))
 )
-_RECENT_TURNS_BEFORE = _RECENT_TURNS.where(Message.seq < bindparam("before_seq"))
 
 
 async def turn_header(
@@ -314,23 +331,28 @@ async def turn_header(
     row = (await connection.execute(_TURN_HEADER, params)).first()
     if row is None:
         return None
-    model, system_prompt, status, covers_seq, summary, has_chunks, sent = row
+    model, system_prompt, status, covers_seq, summary, has_chunks, sent, last_seq, revision = row
     return TurnHeader(
-        model, system_prompt, status, covers_seq, summary, bool(has_chunks), bool(sent)
+        model,
+        system_prompt,
+        status,
+        covers_seq,
+        summary,
+        bool(has_chunks),
+        bool(sent),
+        last_seq,
+        revision,
     )
 
 
 async def recent_turns(
-    session: AsyncSession, session_id: uuid.UUID, before_seq: int | None, limit: int
+    session: AsyncSession, session_id: uuid.UUID, before_seq: int, limit: int
 ) -> list[Turn]:
-    """The newest ``limit`` live messages before ``before_seq`` (or the newest), oldest
-    first, as plain rows: a turn's context reads hundreds and needs four columns."""
+    """The newest ``limit`` live messages before ``before_seq``, oldest first, as plain
+    rows: a turn's context reads hundreds and needs a few columns."""
     connection = await session.connection()
-    params: dict[str, Any] = {"session_id": session_id, "limit": limit}
-    statement = _RECENT_TURNS
-    if before_seq is not None:
-        statement, params["before_seq"] = _RECENT_TURNS_BEFORE, before_seq
-    rows = await connection.execute(statement, params)
+    params = {"session_id": session_id, "limit": limit, "before_seq": before_seq}
+    rows = await connection.execute(_RECENT_TURNS, params)
     return [Turn(*row) for row in reversed(rows.all())]
 
 
@@ -344,6 +366,7 @@ async def get_message(
 async def soft_delete(
     session: AsyncSession, message: Message, deleted_by: uuid.UUID, now: datetime
 ) -> None:
+    await bump_history_revision(session, message.session_id)
     await session.execute(
         update(Message)
         .where(Message.id == message.id, Message.deleted_at.is_(None))
@@ -366,6 +389,7 @@ async def latest_summary(session: AsyncSession, session_id: uuid.UUID) -> Summar
 async def store_summary(
     session: AsyncSession, session_id: uuid.UUID, covers_seq: int, content: str, tokens: int
 ) -> Summary:
+    await bump_history_revision(session, session_id)
     summary = Summary(session_id=session_id, covers_seq=covers_seq, content=content, tokens=tokens)
     session.add(summary)
     await session.flush()

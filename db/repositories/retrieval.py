@@ -46,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Chunk, Document, Message
+from db.repositories.sessions import bump_history_revision
 
 _PG_CONFIG: ColumnElement[Any] = literal_column("'english'::regconfig")
 _SQLITE_FTS = table("chunks_fts", column("rowid"))
@@ -282,6 +283,7 @@ async def index_history(
     done = {row[0] for row in present}
     fresh = [piece for piece in pieces if piece.seq not in done]
     if fresh:
+        await bump_history_revision(session, session_id)  # it may now have passages
         await session.execute(
             insert(Chunk),
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -72,10 +73,27 @@ async def list_sessions_for_user(
     return list((await session.execute(query)).scalars())
 
 
+async def bump_history_revision(session: AsyncSession, session_id: Any) -> None:
+    """Mark what answering a turn reads as changed (``ChatSession.history_revision``).
+
+    ``session_id`` may be a scalar subquery. Callers bump before their own change, so
+    the session row is locked first, in the same order as an append takes it.
+    """
+    await session.execute(
+        update(ChatSession)
+        .where(ChatSession.id == session_id)
+        .values(history_revision=ChatSession.history_revision + 1)
+    )
+
+
 async def update_session(
     session: AsyncSession, session_id: uuid.UUID, **values: object
 ) -> ChatSession | None:
-    await session.execute(update(ChatSession).where(ChatSession.id == session_id).values(**values))
+    await session.execute(
+        update(ChatSession)
+        .where(ChatSession.id == session_id)
+        .values(**values, history_revision=ChatSession.history_revision + 1)
+    )
     chat = await session.get(ChatSession, session_id)
     if chat is not None:
         await session.refresh(chat)
@@ -136,6 +154,7 @@ async def add_member(
 
 
 async def remove_member(session: AsyncSession, session_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    await bump_history_revision(session, session_id)
     result = await session.execute(
         delete(SessionMember).where(
             SessionMember.session_id == session_id,

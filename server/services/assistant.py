@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ from server.config import Settings
 from server.errors import NotFound, ParleyError
 from server.metrics import Metrics
 from server.services.accounts import Principal
-from server.services.context import ContextAssembler
+from server.services.context import ContextAssembler, TurnContext
+from server.services.messages import turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")
@@ -44,8 +46,10 @@ class Generation:
     user_id: str
     reply_to: dict[str, Any]
     force_search: bool
-    # The model the session asks for, learnt when the question is stored.
+    # The model the session asks for and its history revision, learnt when the
+    # question is stored.
     model: str | None = None
+    revision: int = 0
     task: asyncio.Task[None] | None = None
     # Resolved once the question is stored (``PendingReply.confirm``), cancelled if it
     # is not (``abandon``): nothing reaches the room before that.
@@ -198,6 +202,40 @@ class Assistant:
             asyncio.ensure_future(self._announce(generation, publisher, result)), publisher
         )
         generation.announcements = announcements
+        # The request leaves now; what it answers waits for stream.start and the statuses.
+        asked = await self._ask(generation, announcements, result)
+        try:
+            await announcements.status("generating")
+            await announcements.settled()
+            announcements.started()  # raises what kept stream.start from going out
+            question = turn_of(generation.reply_to)
+            if asked.context.fits(question.seq, generation.revision):
+                # The copy may have been filled after the question's own store told it.
+                self._context.turns.appended(
+                    uuid.UUID(generation.session_id),
+                    question,
+                    generation.revision,
+                    uuid.UUID(generation.user_id),
+                )
+            else:
+                # The history was read (or copied) before the question had its seq, and
+                # something else came in between: ask again on the history as stored.
+                self._metrics.context_rereads.inc()
+                await asked.close()
+                asked = await self._ask(generation, announcements, result)
+            try:
+                _take(await asked.first, publisher, result)
+            except StopAsyncIteration:
+                return
+            async for event in asked.stream:
+                _take(event, publisher, result)
+        finally:
+            await asked.close()
+
+    async def _ask(
+        self, generation: Generation, announcements: _Announcements, result: _Result
+    ) -> _Asked:
+        """Build the context for the question and send the upstream request."""
         context = await self._context.assemble(
             uuid.UUID(generation.session_id),
             uuid.UUID(generation.user_id),
@@ -213,28 +251,7 @@ class Assistant:
             user=generation.user_id,
             trace=generation.trace,
         )
-        stream = self._context.stream(request, context, announcements.status)
-
-        async def first_event() -> ChatEvent:
-            return await anext(stream)
-
-        # The request leaves now; what it answers waits for stream.start and the statuses.
-        first = asyncio.ensure_future(first_event())
-        try:
-            await announcements.status("generating")
-            await announcements.settled()
-            announcements.started()  # raises what kept stream.start from going out
-            try:
-                _take(await first, publisher, result)
-            except StopAsyncIteration:
-                return
-            async for event in stream:
-                _take(event, publisher, result)
-        finally:
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            # Closing the generator closes the upstream HTTP response.
-            await stream.aclose()
+        return _Asked(context, self._context.stream(request, context, announcements.status))
 
     async def _store_and_end(
         self, generation: Generation, publisher: StreamPublisher, result: _Result
@@ -272,7 +289,10 @@ class Assistant:
                     model=answered_by,
                     reply_to=uuid.UUID(generation.reply_to["id"]),
                 )
-                stored, seq = message_to_wire(message), message.seq
+                stored, seq = message_to_wire(message.message), message.message.seq
+                self._context.turns.appended(
+                    session_uuid, turn_of(stored), message.history_revision, None
+                )
             event = await usage_repo.record_usage(
                 session,
                 user_id=uuid.UUID(generation.user_id),
@@ -369,6 +389,25 @@ class Assistant:
         task.add_done_callback(self._background.discard)
 
 
+class _Asked:
+    """An upstream request in flight: its context, its events, and the first one."""
+
+    def __init__(self, context: TurnContext, stream: AsyncGenerator[ChatEvent, None]) -> None:
+        self.context = context
+        self.stream = stream
+
+        async def first_event() -> ChatEvent:
+            return await anext(stream)
+
+        self.first: asyncio.Future[ChatEvent] = asyncio.ensure_future(first_event())
+
+    async def close(self) -> None:
+        self.first.cancel()
+        await asyncio.gather(self.first, return_exceptions=True)
+        # Closing the generator closes the upstream HTTP response.
+        await self.stream.aclose()
+
+
 class _Announcements:
     """``stream.start``, then each ``stream.status``, published in order in the background,
     so that reading the context never waits on the room (or on the question's store)."""
@@ -411,11 +450,12 @@ class PendingReply:
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
 
-    def confirm(self, stored: dict[str, Any], model: str | None) -> str:
+    def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str:
         """The question is stored and its frame sent: let the answer reach the room."""
         generation = self._generation
         generation.reply_to = stored
         generation.model = model
+        generation.revision = revision
         if not generation.confirmed.done():
             generation.confirmed.set_result(None)
         return generation.stream_id

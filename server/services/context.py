@@ -37,6 +37,7 @@ from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from server.config import Settings
 from server.errors import Conflict, NotFound, ParleyError
 from server.services.search_tool import stream_with_search, unavailable_detail
+from server.services.turn_cache import Snapshot, TurnCache
 
 log = logging.getLogger("parley.context")
 
@@ -61,6 +62,15 @@ class TurnContext:
     searched: bool
     tools: list[dict[str, Any]] | None = None  # offered to the model (tool calling)
     question: str = ""
+    # The history's header when it was read before the question had a seq (a cached
+    # copy or a read beside the store); None when the read came after the store.
+    read_before_store: TurnHeader | None = None
+
+    def fits(self, question_seq: int, revision: int) -> bool:
+        """Whether the history this was built on is exactly what came before the
+        question, now that its store said where it landed (``Snapshot.fits``)."""
+        basis = self.read_before_store
+        return basis is None or Snapshot(basis, ()).fits(question_seq, revision)
 
 
 class ContextAssembler:
@@ -75,6 +85,9 @@ class ContextAssembler:
         self._provider = provider
         self._settings = settings
         self._extras = extras
+        self.turns = TurnCache(
+            window=HISTORY_WINDOW, max_chars=settings.context_cache_mb * 1_000_000
+        )
 
     async def window_for(self, model: str) -> int:
         if self._settings.llm_context_length:
@@ -97,8 +110,10 @@ class ContextAssembler:
         """The request for answering ``current``, asked by ``user_id``.
 
         ``current`` may still be on its way to the database (its ``seq`` is then None):
-        the assistant reads the context while the message is stored. The session, its
-        summary and whether it has anything to retrieve from come in one query.
+        the assistant reads the context while the message is stored, from this node's
+        copy when it has one (``TurnContext.fits`` says afterwards whether that was
+        right). Otherwise the session, its summary and whether it has anything to
+        retrieve from come in one query, the turns in a second.
         """
         question = str(current["content"])
         memory = asyncio.ensure_future(self._memory(user_id))
@@ -159,7 +174,14 @@ class ContextAssembler:
             reply_reserve_tokens=self._settings.llm_reply_reserve_tokens,
         )
         return TurnContext(
-            model, fallbacks, built.messages, built.prompt_tokens, searched, tools, question
+            model,
+            fallbacks,
+            built.messages,
+            built.prompt_tokens,
+            searched,
+            tools,
+            question,
+            read_before_store=header if current.get("seq") is None else None,
         )
 
     async def _history(
@@ -167,23 +189,49 @@ class ContextAssembler:
     ) -> tuple[TurnHeader, list[Turn]]:
         """The session (the asker must be a member) and the turns before ``current``."""
         current_id = uuid.UUID(str(current["id"]))
+        seq: int | None = current.get("seq")
         # While the question is being stored (no seq yet), a retry of one stored before
-        # must not ask the model again: the header says whether its key is taken.
-        retry_key = current.get("client_msg_id") if current.get("seq") is None else None
+        # must not ask the model again: the header (or the copy) says if its key is taken.
+        retry_key = current.get("client_msg_id") if seq is None else None
+        snapshot = self.turns.get(session_id, user_id) if seq is None else None
+        if snapshot is None:
+            snapshot = await self._read_history(session_id, user_id, current_id, retry_key)
+            if snapshot.header.status == "closed":
+                raise Conflict("the session is closed; restore it to write again")
+            if snapshot.header.already_sent:
+                raise Conflict("this message was already sent")
+            self.turns.put(session_id, snapshot, user_id)
+        elif retry_key is not None and snapshot.holds_key(retry_key, current_id):
+            # Stored messages stay stored: the question's own store will say the same.
+            raise Conflict("this message was already sent")
+        # A copy never says "closed" (those are not kept); if the session was closed
+        # since, the question's store refuses it and this answer is abandoned.
+        header = snapshot.header
+        return header, [
+            turn
+            for turn in snapshot.turns
+            if turn.id != current_id and (seq is None or turn.seq < seq)
+        ]
+
+    async def _read_history(
+        self,
+        session_id: uuid.UUID,
+        user_id: uuid.UUID,
+        question_id: uuid.UUID,
+        retry_key: str | None,
+    ) -> Snapshot:
         async with self._db.read() as session:
             header = await messages_repo.turn_header(
-                session, session_id, user_id, question_id=current_id, retry_key=retry_key
+                session, session_id, user_id, question_id=question_id, retry_key=retry_key
             )
             if header is None:
                 raise NotFound("session not found")
-            if header.status == "closed":
-                raise Conflict("the session is closed; restore it to write again")
-            if header.already_sent:
-                raise Conflict("this message was already sent")
+            # Bounded by the header's last_seq: on PostgreSQL each statement sees its own
+            # moment, and the copy must not hold a message its header does not know of.
             recent = await messages_repo.recent_turns(
-                session, session_id, current.get("seq"), HISTORY_WINDOW
+                session, session_id, header.last_seq + 1, HISTORY_WINDOW
             )
-        return header, [turn for turn in recent if turn.id != current_id]
+        return Snapshot(header, tuple(recent))
 
     def stream(
         self, request: ChatRequest, turn: TurnContext, status: Status

@@ -14,8 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
+from db.repositories.messages import Turn
 from server.errors import BadRequest, Conflict, NotFound
 from server.services.accounts import Principal
+from server.services.turn_cache import TurnCache
 from server.services.wire import message_to_wire
 
 ReplyMode = Literal["auto", "none"]
@@ -27,7 +29,7 @@ class MessageFanout(Protocol):
 
 
 class PendingAnswer(Protocol):
-    def confirm(self, stored: dict[str, Any], model: str | None) -> str: ...
+    def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str: ...
 
     def abandon(self) -> None: ...
 
@@ -56,6 +58,8 @@ class MessageService:
         self.max_content_chars = max_content_chars
         self.fanout: MessageFanout | None = None
         self.assistant: AssistantTrigger | None = None
+        # The assistant's copy of recent turns, told of every message stored here.
+        self.turns: TurnCache | None = None
 
     def validate(
         self, content: object, client_msg_id: object, reply: object, search: object
@@ -115,17 +119,23 @@ class MessageService:
                 principal, session_id, question, force_search=force_search
             )
         try:
-            stored, created, model = await self._store(
+            stored, created, model, revision = await self._store(
                 principal, session_id, text, idempotency_key, message_id
             )
         except BaseException:
             if answer is not None:
                 answer.abandon()
+            if self.turns is not None:
+                # Refused (closed, or no longer a member): the next message reads the
+                # database before it asks the model, instead of this node's copy.
+                self.turns.drop(session_id)
             raise
         if not created:
             if answer is not None:
                 answer.abandon()
             return PostedMessage(stored, created=False)
+        if self.turns is not None:
+            self.turns.appended(session_id, turn_of(stored), revision, principal.user_id)
         stream_id = None
         try:
             if self.fanout is not None:
@@ -134,7 +144,7 @@ class MessageService:
             # Stored is stored: even if the fan-out failed (or we were cancelled), the
             # question is answered; members recover the message itself through seq.
             if answer is not None:
-                stream_id = answer.confirm(stored, model)
+                stream_id = answer.confirm(stored, model, revision)
         return PostedMessage(stored, created=True, stream_id=stream_id)
 
     async def _store(
@@ -144,8 +154,9 @@ class MessageService:
         text: str,
         client_msg_id: str | None,
         message_id: uuid.UUID,
-    ) -> tuple[dict[str, Any], bool, str | None]:
-        """The stored message, whether it is new, and the session's model (if set)."""
+    ) -> tuple[dict[str, Any], bool, str | None, int]:
+        """The stored message, whether it is new, the session's model (if set) and its
+        history revision (``ChatSession.history_revision``; 0 for a replay)."""
         try:
             async with self._db.transaction() as session:
                 appended = await messages_repo.append_member_message(
@@ -163,8 +174,8 @@ class MessageService:
                     if chat is None:
                         raise NotFound("session not found")
                     raise Conflict("the session is closed; restore it to write again")
-                message, model = appended
-                return message_to_wire(message), True, model
+                wire = message_to_wire(appended.message)
+                return wire, True, appended.session_model, appended.history_revision
         except IntegrityError:
             if client_msg_id is None:
                 raise
@@ -175,10 +186,21 @@ class MessageService:
                 )
             if existing is None:
                 raise
-            return _replayed(existing, text), False, None
+            return _replayed(existing, text), False, None, 0
 
 
 def _replayed(existing: Any, text: str) -> dict[str, Any]:
     if existing.content != text:
         raise Conflict("client_msg_id was already used with different content")
     return message_to_wire(existing)
+
+
+def turn_of(message: dict[str, Any]) -> Turn:
+    """The context's view of a stored message (its wire form)."""
+    return Turn(
+        uuid.UUID(message["id"]),
+        message["seq"],
+        message["role"],
+        message["content"],
+        message.get("client_msg_id"),
+    )

@@ -62,14 +62,14 @@ async def test_concurrent_appends_from_many_engines_get_seqs_without_gaps_or_dup
                 seqs.append(posted.message["seq"])
                 continue
             async with database.transaction() as db:
-                message = await messages_repo.append_message(
+                appended = await messages_repo.append_message(
                     db,
                     session_id=session_id,
                     role="user",
                     user_id=user_id,
                     content=f"node {number} message {n}",
                 )
-                seqs.append(message.seq)
+                seqs.append(appended.message.seq)
         return seqs
 
     try:

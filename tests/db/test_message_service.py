@@ -33,7 +33,7 @@ class RecordingAssistant:
         self.prepared.append(question)
         return self
 
-    def confirm(self, stored: dict[str, Any], model: str | None) -> str:
+    def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str:
         self.confirmed.append(stored["id"])
         return "stream-1"
 

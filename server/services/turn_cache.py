@@ -1,0 +1,133 @@
+"""This node's copy of what answering a turn reads, per session.
+
+Reading a session's settings, summary and newest few hundred messages costs a few
+milliseconds through the database driver, and it sits in front of every answer's
+first token. So each node keeps, for the sessions it answers in, the last
+``TurnHeader`` and turns it read, and extends them with every message it stores
+itself (questions and answers).
+
+A copy is only a guess. It is used to start an answer while the question is being
+stored; the store then says which ``last_seq`` and ``history_revision`` the question
+came after (``Snapshot.fits``), and an answer built on anything else is asked again
+from a fresh read. A stale copy costs a discarded upstream request, never a wrong
+context: messages stored by other nodes show up as a gap in ``seq``, and every other
+change (deleted messages, summaries, settings, documents, members) bumps the
+revision in the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from db.repositories.messages import Turn, TurnHeader
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A session's header and its newest turns up to ``header.last_seq``, oldest first."""
+
+    header: TurnHeader
+    turns: tuple[Turn, ...]
+
+    def fits(self, question_seq: int, revision: int) -> bool:
+        """Whether this is exactly the history before the question stored as
+        ``question_seq`` under ``revision``: nothing else came in between. (A read that
+        already saw the question itself fits too: turns skip the question by id.)"""
+        last = self.header.last_seq
+        return self.header.history_revision == revision and last in (question_seq - 1, question_seq)
+
+    def holds_key(self, client_msg_id: str, other_than: uuid.UUID) -> bool:
+        return any(t.client_msg_id == client_msg_id and t.id != other_than for t in self.turns)
+
+
+@dataclass(eq=False)
+class _Entry:
+    header: TurnHeader
+    turns: deque[Turn]
+    members: set[uuid.UUID] = field(default_factory=set)
+    chars: int = 0
+
+
+class TurnCache:
+    """Snapshots by session, least recently used first out, bounded in characters."""
+
+    def __init__(self, *, window: int, max_chars: int) -> None:
+        self._window = window
+        self._max_chars = max_chars
+        self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
+        self._chars = 0
+
+    @property
+    def chars(self) -> int:
+        return self._chars
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, session_id: uuid.UUID, member_id: uuid.UUID) -> Snapshot | None:
+        """The copy for ``session_id``, if ``member_id`` was seen writing or reading it."""
+        entry = self._entries.get(session_id)
+        if entry is None or member_id not in entry.members:
+            return None
+        self._entries.move_to_end(session_id)
+        return Snapshot(entry.header, tuple(entry.turns))
+
+    def put(self, session_id: uuid.UUID, snapshot: Snapshot, member_id: uuid.UUID) -> None:
+        """Keep what a database read returned (``member_id`` was checked by it)."""
+        if self._max_chars <= 0:
+            return
+        current = self._entries.get(session_id)
+        if current is not None and _newer(current.header, snapshot.header):
+            current.members.add(member_id)
+            return  # a slower read must not replace a copy that has moved on
+        self.drop(session_id)
+        entry = _Entry(snapshot.header, deque(maxlen=self._window), {member_id})
+        for turn in snapshot.turns[-self._window :]:
+            self._push(entry, turn)
+        self._entries[session_id] = entry
+        self._evict()
+
+    def appended(
+        self, session_id: uuid.UUID, turn: Turn, revision: int, author_id: uuid.UUID | None
+    ) -> None:
+        """This node stored ``turn`` under ``revision``: extend the copy, or drop it if
+        the copy cannot tell what came before."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return
+        header = entry.header
+        if header.history_revision != revision or header.last_seq < turn.seq - 1:
+            self.drop(session_id)
+            return
+        if author_id is not None:
+            entry.members.add(author_id)
+        if header.last_seq >= turn.seq:
+            return  # the read that filled the copy came after this message was stored
+        self._push(entry, turn)
+        entry.header = header._replace(last_seq=turn.seq)
+        self._evict()
+
+    def drop(self, session_id: uuid.UUID) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self._chars -= entry.chars
+
+    def _push(self, entry: _Entry, turn: Turn) -> None:
+        if len(entry.turns) == entry.turns.maxlen:
+            gone = entry.turns[0]
+            entry.chars -= len(gone.content)
+            self._chars -= len(gone.content)
+        entry.turns.append(turn)
+        entry.chars += len(turn.content)
+        self._chars += len(turn.content)
+
+    def _evict(self) -> None:
+        while self._chars > self._max_chars and self._entries:
+            _, entry = self._entries.popitem(last=False)
+            self._chars -= entry.chars
+
+
+def _newer(held: TurnHeader, read: TurnHeader) -> bool:
+    return (held.history_revision, held.last_seq) > (read.history_revision, read.last_seq)

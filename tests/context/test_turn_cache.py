@@ -1,0 +1,249 @@
+"""Each node's copy of recent turns starts answers without reading the history, and is
+never trusted past the question's store: anything it missed makes the answer ask again.
+
+The real app on a loopback port (two of them on one database where another node is
+needed), a real WebSocket client, and the loopback fake OpenRouter; each test asserts
+on the request the model finally answered and on what the room saw.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from db.repositories import messages as messages_repo
+from db.repositories.messages import Turn, TurnHeader
+from server.services.turn_cache import Snapshot, TurnCache
+from tests.context.answers import Answers, StartAnswers, answers_factory
+from tests.fakes.openrouter import FakeOpenRouter, fake_openrouter
+from tests.fakes.tavily import FakeTavily
+
+__all__ = ["fake_openrouter"]
+
+
+@pytest.fixture
+def start_answers(
+    database_url: str, fake_openrouter: FakeOpenRouter, fake_tavily: FakeTavily
+) -> StartAnswers:
+    return answers_factory(database_url, fake_openrouter, fake_tavily)
+
+
+@pytest.fixture
+async def answers(start_answers: StartAnswers) -> AsyncIterator[Answers]:
+    async with start_answers() as started:
+        yield started
+
+
+@pytest.fixture
+def history_reads(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
+    """Sessions whose recent turns were read from the database, in order."""
+    reads: list[uuid.UUID] = []
+    original = messages_repo.recent_turns
+
+    async def counted(session: Any, session_id: uuid.UUID, *args: Any) -> list[Turn]:
+        reads.append(session_id)
+        return await original(session, session_id, *args)
+
+    monkeypatch.setattr(messages_repo, "recent_turns", counted)
+    return reads
+
+
+def contents(answers: Answers) -> list[str]:
+    return [str(m["content"]) for m in answers.sent() if m["role"] != "system"]
+
+
+def rereads(answers: Answers) -> float:
+    counter = answers.server.container.metrics.context_rereads
+    return float(counter._value.get())
+
+
+async def test_a_follow_up_is_started_from_the_copy_with_the_whole_history(
+    answers: Answers, history_reads: list[uuid.UUID]
+) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    first = await answers.ask(ada, session_id, "My cat is called Tom.")
+
+    await answers.ask(ada, session_id, "What is my cat called?")
+
+    assert contents(answers) == ["My cat is called Tom.", first.text, "What is my cat called?"]
+    assert history_reads == [uuid.UUID(session_id)]  # the first question only
+    assert len(answers.streamed_requests()) == 2
+    assert rereads(answers) == 0
+
+
+async def test_a_message_stored_by_another_node_is_in_the_answer(
+    answers: Answers, start_answers: StartAnswers
+) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    first = await answers.ask(ada, session_id, "Remember the colour blue.")
+    async with start_answers() as other_node:
+        posted = await other_node.http.post(
+            f"/v1/sessions/{session_id}/messages",
+            json={"content": "Also remember green.", "reply": "none"},
+            headers=ada.headers,
+        )
+        assert posted.status_code == 201, posted.text
+
+        streamed = await answers.ask(ada, session_id, "Which colours?")
+
+    assert contents(answers) == [
+        "Remember the colour blue.",
+        first.text,
+        "Also remember green.",
+        "Which colours?",
+    ]
+    # The copy missed "green": its request was dropped before any token reached the
+    # room, and the answer asked again on the history as stored.
+    assert rereads(answers) == 1
+    assert len(answers.streamed_requests()) == 3
+    client = answers.sockets[ada.id]
+    assert [f["type"] for f in client.seen].count("stream.start") == 2
+    assert streamed.end is not None and streamed.end["message"]["content"] == streamed.text
+    assert [d["index"] for d in streamed.deltas] == list(range(len(streamed.deltas)))
+
+
+async def test_a_deleted_message_leaves_the_next_request(answers: Answers) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    await answers.ask(ada, session_id, "The secret word is pelican.")
+    history = await answers.http.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    question = history.json()["data"]["messages"][0]
+    deleted = await answers.http.delete(
+        f"/v1/sessions/{session_id}/messages/{question['id']}", headers=ada.headers
+    )
+    assert deleted.status_code in (200, 204), deleted.text
+
+    await answers.ask(ada, session_id, "What was the secret word?")
+
+    assert not any("pelican" in text for text in contents(answers))
+    assert rereads(answers) == 1
+
+
+async def test_a_new_system_prompt_reaches_the_next_request(answers: Answers) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    await answers.ask(ada, session_id, "Hello.")
+    patched = await answers.http.patch(
+        f"/v1/sessions/{session_id}",
+        json={"system_prompt": "Answer like a pirate."},
+        headers=ada.headers,
+    )
+    assert patched.status_code == 200, patched.text
+
+    await answers.ask(ada, session_id, "Hello again.")
+
+    assert answers.system().startswith("Answer like a pirate.")
+
+
+async def test_a_document_uploaded_after_the_copy_was_made_is_retrieved(
+    answers: Answers,
+) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    await answers.ask(ada, session_id, "Hello.")  # the copy: nothing to retrieve from
+    document = {"title": "Handbook", "content": "The Zorblax reactor runs at 451 kelvin."}
+    uploaded = await answers.http.post(
+        f"/v1/sessions/{session_id}/documents", json=document, headers=ada.headers
+    )
+    assert uploaded.status_code == 201, uploaded.text
+
+    await answers.ask(ada, session_id, "How hot does the Zorblax reactor run?")
+
+    assert "451 kelvin" in answers.system()
+
+
+async def test_after_a_refusal_a_closed_session_asks_no_model(answers: Answers) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    await answers.ask(ada, session_id, "Hello.")
+    closed = await answers.http.post(f"/v1/sessions/{session_id}/close", headers=ada.headers)
+    assert closed.status_code == 200, closed.text
+    client = answers.sockets[ada.id]
+    frame = {"type": "message", "session_id": session_id, "content": "still there?"}
+
+    refused = await client.request(frame)
+    asked = len(answers.streamed_requests())
+    refused_again = await client.request(frame)
+
+    assert (refused["type"], refused["code"]) == ("error", "conflict")
+    assert (refused_again["type"], refused_again["code"]) == ("error", "conflict")
+    assert len(answers.streamed_requests()) == asked
+    assert [f["type"] for f in client.seen].count("stream.start") == 1
+
+
+# The copy itself -------------------------------------------------------------------
+
+
+def header(last_seq: int, revision: int = 0) -> TurnHeader:
+    return TurnHeader(None, None, "active", None, None, False, False, last_seq, revision)
+
+
+def turn(seq: int, content: str = "x", key: str | None = None) -> Turn:
+    return Turn(uuid.uuid4(), seq, "user", content, key)
+
+
+SESSION, ADA, BOB = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+
+def test_a_snapshot_fits_only_the_question_right_after_it_under_its_revision() -> None:
+    snapshot = Snapshot(header(last_seq=4, revision=2), (turn(3), turn(4)))
+
+    assert snapshot.fits(5, 2)  # read before the question was stored
+    assert snapshot.fits(4, 2)  # read after it: the question is skipped by id
+    assert not snapshot.fits(6, 2)  # a message came in between
+    assert not snapshot.fits(3, 2)  # the read saw a message after the question
+    assert not snapshot.fits(5, 3)  # something changed besides appends
+
+
+def test_the_copy_follows_appends_and_drops_what_it_cannot_vouch_for() -> None:
+    cache = TurnCache(window=3, max_chars=1000)
+    cache.put(SESSION, Snapshot(header(2), (turn(1), turn(2))), ADA)
+
+    cache.appended(SESSION, turn(3, "q", key="k"), 0, BOB)
+    cache.appended(SESSION, turn(4), 0, None)
+    held = cache.get(SESSION, BOB)
+    assert held is not None and [t.seq for t in held.turns] == [2, 3, 4]  # the window
+    assert held.header.last_seq == 4 and held.holds_key("k", uuid.uuid4())
+    assert cache.get(SESSION, uuid.uuid4()) is None  # never seen in this session
+
+    cache.appended(SESSION, turn(6), 0, ADA)  # 5 was stored elsewhere
+    assert cache.get(SESSION, ADA) is None
+
+    cache.put(SESSION, Snapshot(header(6), (turn(6),)), ADA)
+    cache.appended(SESSION, turn(7), 1, ADA)  # stored under a newer revision
+    assert cache.get(SESSION, ADA) is None
+
+
+def test_a_slower_read_does_not_replace_a_newer_copy() -> None:
+    cache = TurnCache(window=10, max_chars=1000)
+    cache.put(SESSION, Snapshot(header(5, revision=1), (turn(5),)), ADA)
+
+    cache.put(SESSION, Snapshot(header(3, revision=1), (turn(3),)), BOB)
+
+    held = cache.get(SESSION, BOB)
+    assert held is not None and held.header.last_seq == 5
+
+
+def test_the_copy_is_bounded_in_characters_least_recently_used_first() -> None:
+    cache = TurnCache(window=10, max_chars=25)
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    cache.put(first, Snapshot(header(1), (turn(1, "a" * 10),)), ADA)
+    cache.put(second, Snapshot(header(1), (turn(1, "b" * 10),)), ADA)
+    assert cache.get(first, ADA) is not None  # now the most recently used
+
+    cache.put(third, Snapshot(header(1), (turn(1, "c" * 10),)), ADA)
+
+    assert cache.get(second, ADA) is None
+    assert cache.get(first, ADA) is not None and cache.get(third, ADA) is not None
+    assert cache.chars == 20 and len(cache) == 2
+
+
+def test_a_zero_budget_keeps_nothing() -> None:
+    cache = TurnCache(window=10, max_chars=0)
+    cache.put(SESSION, Snapshot(header(1), (turn(1),)), ADA)
+    assert cache.get(SESSION, ADA) is None and len(cache) == 0
