@@ -39,6 +39,9 @@ class Database:
         self._read_sessions = async_sessionmaker(
             self.engine.execution_options(parley_read_only=True), expire_on_commit=False
         )
+        self._autocommit_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
@@ -54,6 +57,15 @@ class Database:
         assert self._writers is not None
         async with self._writers, _unit_of_work(self.sessions) as session:
             yield session
+
+    def single_statement(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """For a unit of work that is one statement on PostgreSQL (atomic on its own):
+        autocommit there, which saves the BEGIN and COMMIT round trips; a transaction
+        as ``transaction()`` on SQLite. Anything run after that statement in the block
+        is not part of it."""
+        if self._writers is not None:
+            return self._queued_write()
+        return _unit_of_work(self._autocommit_sessions)
 
     def read(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A transaction for reads only: on SQLite it does not take the write lock, so

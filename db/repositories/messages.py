@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, exists, insert, select, update
+from sqlalchemy import bindparam, case, exists, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ChatSession, Chunk, Message, SessionMember, Summary
@@ -50,7 +50,7 @@ async def append_message(
     """
     appended = await _append(
         session,
-        _NEXT_SEQ,
+        _BY_ANYONE,
         {"sid": session_id},
         {
             "id": message_id or uuid.uuid4(),
@@ -86,7 +86,7 @@ async def append_member_message(
     """
     return await _append(
         session,
-        _NEXT_SEQ_FOR_MEMBER,
+        _BY_MEMBER,
         {"sid": session_id, "uid": user_id},
         {
             "id": message_id,
@@ -133,22 +133,76 @@ class Appended(NamedTuple):
     history_revision: int  # see ``ChatSession.history_revision``
 
 
-async def _append(
-    session: AsyncSession, next_seq: Any, params: dict[str, Any], values: dict[str, Any]
-) -> Appended | None:
-    """Take the next seq with ``next_seq`` (None if it matched no session), then insert.
+_INSERTED_COLUMNS = (
+    "id",
+    "session_id",
+    "role",
+    "user_id",
+    "content",
+    "client_msg_id",
+    "status",
+    "model",
+    "reply_to",
+)
 
-    Two prebuilt Core statements: every message, and every answer's first token, waits
-    on them, and the ORM's unit of work would about double their cost.
+
+def _at_once(next_seq: Any) -> Any:
+    """PostgreSQL: ``next_seq`` and the insert as one statement (data-modifying CTEs),
+    so that storing a message is one round trip, atomic on its own (see
+    ``Database.single_statement``). No row when ``next_seq`` matched no session."""
+    bumped = next_seq.cte("bumped")
+    table = Message.__table__
+    source = select(
+        *(bindparam(f"v_{name}", type_=table.c[name].type) for name in _INSERTED_COLUMNS),
+        bumped.c.last_seq,
+        bindparam("now", type_=table.c.created_at.type),
+    )
+    inserted = (
+        insert(Message)
+        .from_select([*_INSERTED_COLUMNS, "seq", "created_at"], source)
+        .returning(Message.id)
+        .cte("inserted")
+    )
+    return select(bumped.c.last_seq, bumped.c.model, bumped.c.history_revision).join_from(
+        bumped, inserted, true()
+    )
+
+
+class _Appends(NamedTuple):
+    bump: Any  # the seq bump alone; the insert follows it (SQLite)
+    at_once: Any  # the bump and the insert in one statement (PostgreSQL)
+
+
+_BY_ANYONE = _Appends(_NEXT_SEQ, _at_once(_NEXT_SEQ))
+_BY_MEMBER = _Appends(_NEXT_SEQ_FOR_MEMBER, _at_once(_NEXT_SEQ_FOR_MEMBER))
+
+
+async def _append(
+    session: AsyncSession, appends: _Appends, params: dict[str, Any], values: dict[str, Any]
+) -> Appended | None:
+    """Take the next seq (None if the bump matched no session), then insert.
+
+    Prebuilt Core statements: every message, and every answer's first token, waits on
+    them, and the ORM's unit of work would about double their cost. On PostgreSQL the
+    two are one statement; SQLite has no data-modifying CTEs, and is in-process anyway.
     """
     now = utcnow()
     connection = await session.connection()
-    bumped = (await connection.execute(next_seq, {**params, "now": now})).first()
+    row = {name: None for name in _INSERTED_COLUMNS} | values | {"created_at": now}
+    at_once = connection.dialect.name == "postgresql"
+    if at_once:
+        inserted = {f"v_{name}": row[name] for name in _INSERTED_COLUMNS}
+        bumped = (
+            await connection.execute(appends.at_once, {**params, **inserted, "now": now})
+        ).first()
+    else:
+        bumped = (await connection.execute(appends.bump, {**params, "now": now})).first()
     if bumped is None:
         return None
     seq, session_model, revision = bumped
-    row = {**values, "seq": seq, "created_at": now}
-    await connection.execute(insert(Message), row)
+    row["seq"] = seq
+    if not at_once:
+        await connection.execute(insert(Message), row)
     return Appended(Message(**row), session_model, revision)
 
 

@@ -158,7 +158,9 @@ class MessageService:
         """The stored message, whether it is new, the session's model (if set) and its
         history revision (``ChatSession.history_revision``; 0 for a replay)."""
         try:
-            async with self._db.transaction() as session:
+            # One statement on PostgreSQL (``append_member_message``); the reads after
+            # it only explain a refusal.
+            async with self._db.single_statement() as session:
                 appended = await messages_repo.append_member_message(
                     session,
                     session_id=session_id,

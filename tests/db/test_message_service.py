@@ -98,3 +98,16 @@ async def test_a_refused_or_repeated_question_is_never_answered(posting: Any) ->
     assert assistant.confirmed == [first.message["id"]]
     assert assistant.abandoned == 2
     assert await stored_count(database, session_id) == 1
+
+
+async def test_a_repeated_client_msg_id_takes_no_seq(posting: Any) -> None:
+    # On PostgreSQL the seq bump and the insert are one statement: the insert's
+    # unique violation must undo the bump too, or history would have a hole.
+    _, service, _, principal, session_id = posting
+
+    first = await service.post(principal, session_id, content="a", client_msg_id="k")
+    again = await service.post(principal, session_id, content="a", client_msg_id="k")
+    second = await service.post(principal, session_id, content="b")
+
+    assert again.created is False and again.message["seq"] == first.message["seq"] == 1
+    assert second.message["seq"] == 2
