@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
+from llm.openrouter import _StreamState
 from llm.provider import ChatRequest, StreamFinished, TextDelta, ToolCall, Usage
 from server.errors import BadRequest, Unavailable
 from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError, MidStreamError, Stream
@@ -249,3 +251,20 @@ async def test_context_length_comes_from_the_models_endpoint_and_is_cached(
 
 def test_usage_totals_prompt_and_completion() -> None:
     assert Usage(3, 4).total_tokens == 7
+
+
+def test_text_chunks_read_the_same_on_the_common_and_the_general_path() -> None:
+    # Plain text chunks take a short path; anything else (a finish reason, usage,
+    # an error, tool calls) takes the general one, whatever else the chunk carries.
+    state = _StreamState(MODEL)
+    chunk = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+
+    first = state.feed(orjson.dumps(chunk).decode())
+    plain = state.feed(orjson.dumps({**chunk, "usage": None}).decode())
+    chunk["choices"][0]["finish_reason"] = "stop"  # type: ignore[index]
+    last = state.feed(orjson.dumps(chunk).decode())
+    empty = state.feed(orjson.dumps({"id": "gen-1", "choices": [{"delta": {}}]}).decode())
+
+    assert first == plain == last == [TextDelta("a")]
+    assert empty == [] and not state.content_at_last_feed
+    assert state.generation_id == "gen-1" and state.finish_reason == "stop" and state.text_seen
