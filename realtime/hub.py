@@ -78,6 +78,9 @@ class Hub:
             "disconnect_user": self._control_disconnect_user,
             "remove_member": self._control_remove_member,
         }
+        # Told of each stored message of a room with members here (``message`` and
+        # ``stream.end`` envelopes), in seq order, whichever node stored it.
+        self.on_released: Callable[[Envelope], None] | None = None
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -283,10 +286,18 @@ class Hub:
             return
         assert env.seq is not None
         for ready in room.reorder.offer(env.seq, env):
-            for conn in tuple(room.connections):
-                self._deliver(conn, ready)
+            self._release(room, ready)
         if room.reorder.missing() is not None and room.gap_task is None:
             room.gap_task = self._spawn(self._fill_room_gap(room, wait_s=GAP_WAIT_S))
+
+    def _release(self, room: Room, env: Envelope) -> None:
+        for conn in tuple(room.connections):
+            self._deliver(conn, env)
+        if self.on_released is not None:
+            try:
+                self.on_released(env)
+            except Exception:
+                log.exception("a listener of released messages failed")
 
     def _deliver(self, conn: Connection, env: Envelope) -> None:
         """Route one room event to one connection, honouring its join and cursors."""
@@ -399,8 +410,7 @@ class Hub:
                     "room %s: seq %s missing from the database", room.session_id, still_missing
                 )
                 for ready in room.reorder.skip_to(still_missing[1]):
-                    for conn in tuple(room.connections):
-                        self._deliver(conn, ready)
+                    self._release(room, ready)
         finally:
             room.gap_task = None
 

@@ -4,15 +4,22 @@ retries, fallbacks and a circuit breaker, and the generation runner."""
 from __future__ import annotations
 
 import contextlib
+import uuid
+from collections.abc import Callable
 
 import httpx
+import orjson
 
 from llm.offline import OfflineProvider
 from llm.provider import ChatProvider
 from llm.resilience import ResilientProvider
+from realtime import envelope as kinds
+from realtime.envelope import Envelope
 from server.container import Container
 from server.services.assistant import Assistant
 from server.services.context import ContextAssembler
+from server.services.messages import turn_of
+from server.services.turn_cache import TurnCache
 from server.sse import SSEStreamer
 
 
@@ -77,9 +84,25 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     stack.push_async_callback(assistant.drain, container.settings.drain_timeout_s)
     container.messages.assistant = assistant
     container.messages.turns = context.turns
+    hub.on_released = remember_stored_messages(context.turns)
     container.extras.update(
         llm=provider, generations=assistant, assistant=assistant, sse=SSEStreamer(container, hub)
     )
     container.extras.setdefault("readiness", {})["llm"] = lambda: (
         "ok" if "open" not in provider.breaker_states().values() else "circuit open"
     )
+
+
+def remember_stored_messages(turns: TurnCache) -> Callable[[Envelope], None]:
+    """Extend this node's copies of recent turns with messages stored on other nodes
+    (questions, and answers in their ``stream.end``), so that a conversation whose
+    members sit on different nodes keeps starting answers from the copy."""
+
+    def on_released(env: Envelope) -> None:
+        if env.seq is None or env.kind not in (kinds.MESSAGE, kinds.STREAM):
+            return
+        message = orjson.loads(env.frame).get("message")
+        if message:
+            turns.appended(uuid.UUID(env.session_id), turn_of(message), None, None)
+
+    return on_released

@@ -271,6 +271,7 @@ class Assistant:
             await publisher.start(result.model_asked, generation.reply_to["id"])
         stored: dict[str, Any] | None = None
         seq: int | None = None
+        revision = 0
         session_uuid = uuid.UUID(generation.session_id)
         duration = time.perf_counter() - result.started
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
@@ -290,9 +291,7 @@ class Assistant:
                     reply_to=uuid.UUID(generation.reply_to["id"]),
                 )
                 stored, seq = message_to_wire(message.message), message.message.seq
-                self._context.turns.appended(
-                    session_uuid, turn_of(stored), message.history_revision, None
-                )
+                revision = message.history_revision
             event = await usage_repo.record_usage(
                 session,
                 user_id=uuid.UUID(generation.user_id),
@@ -306,6 +305,8 @@ class Assistant:
                 outcome=result.outcome,
             )
         if stored is not None:
+            # Committed: only now may this node's copy of the history hold it.
+            self._context.turns.appended(session_uuid, turn_of(stored), revision, None)
             self._metrics.messages_stored.labels("assistant").inc()
         end: dict[str, Any] = {
             "type": "stream.end",

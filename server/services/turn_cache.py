@@ -90,15 +90,22 @@ class TurnCache:
         self._evict()
 
     def appended(
-        self, session_id: uuid.UUID, turn: Turn, revision: int, author_id: uuid.UUID | None
+        self,
+        session_id: uuid.UUID,
+        turn: Turn,
+        revision: int | None,
+        author_id: uuid.UUID | None,
     ) -> None:
-        """This node stored ``turn`` under ``revision``: extend the copy, or drop it if
-        the copy cannot tell what came before."""
+        """``turn`` was stored (committed) under ``revision``: extend the copy, or drop it
+        if the copy cannot tell what came before. ``revision`` is None for a message
+        heard from another node: the copy keeps its own, and the next question's store
+        tells whether anything else changed meanwhile."""
         entry = self._entries.get(session_id)
         if entry is None:
             return
         header = entry.header
-        if header.history_revision != revision or header.last_seq < turn.seq - 1:
+        stale = revision is not None and header.history_revision != revision
+        if stale or header.last_seq < turn.seq - 1:
             self.drop(session_id)
             return
         if author_id is not None:

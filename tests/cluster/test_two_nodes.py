@@ -4,9 +4,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.cluster.conftest import shared_room
+from tests.cluster.conftest import Node, shared_room
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.wsclient import WSClient
 
@@ -103,6 +104,47 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
         end = await bob_ws.next("stream.end", timeout=5)
         assert end["finish_reason"] == "cancelled"
         assert end["message"]["status"] == "cancelled"
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
+async def metric(node: Node, name: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(node.http_url + "/metrics")).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(values[0]) if values else 0.0
+
+
+async def test_members_on_two_nodes_take_turns_and_every_answer_starts_from_the_copy(
+    cluster: Callable[..., Any],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    # Each node's copy of recent turns hears the other node's questions and answers
+    # over the bus, so no answer is asked twice (a copy that missed something would
+    # be: its request dropped, the context read again).
+    upstream = {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake_openrouter.base_url}
+    node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
+    ada, bob, session_id = await shared_room(node_a, "turns")
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        turns = [(ada_ws, "Ada one"), (bob_ws, "Bob one"), (ada_ws, "Ada two"), (bob_ws, "Bob two")]
+        for asker, content in turns:
+            frame = {"type": "message", "session_id": session_id, "content": content}
+            ack = await asker.request(frame)
+            for member in (ada_ws, bob_ws):
+                end = await member.next("stream.end", timeout=10)
+                assert end["stream_id"] == ack["stream_id"]
+
+        asked = [r for r in fake_openrouter.chat_requests if (r.json or {}).get("stream")]
+        last = [m["content"] for m in (asked[-1].json or {})["messages"] if m["role"] != "system"]
+        assert last[::2] == ["Ada one", "Bob one", "Ada two", "Bob two"]
+        assert len(asked) == 4
+        assert await metric(node_a, "parley_context_rereads_total") == 0
+        assert await metric(node_b, "parley_context_rereads_total") == 0
     finally:
         await ada_ws.close()
         await bob_ws.close()

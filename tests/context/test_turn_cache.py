@@ -247,3 +247,15 @@ def test_a_zero_budget_keeps_nothing() -> None:
     cache = TurnCache(window=10, max_chars=0)
     cache.put(SESSION, Snapshot(header(1), (turn(1),)), ADA)
     assert cache.get(SESSION, ADA) is None and len(cache) == 0
+
+
+def test_a_message_heard_from_another_node_extends_the_copy_under_its_own_revision() -> None:
+    cache = TurnCache(window=10, max_chars=1000)
+    cache.put(SESSION, Snapshot(header(2, revision=4), (turn(2),)), ADA)
+
+    cache.appended(SESSION, turn(3), None, None)
+
+    held = cache.get(SESSION, ADA)
+    assert held is not None and held.header.last_seq == 3
+    assert held.header.history_revision == 4  # the next store checks it
+    assert not held.fits(4, 5) and held.fits(4, 4)
