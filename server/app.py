@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with build_container(settings, metrics_holder) as container:
             app.state.container = container
+            if settings.gc_freeze:
+                gc.freeze()
             yield
 
     app = Starlette(

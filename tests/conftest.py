@@ -71,6 +71,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "offline_token_delay_s": 0.0,
         "log_json": False,
         "sweep_interval_s": 3600,
+        "gc_freeze": False,  # many apps share one test process
     }
     values.update(overrides)
     return load_settings(**values)
