@@ -69,7 +69,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             redis = Redis.from_url(settings.redis_url)
             stack.push_async_callback(redis.aclose)
 
-        limiter = RateLimiter(settings.redis_url)
+        limiter = RateLimiter(settings.redis_url, redis.connection_pool if redis else None)
         tickets: TicketStore = RedisTicketStore(redis) if redis else MemoryTicketStore()
         tokens = TokenService(
             secret=resolve_jwt_secret(settings),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
+from redis.asyncio import ConnectionPool
 
 from server.errors import RateLimited
 
@@ -26,15 +28,19 @@ class Limit:
 class RateLimiter:
     """A moving window per (limit, identity); ``hit`` raises ``RateLimited``."""
 
-    def __init__(self, redis_url: str | None) -> None:
+    def __init__(self, redis_url: str | None, pool: ConnectionPool | None = None) -> None:
+        """``pool``: the app's Redis connections, so that closing its client at
+        shutdown closes the limiter's too (``limits`` has no close of its own)."""
         self._storage: Storage
         if redis_url:
             scheme, rest = redis_url.split("://", 1)
+            options: dict[str, Any] = {} if pool is None else {"connection_pool": pool}
             self._storage = RedisStorage(
                 f"async+{scheme}://{rest}",
                 implementation="redispy",
                 key_prefix="parley:limits",
                 wrap_exceptions=True,
+                **options,
             )
         else:
             self._storage = MemoryStorage()
