@@ -227,6 +227,13 @@ ENDPOINTS: dict[str, Doc] = {
         obj(ticket={"type": "string"}, expires_in={"type": "integer"}),
     ),
     "GET /v1/me": Doc("The caller", "auth", ref("User")),
+    "PATCH /v1/users/{id}": Doc(
+        "Disable or re-enable an account (admin); a disabled user's sockets close with 4403",
+        "auth",
+        obj(user_id={"type": "string", "format": "uuid"}, disabled={"type": "boolean"}),
+        body=schemas.UserPatchBody,
+        errors=(403, 409),
+    ),
     "POST /v1/sessions": Doc(
         "Create a session; the caller owns it",
         "sessions",

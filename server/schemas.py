@@ -27,6 +27,10 @@ class RefreshBody(Strict):
     refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
 
 
+class UserPatchBody(Strict):
+    disabled: bool
+
+
 class SessionCreateBody(Strict):
     title: str = Field(default="", max_length=200)
     model: str | None = Field(default=None, min_length=1, max_length=200)

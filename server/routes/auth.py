@@ -9,8 +9,9 @@ from starlette.routing import Route
 from server.container import container_of
 from server.errors import BadRequest
 from server.http import JSONResponse, client_ip, ok, read_body
-from server.schemas import LoginBody, RefreshBody, RegisterBody
+from server.schemas import LoginBody, RefreshBody, RegisterBody, UserPatchBody
 from server.services.accounts import LoginResult, user_to_wire
+from server.services.sessions import parse_id
 
 REFRESH_COOKIE = "parley_refresh"
 REFRESH_COOKIE_PATH = "/v1/auth"
@@ -62,6 +63,18 @@ async def ws_ticket(request: Request) -> Response:
     principal = await container.authenticate(request)
     ticket, expires_in = await container.accounts.issue_ticket(principal)
     return ok({"ticket": ticket, "expires_in": expires_in})
+
+
+async def patch_user(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    user_id = parse_id(request.path_params["id"], "user")
+    body = await read_body(request, UserPatchBody)
+    result = await container.accounts.set_disabled(principal, user_id, body.disabled)
+    hub = container.extras.get("hub")
+    if body.disabled and hub is not None:
+        await hub.disconnect_user(str(user_id), 4403, "account disabled")
+    return ok(result)
 
 
 async def me(request: Request) -> Response:
@@ -124,4 +137,5 @@ routes = [
     Route("/v1/auth/logout-all", logout_all, methods=["POST"]),
     Route("/v1/auth/ws-ticket", ws_ticket, methods=["POST"]),
     Route("/v1/me", me, methods=["GET"]),
+    Route("/v1/users/{id}", patch_user, methods=["PATCH"]),
 ]

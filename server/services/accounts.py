@@ -13,7 +13,7 @@ from db.engine import Database
 from db.models import User
 from db.repositories import users as users_repo
 from db.types import utcnow
-from server.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from server.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from server.ratelimit import Limit, RateLimiter
 from server.security.callers import CallerCache
 from server.security.passwords import hash_password, verify_password
@@ -160,13 +160,21 @@ class AccountService:
             await users_repo.revoke_access_tokens_before(session, user_id, cutoff)
         await self.caller_changed(user_id)
 
-    async def set_disabled(self, user_id: uuid.UUID, disabled: bool) -> None:
-        """Disable or re-enable an account; its tokens stop (or start) working at once."""
+    async def set_disabled(
+        self, principal: Principal, user_id: uuid.UUID, disabled: bool
+    ) -> dict[str, Any]:
+        """An admin disables or re-enables an account; its tokens stop (or start)
+        working at once, on every node."""
+        if not principal.is_admin:
+            raise Forbidden("only an admin may disable or enable accounts")
+        if user_id == principal.user_id and disabled:
+            raise Conflict("an admin cannot disable their own account")
         async with self._db.transaction() as session:
             found = await users_repo.set_disabled(session, user_id, disabled)
         if not found:
-            raise NotFound("no such user")
+            raise NotFound("user not found")
         await self.caller_changed(user_id)
+        return {"user_id": str(user_id), "disabled": disabled}
 
     async def caller_changed(self, user_id: uuid.UUID) -> None:
         """Forget the user's cached caller row here and on every other node.

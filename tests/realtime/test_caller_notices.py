@@ -26,7 +26,7 @@ from server.realtime_layer import connect_caller_cache
 from server.security.callers import CallerCache
 from server.security.tickets import MemoryTicketStore
 from server.security.tokens import TokenService
-from server.services.accounts import AccountService
+from server.services.accounts import AccountService, Principal
 from tests.conftest import TEST_JWT_SECRET
 
 # An hour: only the notice, never the expiry, can make node B see a change.
@@ -87,6 +87,9 @@ async def nodes(
         yield services
 
 
+ADMIN = Principal(user_id=uuid.uuid4(), name="Root", role="admin", expires_at=None)
+
+
 async def _refused_soon(accounts: AccountService, token: str) -> Unauthorized:
     """Authenticate until refused; the notice crosses pub/sub after the change returned."""
     deadline = asyncio.get_running_loop().time() + NOTICE_WAIT_S
@@ -113,7 +116,7 @@ async def test_disabling_on_one_node_reaches_the_other_nodes_cache(
     user_id, token = await _signed_in(node_a)
     assert (await node_b.authenticate(token)).user_id == user_id  # now cached on B
 
-    await node_a.set_disabled(user_id, True)
+    await node_a.set_disabled(ADMIN, user_id, True)
 
     assert (await _refused_soon(node_b, token)).message == "account unavailable"
 
@@ -139,7 +142,7 @@ async def test_without_a_notice_the_other_node_keeps_its_entry(
     await node_b.authenticate(token)
     node_a.on_caller_changed = None  # as if the bus had lost the notice
 
-    await node_a.set_disabled(user_id, True)
+    await node_a.set_disabled(ADMIN, user_id, True)
     await asyncio.sleep(0.2)
 
     assert (await node_b.authenticate(token)).user_id == user_id

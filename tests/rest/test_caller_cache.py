@@ -8,12 +8,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from db.models import User
 from db.repositories import users as users_repo
 from server.app import create_app
 from server.config import Settings
 from server.security.callers import CallerCache
-from tests.conftest import make_settings, register_user
+from tests.conftest import TestUser, make_settings, register_user
 
 LONG_TTL_S = 3600.0
 
@@ -63,21 +65,56 @@ async def test_with_the_bus_down_a_revocation_still_takes_effect_on_this_node(
     assert (await client.get("/v1/me", headers=user.headers)).status_code == 401
 
 
-async def test_disabling_a_user_takes_effect_at_once_and_so_does_enabling(
+async def admin_of(client: httpx.AsyncClient, container: Any) -> TestUser:
+    admin = await register_user(client, "Root")
+    async with container.database.transaction() as session:
+        await session.execute(
+            update(User).where(User.id == uuid.UUID(admin.id)).values(role="admin")
+        )
+    return admin
+
+
+async def test_an_admin_disabling_a_user_takes_effect_at_once_and_so_does_enabling(
     client: httpx.AsyncClient, container: Any
 ) -> None:
-    user = await register_user(client)
+    admin, user = await admin_of(client, container), await register_user(client)
     assert (await client.get("/v1/me", headers=user.headers)).status_code == 200
 
-    await container.accounts.set_disabled(uuid.UUID(user.id), True)
+    disabled = await client.patch(
+        f"/v1/users/{user.id}", json={"disabled": True}, headers=admin.headers
+    )
 
+    assert disabled.status_code == 200, disabled.text
+    assert disabled.json()["data"] == {"user_id": user.id, "disabled": True}
     refused = await client.get("/v1/me", headers=user.headers)
     assert refused.status_code == 401
     assert refused.json()["error"]["message"] == "account unavailable"
-
-    await container.accounts.set_disabled(uuid.UUID(user.id), False)
-
+    enabled = await client.patch(
+        f"/v1/users/{user.id}", json={"disabled": False}, headers=admin.headers
+    )
+    assert enabled.status_code == 200
     assert (await client.get("/v1/me", headers=user.headers)).status_code == 200
+
+
+async def test_only_an_admin_disables_and_not_their_own_account(
+    client: httpx.AsyncClient, container: Any
+) -> None:
+    admin, user = await admin_of(client, container), await register_user(client)
+
+    by_user = await client.patch(
+        f"/v1/users/{admin.id}", json={"disabled": True}, headers=user.headers
+    )
+    by_self = await client.patch(
+        f"/v1/users/{admin.id}", json={"disabled": True}, headers=admin.headers
+    )
+    unknown = await client.patch(
+        f"/v1/users/{uuid.uuid4()}", json={"disabled": True}, headers=admin.headers
+    )
+
+    assert (by_user.status_code, by_user.json()["error"]["code"]) == (403, "forbidden")
+    assert (by_self.status_code, by_self.json()["error"]["code"]) == (409, "conflict")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
+    assert (await client.get("/v1/me", headers=admin.headers)).status_code == 200
 
 
 async def test_within_the_ttl_authentication_is_served_from_the_cache(

@@ -8,7 +8,9 @@ import uuid
 from datetime import timedelta
 
 import httpx
+from sqlalchemy import update
 
+from db.models import User
 from db.repositories import sessions as sessions_repo
 from db.types import utcnow
 from tests.conftest import LiveServer, TestUser, register_user
@@ -75,6 +77,27 @@ async def test_logout_everywhere_closes_the_users_connections_with_4401_only(
     assert await close_code(ada_one) == 4401
     assert await close_code(ada_two) == 4401
     assert (await bob_ws.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_a_disabled_users_connections_close_with_4403(
+    connect: Connect,
+    live_client: httpx.AsyncClient,
+    live_server: LiveServer,
+    room: tuple[TestUser, TestUser, str],
+) -> None:
+    ada, bob, _ = room
+    async with live_server.container.database.transaction() as session:
+        await session.execute(update(User).where(User.id == uuid.UUID(ada.id)).values(role="admin"))
+    await live_server.container.accounts.caller_changed(uuid.UUID(ada.id))
+    ada_ws, bob_ws = await connect(ada), await connect(bob)
+
+    response = await live_client.patch(
+        f"/v1/users/{bob.id}", json={"disabled": True}, headers=ada.headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert await close_code(bob_ws) == 4403
+    assert (await ada_ws.request({"type": "ping"}))["type"] == "pong"
 
 
 # Session activity ---------------------------------------------------------------------
