@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_JWT_SECRET, TestUser, create_session, register_user
+from tests.fakes.openrouter import FakeOpenRouter
 from tests.services import require_redis
+from tests.wsclient import WSClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,3 +133,15 @@ async def shared_room(node: Node, title: str = "cluster") -> tuple[TestUser, Tes
         )
         assert response.status_code == 201, response.text
     return ada, bob, session_id
+
+
+async def joined(node: Node, user: TestUser, session_id: str) -> WSClient:
+    """``user`` connected to ``node`` and joined to ``session_id``."""
+    client, _ = await WSClient.connect(node.ws_url, user.access_token)
+    await client.request({"type": "join", "session_id": session_id})
+    return client
+
+
+def upstream_of(fake: FakeOpenRouter) -> dict[str, str]:
+    """Node settings that point the assistant at the loopback fake OpenRouter."""
+    return {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake.base_url}

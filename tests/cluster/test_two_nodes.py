@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.conftest import Node, shared_room
+from tests.cluster.conftest import Node, joined, shared_room, upstream_of
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.wsclient import WSClient
 
@@ -20,11 +20,9 @@ async def test_members_on_two_nodes_see_messages_in_order_presence_and_typing(
 ) -> None:
     node_a, node_b = await cluster("a"), await cluster("b")
     ada, bob, session_id = await shared_room(node_a, "cluster")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    ada_ws = await joined(node_a, ada, session_id)
+    bob_ws = await joined(node_b, bob, session_id)
     try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
         joined_bob = await ada_ws.next("presence")
         assert (joined_bob["user_id"], joined_bob["state"]) == (bob.id, "join")
 
@@ -57,11 +55,9 @@ async def test_a_killed_nodes_users_leave_presence_on_the_other_node(
 ) -> None:
     node_a, node_b = await cluster("a"), await cluster("b")
     ada, bob, session_id = await shared_room(node_a, "cluster")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    ada_ws = await joined(node_a, ada, session_id)
+    bob_ws = await joined(node_b, bob, session_id)
     try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
         await ada_ws.next("presence", lambda f: f["state"] == "join")
 
         node_b.kill()
@@ -80,15 +76,13 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
     cluster: Callable[..., Any],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
-    upstream = {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake_openrouter.base_url}
+    upstream = upstream_of(fake_openrouter)
     node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
     fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
     ada, bob, session_id = await shared_room(node_a, "cancel")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    ada_ws = await joined(node_a, ada, session_id)
+    bob_ws = await joined(node_b, bob, session_id)
     try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
         ack = await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "talk for a long time"}
         )
@@ -123,14 +117,12 @@ async def test_members_on_two_nodes_take_turns_and_every_answer_starts_from_the_
     # Each node's copy of recent turns hears the other node's questions and answers
     # over the bus, so no answer is asked twice (a copy that missed something would
     # be: its request dropped, the context read again).
-    upstream = {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake_openrouter.base_url}
+    upstream = upstream_of(fake_openrouter)
     node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
     ada, bob, session_id = await shared_room(node_a, "turns")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    ada_ws = await joined(node_a, ada, session_id)
+    bob_ws = await joined(node_b, bob, session_id)
     try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
         turns = [(ada_ws, "Ada one"), (bob_ws, "Bob one"), (ada_ws, "Ada two"), (bob_ws, "Bob two")]
         for asker, content in turns:
             frame = {"type": "message", "session_id": session_id, "content": content}

@@ -11,7 +11,11 @@ import pytest
 
 from server.app import create_app
 from tests.conftest import make_settings
-from tests.fakes.tavily import fake_tavily  # noqa: F401  (the fixture)
+from tests.context.answers import Answers, StartAnswers, answers_factory
+from tests.fakes.openrouter import FakeOpenRouter, fake_openrouter
+from tests.fakes.tavily import FakeTavily, fake_tavily
+
+__all__ = ["fake_openrouter", "fake_tavily"]  # fixtures for every test here
 
 AppClient = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -38,3 +42,16 @@ def container_of_app(client: httpx.AsyncClient) -> Any:
     """The container behind the ``client`` fixture (its transport's app)."""
     transport = client._transport
     return transport.app.state.container  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def start_answers(
+    database_url: str, fake_openrouter: FakeOpenRouter, fake_tavily: FakeTavily
+) -> StartAnswers:
+    return answers_factory(database_url, fake_openrouter, fake_tavily)
+
+
+@pytest.fixture
+async def answers(start_answers: StartAnswers) -> AsyncIterator[Answers]:
+    async with start_answers() as started:
+        yield started

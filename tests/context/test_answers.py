@@ -7,32 +7,17 @@ OpenRouter and Tavily: each test asserts on the request body the fake received.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from db.repositories import messages as messages_repo
-from tests.context.answers import MODEL, Answers, StartAnswers, answers_factory, details, stages
+from tests.context.answers import MODEL, Answers, StartAnswers, details, stages
 from tests.fakes.embeddings import API_KEY as EMBEDDINGS_KEY
 from tests.fakes.embeddings import FakeEmbeddings, fake_embeddings
-from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
-from tests.fakes.tavily import FakeTavily
+from tests.fakes.openrouter import Stream, fake_openrouter
 
 __all__ = ["fake_embeddings", "fake_openrouter"]
-
-
-@pytest.fixture
-def start_answers(
-    database_url: str, fake_openrouter: FakeOpenRouter, fake_tavily: FakeTavily
-) -> StartAnswers:
-    return answers_factory(database_url, fake_openrouter, fake_tavily)
-
-
-@pytest.fixture
-async def answers(start_answers: StartAnswers) -> AsyncIterator[Answers]:
-    async with start_answers() as started:
-        yield started
 
 
 async def test_a_preference_set_over_rest_reaches_the_model_in_a_new_session(

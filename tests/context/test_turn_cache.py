@@ -9,7 +9,6 @@ on the request the model finally answered and on what the room saw.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,24 +16,10 @@ import pytest
 from db.repositories import messages as messages_repo
 from db.repositories.messages import Turn, TurnHeader
 from server.services.turn_cache import Snapshot, TurnCache
-from tests.context.answers import Answers, StartAnswers, answers_factory
-from tests.fakes.openrouter import FakeOpenRouter, fake_openrouter
-from tests.fakes.tavily import FakeTavily
+from tests.context.answers import Answers, StartAnswers
+from tests.fakes.openrouter import fake_openrouter
 
 __all__ = ["fake_openrouter"]
-
-
-@pytest.fixture
-def start_answers(
-    database_url: str, fake_openrouter: FakeOpenRouter, fake_tavily: FakeTavily
-) -> StartAnswers:
-    return answers_factory(database_url, fake_openrouter, fake_tavily)
-
-
-@pytest.fixture
-async def answers(start_answers: StartAnswers) -> AsyncIterator[Answers]:
-    async with start_answers() as started:
-        yield started
 
 
 @pytest.fixture
