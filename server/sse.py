@@ -82,14 +82,20 @@ class SSEStreamer:
                 return
             while True:
                 batch, closing = await listener.next_batch()
+                # What was queued together goes out in one write.
+                events: list[bytes] = []
+                ended = False
                 for text in batch:
                     frame = orjson.loads(text)
                     if frame.get("type") not in SSE_FRAMES or frame.get("stream_id") != stream_id:
                         continue
-                    yield _event(frame["type"], frame, raw=text)
+                    events.append(_event(frame["type"], frame, raw=text))
                     if frame["type"] == "stream.end":
-                        return
-                if closing is not None:
+                        ended = True
+                        break
+                if events:
+                    yield b"".join(events)
+                if ended or closing is not None:
                     return
         finally:
             await self._hub.leave(listener, sid, presence=False)
