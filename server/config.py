@@ -94,7 +94,8 @@ class Settings(BaseSettings):
 
     # Context
     # Each node's copy of recent turns per session (server/services/turn_cache.py), in
-    # millions of characters of message text; 0 reads the database for every answer.
+    # approximate megabytes (message text plus the objects holding it); 0 reads the
+    # database for every answer.
     context_cache_mb: int = Field(64, ge=0)
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"

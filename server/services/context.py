@@ -86,7 +86,7 @@ class ContextAssembler:
         self._settings = settings
         self._extras = extras
         self.turns = TurnCache(
-            window=HISTORY_WINDOW, max_chars=settings.context_cache_mb * 1_000_000
+            window=HISTORY_WINDOW, max_bytes=settings.context_cache_mb * 1_000_000
         )
 
     async def window_for(self, model: str) -> int:

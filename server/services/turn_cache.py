@@ -42,26 +42,34 @@ class Snapshot:
         return any(t.client_msg_id == client_msg_id and t.id != other_than for t in self.turns)
 
 
+# What holding one turn costs besides its text: the tuple, its UUID and strings.
+TURN_OVERHEAD_BYTES = 300
+
+
 @dataclass(eq=False)
 class _Entry:
     header: TurnHeader
     turns: deque[Turn]
     members: set[uuid.UUID] = field(default_factory=set)
-    chars: int = 0
+    size: int = 0
 
 
 class TurnCache:
-    """Snapshots by session, least recently used first out, bounded in characters."""
+    """Snapshots by session, least recently used first out, bounded in (approximate)
+    bytes: each turn's text plus ``turn_overhead`` for the objects that hold it."""
 
-    def __init__(self, *, window: int, max_chars: int) -> None:
+    def __init__(
+        self, *, window: int, max_bytes: int, turn_overhead: int = TURN_OVERHEAD_BYTES
+    ) -> None:
         self._window = window
-        self._max_chars = max_chars
+        self._max_bytes = max_bytes
+        self._turn_overhead = turn_overhead
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
-        self._chars = 0
+        self._size = 0
 
     @property
-    def chars(self) -> int:
-        return self._chars
+    def size(self) -> int:
+        return self._size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,7 +84,7 @@ class TurnCache:
 
     def put(self, session_id: uuid.UUID, snapshot: Snapshot, member_id: uuid.UUID) -> None:
         """Keep what a database read returned (``member_id`` was checked by it)."""
-        if self._max_chars <= 0:
+        if self._max_bytes <= 0:
             return
         current = self._entries.get(session_id)
         if current is not None and _newer(current.header, snapshot.header):
@@ -119,21 +127,22 @@ class TurnCache:
     def drop(self, session_id: uuid.UUID) -> None:
         entry = self._entries.pop(session_id, None)
         if entry is not None:
-            self._chars -= entry.chars
+            self._size -= entry.size
 
     def _push(self, entry: _Entry, turn: Turn) -> None:
         if len(entry.turns) == entry.turns.maxlen:
-            gone = entry.turns[0]
-            entry.chars -= len(gone.content)
-            self._chars -= len(gone.content)
+            gone = len(entry.turns[0].content) + self._turn_overhead
+            entry.size -= gone
+            self._size -= gone
         entry.turns.append(turn)
-        entry.chars += len(turn.content)
-        self._chars += len(turn.content)
+        added = len(turn.content) + self._turn_overhead
+        entry.size += added
+        self._size += added
 
     def _evict(self) -> None:
-        while self._chars > self._max_chars and self._entries:
+        while self._size > self._max_bytes and self._entries:
             _, entry = self._entries.popitem(last=False)
-            self._chars -= entry.chars
+            self._size -= entry.size
 
 
 def _newer(held: TurnHeader, read: TurnHeader) -> bool:

@@ -186,7 +186,7 @@ def test_a_snapshot_fits_only_the_question_right_after_it_under_its_revision() -
 
 
 def test_the_copy_follows_appends_and_drops_what_it_cannot_vouch_for() -> None:
-    cache = TurnCache(window=3, max_chars=1000)
+    cache = TurnCache(window=3, max_bytes=10_000)
     cache.put(SESSION, Snapshot(header(2), (turn(1), turn(2))), ADA)
 
     cache.appended(SESSION, turn(3, "q", key="k"), 0, BOB)
@@ -205,7 +205,7 @@ def test_the_copy_follows_appends_and_drops_what_it_cannot_vouch_for() -> None:
 
 
 def test_a_slower_read_does_not_replace_a_newer_copy() -> None:
-    cache = TurnCache(window=10, max_chars=1000)
+    cache = TurnCache(window=10, max_bytes=10_000)
     cache.put(SESSION, Snapshot(header(5, revision=1), (turn(5),)), ADA)
 
     cache.put(SESSION, Snapshot(header(3, revision=1), (turn(3),)), BOB)
@@ -214,8 +214,9 @@ def test_a_slower_read_does_not_replace_a_newer_copy() -> None:
     assert held is not None and held.header.last_seq == 5
 
 
-def test_the_copy_is_bounded_in_characters_least_recently_used_first() -> None:
-    cache = TurnCache(window=10, max_chars=25)
+def test_the_copy_is_bounded_in_size_least_recently_used_first() -> None:
+    # Each turn costs its text plus a fixed allowance for the objects holding it.
+    cache = TurnCache(window=10, max_bytes=250, turn_overhead=100)
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     cache.put(first, Snapshot(header(1), (turn(1, "a" * 10),)), ADA)
     cache.put(second, Snapshot(header(1), (turn(1, "b" * 10),)), ADA)
@@ -225,17 +226,17 @@ def test_the_copy_is_bounded_in_characters_least_recently_used_first() -> None:
 
     assert cache.get(second, ADA) is None
     assert cache.get(first, ADA) is not None and cache.get(third, ADA) is not None
-    assert cache.chars == 20 and len(cache) == 2
+    assert cache.size == 220 and len(cache) == 2
 
 
 def test_a_zero_budget_keeps_nothing() -> None:
-    cache = TurnCache(window=10, max_chars=0)
+    cache = TurnCache(window=10, max_bytes=0)
     cache.put(SESSION, Snapshot(header(1), (turn(1),)), ADA)
     assert cache.get(SESSION, ADA) is None and len(cache) == 0
 
 
 def test_a_message_heard_from_another_node_extends_the_copy_under_its_own_revision() -> None:
-    cache = TurnCache(window=10, max_chars=1000)
+    cache = TurnCache(window=10, max_bytes=10_000)
     cache.put(SESSION, Snapshot(header(2, revision=4), (turn(2),)), ADA)
 
     cache.appended(SESSION, turn(3), None, None)
