@@ -124,6 +124,9 @@ class ConnectionHandler:
         self.conn.send(encode(reply))
         if fresh:
             self.hub.finish_join(self.conn, sid, last_seq)
+            generations = self.container.extras.get("generations")
+            if generations is not None:
+                generations.warm(session_id, uuid.UUID(self.conn.user_id))
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])

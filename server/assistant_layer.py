@@ -84,6 +84,7 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     stack.push_async_callback(assistant.drain, container.settings.drain_timeout_s)
     container.messages.assistant = assistant
     container.messages.turns = context.turns
+    container.sessions.access_changed = context.turns.drop
     hub.on_released = remember_stored_messages(context.turns)
     container.extras.update(
         llm=provider, generations=assistant, assistant=assistant, sse=SSEStreamer(container, hub)

@@ -129,6 +129,11 @@ class Assistant:
         )
         return PendingReply(generation)
 
+    def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
+        """A member joined the session on this node: read its history for the copy
+        in the background, off the path of their first question."""
+        self._in_background(self._context.warm(session_id, member_id))
+
     async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
         """Stop a generation wherever it runs; ``not_found`` if none is running."""
         running = await self._hub.stream_log.running(session_id)

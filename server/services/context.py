@@ -88,6 +88,7 @@ class ContextAssembler:
         self.turns = TurnCache(
             window=HISTORY_WINDOW, max_bytes=settings.context_cache_mb * 1_000_000
         )
+        self._warming: set[uuid.UUID] = set()
 
     async def window_for(self, model: str) -> int:
         if self._settings.llm_context_length:
@@ -212,6 +213,25 @@ class ContextAssembler:
             for turn in snapshot.turns
             if turn.id != current_id and (seq is None or turn.seq < seq)
         ]
+
+    async def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
+        """Read a session's history into this node's copy (``member_id``, a checked
+        member, just joined it here), so that their first question starts from it.
+        Once per session while the copy lasts, however many members join."""
+        if self.turns.admit(session_id, member_id) or session_id in self._warming:
+            return
+        self._warming.add(session_id)
+        try:
+            snapshot = await self._read_history(session_id, member_id, uuid.uuid4(), None)
+        except ParleyError:
+            return  # gone or left since the join, or the database is down
+        except Exception:
+            log.exception("reading session %s for this node's copy failed", session_id)
+            return
+        finally:
+            self._warming.discard(session_id)
+        if snapshot.header.status != "closed":
+            self.turns.put(session_id, snapshot, member_id)
 
     async def _read_history(
         self,

@@ -43,6 +43,9 @@ class SessionService:
     def __init__(self, database: Database, *, idle_expiry_s: int) -> None:
         self._db = database
         self._idle_expiry = timedelta(seconds=idle_expiry_s)
+        # Told when a session closes or loses a member here, so that this node's copy
+        # of its turns does not start an answer that the store will refuse.
+        self.access_changed: Callable[[uuid.UUID], None] | None = None
 
     async def create(
         self, principal: Principal, *, title: str, model: str | None, system_prompt: str | None
@@ -105,6 +108,8 @@ class SessionService:
                 session, chat.id, status="closed", closed_at=utcnow()
             )
         assert updated is not None
+        if self.access_changed is not None:
+            self.access_changed(chat.id)
         return session_to_wire(updated)
 
     async def restore(self, principal: Principal, session_id: uuid.UUID) -> dict[str, Any]:
@@ -170,6 +175,8 @@ class SessionService:
                 session_id=session_id,
                 details={"user_id": str(user_id)},
             )
+        if self.access_changed is not None:
+            self.access_changed(session_id)
 
     async def history(
         self,

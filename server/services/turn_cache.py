@@ -82,6 +82,14 @@ class TurnCache:
         self._entries.move_to_end(session_id)
         return Snapshot(entry.header, tuple(entry.turns))
 
+    def admit(self, session_id: uuid.UUID, member_id: uuid.UUID) -> bool:
+        """Let ``member_id`` (checked by the caller) use the copy; False if there is none."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return False
+        entry.members.add(member_id)
+        return True
+
     def put(self, session_id: uuid.UUID, snapshot: Snapshot, member_id: uuid.UUID) -> None:
         """Keep what a database read returned (``member_id`` was checked by it)."""
         if self._max_bytes <= 0:

@@ -8,6 +8,7 @@ on the request the model finally answered and on what the room saw.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from db.repositories.messages import Turn, TurnHeader
 from server.services.turn_cache import Snapshot, TurnCache
 from tests.context.answers import Answers, StartAnswers
 from tests.fakes.openrouter import fake_openrouter
+from tests.wsclient import WSClient
 
 __all__ = ["fake_openrouter"]
 
@@ -51,11 +53,12 @@ async def test_a_follow_up_is_started_from_the_copy_with_the_whole_history(
     ada = await answers.user()
     session_id = await answers.session(ada)
     first = await answers.ask(ada, session_id, "My cat is called Tom.")
+    reads_before = len(history_reads)  # the join's, and the first question's if it won
 
     await answers.ask(ada, session_id, "What is my cat called?")
 
     assert contents(answers) == ["My cat is called Tom.", first.text, "What is my cat called?"]
-    assert history_reads == [uuid.UUID(session_id)]  # the first question only
+    assert len(history_reads) == reads_before >= 1
     assert len(answers.streamed_requests()) == 2
     assert rereads(answers) == 0
 
@@ -245,3 +248,25 @@ def test_a_message_heard_from_another_node_extends_the_copy_under_its_own_revisi
     assert held is not None and held.header.last_seq == 3
     assert held.header.history_revision == 4  # the next store checks it
     assert not held.fits(4, 5) and held.fits(4, 4)
+
+
+async def test_a_member_who_joins_has_their_first_question_start_from_the_copy(
+    answers: Answers, history_reads: list[uuid.UUID]
+) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    client, _ = await WSClient.connect(answers.server.ws_url, ada.access_token)
+    answers.sockets[ada.id] = client
+    await client.request({"type": "join", "session_id": session_id})
+    answers.joined.add((ada.id, session_id))
+    for _ in range(100):  # the join reads the history in the background
+        if history_reads:
+            break
+        await asyncio.sleep(0.02)
+    assert history_reads == [uuid.UUID(session_id)]  # read on joining, before any question
+
+    await answers.ask(ada, session_id, "First question.")
+
+    assert history_reads == [uuid.UUID(session_id)]  # the join's read only
+    assert contents(answers) == ["First question."]
+    assert rereads(answers) == 0
