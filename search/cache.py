@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
+
+from cachetools import TLRUCache
 
 from server.errors import Unavailable
 
@@ -48,31 +49,21 @@ class MemorySearchCache:
     def __init__(
         self, max_entries: int = 512, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # Values are (ttl_s, bytes): each entry lives ttl_s from its set.
+        self._entries: TLRUCache[str, tuple[int, bytes]] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _key, value, now: now + value[0], timer=clock
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires_at, value = entry
-        if self._clock() >= expires_at:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
+        return entry[1] if entry is not None else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        if ttl_s <= 0:
-            return
-        self._entries[key] = (self._clock() + ttl_s, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        if ttl_s > 0:
+            self._entries[key] = (ttl_s, value)
 
 
 class RedisSearchCache:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
+
+from cachetools import TTLCache
 
 from db.repositories.users import Caller
 
@@ -29,10 +30,10 @@ class CallerCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._clock = clock
-        # user_id -> (expires at, row); the order is least recently used first.
-        self._entries: OrderedDict[uuid.UUID, tuple[float, Caller]] = OrderedDict()
+        # Least recently used out first when full; an entry expires ttl_s after its put.
+        self._entries: TTLCache[uuid.UUID, Caller] = TTLCache(
+            maxsize=max_entries, ttl=max(ttl_s, 0.001), timer=clock
+        )
         # Counts drops. A read that started before a drop may carry the row from before
         # the change; ``put`` refuses it so that it cannot outlive the drop.
         self._generation = 0
@@ -50,23 +51,11 @@ class CallerCache:
         return len(self._entries)
 
     def get(self, user_id: uuid.UUID) -> Caller | None:
-        entry = self._entries.get(user_id)
-        if entry is None:
-            return None
-        expires_at, caller = entry
-        if expires_at <= self._clock():
-            del self._entries[user_id]
-            return None
-        self._entries.move_to_end(user_id)
-        return caller
+        return self._entries.get(user_id)
 
     def put(self, user_id: uuid.UUID, caller: Caller, generation: int) -> None:
-        if not self.enabled or generation != self._generation:
-            return
-        self._entries[user_id] = (self._clock() + self.ttl_s, caller)
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        if self.enabled and generation == self._generation:
+            self._entries[user_id] = caller
 
     def drop(self, user_id: uuid.UUID) -> None:
         self._generation += 1
