@@ -102,8 +102,13 @@ def remember_stored_messages(turns: TurnCache) -> Callable[[Envelope], None]:
     def on_released(env: Envelope) -> None:
         if env.seq is None or env.kind not in (kinds.MESSAGE, kinds.STREAM):
             return
+        session_id = uuid.UUID(env.session_id)
+        # Most releases need no decoding: the message is this node's own (the copy has
+        # it), or the session has no copy here.
+        if not turns.expects(session_id, env.seq):
+            return
         message = orjson.loads(env.frame).get("message")
         if message:
-            turns.appended(uuid.UUID(env.session_id), turn_of(message), None, None)
+            turns.appended(session_id, turn_of(message), None, None)
 
     return on_released

@@ -105,6 +105,18 @@ class TurnCache:
         self._entries[session_id] = entry
         self._evict()
 
+    def expects(self, session_id: uuid.UUID, seq: int) -> bool:
+        """Whether the message stored as ``seq`` is the next one the copy lacks (worth
+        decoding to pass to ``appended``). A copy that missed messages before it is
+        dropped here; one that holds it already, or no copy, needs nothing."""
+        entry = self._entries.get(session_id)
+        if entry is None or entry.header.last_seq >= seq:
+            return False
+        if entry.header.last_seq < seq - 1:
+            self.drop(session_id)
+            return False
+        return True
+
     def appended(
         self,
         session_id: uuid.UUID,

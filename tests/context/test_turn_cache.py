@@ -241,6 +241,8 @@ def test_a_zero_budget_keeps_nothing() -> None:
 def test_a_message_heard_from_another_node_extends_the_copy_under_its_own_revision() -> None:
     cache = TurnCache(window=10, max_bytes=10_000)
     cache.put(SESSION, Snapshot(header(2, revision=4), (turn(2),)), ADA)
+    assert not cache.expects(SESSION, 2) and not cache.expects(uuid.uuid4(), 3)
+    assert cache.expects(SESSION, 3)
 
     cache.appended(SESSION, turn(3), None, None)
 
@@ -270,3 +272,12 @@ async def test_a_member_who_joins_has_their_first_question_start_from_the_copy(
     assert history_reads == [uuid.UUID(session_id)]  # the join's read only
     assert contents(answers) == ["First question."]
     assert rereads(answers) == 0
+
+
+def test_a_message_after_a_gap_drops_the_copy_without_being_read() -> None:
+    cache = TurnCache(window=10, max_bytes=10_000)
+    cache.put(SESSION, Snapshot(header(2), (turn(2),)), ADA)
+
+    assert not cache.expects(SESSION, 4)  # 3 was stored where this node did not hear it
+
+    assert cache.get(SESSION, ADA) is None
