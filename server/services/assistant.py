@@ -225,9 +225,10 @@ class Assistant:
             else:
                 # The history was read (or copied) before the question had its seq, and
                 # something else came in between: ask again on the history as stored.
+                # The room has seen this answer's statuses up to "generating" already.
                 self._metrics.context_rereads.inc()
                 await asked.close()
-                asked = await self._ask(generation, announcements, result)
+                asked = await self._ask(generation, announcements, result, again=True)
             try:
                 _take(await asked.first, publisher, result)
             except StopAsyncIteration:
@@ -238,15 +239,21 @@ class Assistant:
             await asked.close()
 
     async def _ask(
-        self, generation: Generation, announcements: _Announcements, result: _Result
+        self,
+        generation: Generation,
+        announcements: _Announcements,
+        result: _Result,
+        *,
+        again: bool = False,
     ) -> _Asked:
-        """Build the context for the question and send the upstream request."""
+        """Build the context for the question and send the upstream request; ``again``
+        builds it without announcing its stages a second time."""
         context = await self._context.assemble(
             uuid.UUID(generation.session_id),
             uuid.UUID(generation.user_id),
             generation.reply_to,
             force_search=generation.force_search,
-            status=announcements.status,
+            status=_unannounced if again else announcements.status,
         )
         result.messages = context.messages
         request = ChatRequest(
@@ -442,6 +449,10 @@ class _Announcements:
     async def settled(self) -> None:
         """Wait until everything announced so far is out (or failed)."""
         await asyncio.wait([self._last])
+
+
+async def _unannounced(stage: str, detail: str | None) -> None:
+    """The stages of a context built again: the room heard them the first time."""
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -37,7 +37,7 @@ from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from server.config import Settings
 from server.errors import Conflict, NotFound, ParleyError
 from server.services.search_tool import stream_with_search, unavailable_detail
-from server.services.turn_cache import Snapshot, TurnCache
+from server.services.turn_cache import Snapshot, TurnCache, header_fits
 
 log = logging.getLogger("parley.context")
 
@@ -70,7 +70,7 @@ class TurnContext:
         """Whether the history this was built on is exactly what came before the
         question, now that its store said where it landed (``Snapshot.fits``)."""
         basis = self.read_before_store
-        return basis is None or Snapshot(basis, ()).fits(question_seq, revision)
+        return basis is None or header_fits(basis, question_seq, revision)
 
 
 class ContextAssembler:

@@ -24,6 +24,14 @@ from dataclasses import dataclass, field
 from db.repositories.messages import Turn, TurnHeader
 
 
+def header_fits(header: TurnHeader, question_seq: int, revision: int) -> bool:
+    """Whether history read as of ``header`` is exactly the history before the question
+    stored as ``question_seq`` under ``revision``: nothing else came in between. (A
+    read that already saw the question itself fits too: turns skip it by id.)"""
+    last = header.last_seq
+    return header.history_revision == revision and last in (question_seq - 1, question_seq)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A session's header and its newest turns up to ``header.last_seq``, oldest first."""
@@ -32,11 +40,7 @@ class Snapshot:
     turns: tuple[Turn, ...]
 
     def fits(self, question_seq: int, revision: int) -> bool:
-        """Whether this is exactly the history before the question stored as
-        ``question_seq`` under ``revision``: nothing else came in between. (A read that
-        already saw the question itself fits too: turns skip the question by id.)"""
-        last = self.header.last_seq
-        return self.header.history_revision == revision and last in (question_seq - 1, question_seq)
+        return header_fits(self.header, question_seq, revision)
 
     def holds_key(self, client_msg_id: str, other_than: uuid.UUID) -> bool:
         return any(t.client_msg_id == client_msg_id and t.id != other_than for t in self.turns)

@@ -17,7 +17,7 @@ import pytest
 from db.repositories import messages as messages_repo
 from db.repositories.messages import Turn, TurnHeader
 from server.services.turn_cache import Snapshot, TurnCache
-from tests.context.answers import Answers, StartAnswers
+from tests.context.answers import Answers, StartAnswers, stages
 from tests.fakes.openrouter import fake_openrouter
 from tests.wsclient import WSClient
 
@@ -93,6 +93,32 @@ async def test_a_message_stored_by_another_node_is_in_the_answer(
     assert [f["type"] for f in client.seen].count("stream.start") == 2
     assert streamed.end is not None and streamed.end["message"]["content"] == streamed.text
     assert [d["index"] for d in streamed.deltas] == list(range(len(streamed.deltas)))
+
+
+async def test_an_answer_asked_again_announces_its_stages_once(
+    answers: Answers, start_answers: StartAnswers
+) -> None:
+    ada = await answers.user()
+    session_id = await answers.session(ada)
+    document = {"title": "Handbook", "content": "The Zorblax reactor runs at 451 kelvin."}
+    uploaded = await answers.http.post(
+        f"/v1/sessions/{session_id}/documents", json=document, headers=ada.headers
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    await answers.ask(ada, session_id, "Hello.")
+    async with start_answers() as other_node:
+        posted = await other_node.http.post(
+            f"/v1/sessions/{session_id}/messages",
+            json={"content": "Unrelated.", "reply": "none"},
+            headers=ada.headers,
+        )
+        assert posted.status_code == 201, posted.text
+
+        streamed = await answers.ask(ada, session_id, "How hot does the Zorblax reactor run?")
+
+    assert rereads(answers) == 1
+    assert stages(streamed) == ["retrieving", "generating"]
+    assert "451 kelvin" in answers.system()
 
 
 async def test_a_deleted_message_leaves_the_next_request(answers: Answers) -> None:
