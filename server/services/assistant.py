@@ -132,7 +132,8 @@ class Assistant:
     def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
         """A member joined the session on this node: read its history for the copy
         in the background, off the path of their first question."""
-        self._in_background(self._context.warm(session_id, member_id))
+        if self._context.needs_warming(session_id, member_id):
+            self._in_background(self._context.warm(session_id, member_id))
 
     async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
         """Stop a generation wherever it runs; ``not_found`` if none is running."""

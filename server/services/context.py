@@ -214,13 +214,18 @@ class ContextAssembler:
             if turn.id != current_id and (seq is None or turn.seq < seq)
         ]
 
-    async def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
-        """Read a session's history into this node's copy (``member_id``, a checked
-        member, just joined it here), so that their first question starts from it.
-        Once per session while the copy lasts, however many members join."""
+    def needs_warming(self, session_id: uuid.UUID, member_id: uuid.UUID) -> bool:
+        """``member_id``, a checked member, just joined the session here: True when its
+        history should be read for this node's copy (then call ``warm``). Once per
+        session while the copy lasts, however many members join."""
         if self.turns.admit(session_id, member_id) or session_id in self._warming:
-            return
+            return False
         self._warming.add(session_id)
+        return True
+
+    async def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
+        """Read a session's history into this node's copy, so that the first question
+        after a join starts from it (after ``needs_warming`` said so)."""
         try:
             snapshot = await self._read_history(session_id, member_id, uuid.uuid4(), None)
         except ParleyError:
