@@ -18,8 +18,7 @@ from realtime.envelope import Envelope
 from server.container import Container
 from server.services.assistant import Assistant
 from server.services.context import ContextAssembler
-from server.services.messages import turn_of
-from server.services.turn_cache import TurnCache
+from server.services.turn_cache import TurnCache, turn_of
 from server.sse import SSEStreamer
 
 

@@ -33,7 +33,7 @@ from server.errors import NotFound, ParleyError
 from server.metrics import Metrics
 from server.services.accounts import Principal
 from server.services.context import ContextAssembler, TurnContext
-from server.services.messages import turn_of
+from server.services.turn_cache import turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")

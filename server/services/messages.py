@@ -14,10 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
-from db.repositories.messages import Turn
 from server.errors import BadRequest, Conflict, NotFound
 from server.services.accounts import Principal
-from server.services.turn_cache import TurnCache
+from server.services.turn_cache import TurnCache, turn_of
 from server.services.wire import message_to_wire
 
 ReplyMode = Literal["auto", "none"]
@@ -195,14 +194,3 @@ def _replayed(existing: Any, text: str) -> dict[str, Any]:
     if existing.content != text:
         raise Conflict("client_msg_id was already used with different content")
     return message_to_wire(existing)
-
-
-def turn_of(message: dict[str, Any]) -> Turn:
-    """The context's view of a stored message (its wire form)."""
-    return Turn(
-        uuid.UUID(message["id"]),
-        message["seq"],
-        message["role"],
-        message["content"],
-        message.get("client_msg_id"),
-    )

@@ -20,8 +20,20 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from db.repositories.messages import Turn, TurnHeader
+
+
+def turn_of(message: dict[str, Any]) -> Turn:
+    """A stored message's wire form as the copy keeps it."""
+    return Turn(
+        uuid.UUID(message["id"]),
+        message["seq"],
+        message["role"],
+        message["content"],
+        message.get("client_msg_id"),
+    )
 
 
 def header_fits(header: TurnHeader, question_seq: int, revision: int) -> bool:
