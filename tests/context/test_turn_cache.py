@@ -17,6 +17,7 @@ import pytest
 from db.repositories import messages as messages_repo
 from db.repositories.messages import Turn, TurnHeader
 from server.services.turn_cache import Snapshot, TurnCache
+from tests.conftest import TestUser
 from tests.context.answers import Answers, StartAnswers, stages
 from tests.fakes.openrouter import fake_openrouter
 from tests.wsclient import WSClient
@@ -36,6 +37,28 @@ def history_reads(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
 
     monkeypatch.setattr(messages_repo, "recent_turns", counted)
     return reads
+
+
+async def post_on_another_node(
+    start_answers: StartAnswers, user: TestUser, session_id: str, content: str
+) -> None:
+    """Store a message through a second app on the same database, with a bus of its
+    own: this node does not hear of it."""
+    async with start_answers() as other_node:
+        posted = await other_node.http.post(
+            f"/v1/sessions/{session_id}/messages",
+            json={"content": content, "reply": "none"},
+            headers=user.headers,
+        )
+        assert posted.status_code == 201, posted.text
+
+
+async def upload_handbook(answers: Answers, user: TestUser, session_id: str) -> None:
+    document = {"title": "Handbook", "content": "The Zorblax reactor runs at 451 kelvin."}
+    uploaded = await answers.http.post(
+        f"/v1/sessions/{session_id}/documents", json=document, headers=user.headers
+    )
+    assert uploaded.status_code == 201, uploaded.text
 
 
 def contents(answers: Answers) -> list[str]:
@@ -69,15 +92,9 @@ async def test_a_message_stored_by_another_node_is_in_the_answer(
     ada = await answers.user()
     session_id = await answers.session(ada)
     first = await answers.ask(ada, session_id, "Remember the colour blue.")
-    async with start_answers() as other_node:
-        posted = await other_node.http.post(
-            f"/v1/sessions/{session_id}/messages",
-            json={"content": "Also remember green.", "reply": "none"},
-            headers=ada.headers,
-        )
-        assert posted.status_code == 201, posted.text
+    await post_on_another_node(start_answers, ada, session_id, "Also remember green.")
 
-        streamed = await answers.ask(ada, session_id, "Which colours?")
+    streamed = await answers.ask(ada, session_id, "Which colours?")
 
     assert contents(answers) == [
         "Remember the colour blue.",
@@ -100,21 +117,11 @@ async def test_an_answer_asked_again_announces_its_stages_once(
 ) -> None:
     ada = await answers.user()
     session_id = await answers.session(ada)
-    document = {"title": "Handbook", "content": "The Zorblax reactor runs at 451 kelvin."}
-    uploaded = await answers.http.post(
-        f"/v1/sessions/{session_id}/documents", json=document, headers=ada.headers
-    )
-    assert uploaded.status_code == 201, uploaded.text
+    await upload_handbook(answers, ada, session_id)
     await answers.ask(ada, session_id, "Hello.")
-    async with start_answers() as other_node:
-        posted = await other_node.http.post(
-            f"/v1/sessions/{session_id}/messages",
-            json={"content": "Unrelated.", "reply": "none"},
-            headers=ada.headers,
-        )
-        assert posted.status_code == 201, posted.text
+    await post_on_another_node(start_answers, ada, session_id, "Unrelated.")
 
-        streamed = await answers.ask(ada, session_id, "How hot does the Zorblax reactor run?")
+    streamed = await answers.ask(ada, session_id, "How hot does the Zorblax reactor run?")
 
     assert rereads(answers) == 1
     assert stages(streamed) == ["retrieving", "generating"]
@@ -160,11 +167,7 @@ async def test_a_document_uploaded_after_the_copy_was_made_is_retrieved(
     ada = await answers.user()
     session_id = await answers.session(ada)
     await answers.ask(ada, session_id, "Hello.")  # the copy: nothing to retrieve from
-    document = {"title": "Handbook", "content": "The Zorblax reactor runs at 451 kelvin."}
-    uploaded = await answers.http.post(
-        f"/v1/sessions/{session_id}/documents", json=document, headers=ada.headers
-    )
-    assert uploaded.status_code == 201, uploaded.text
+    await upload_handbook(answers, ada, session_id)
 
     await answers.ask(ada, session_id, "How hot does the Zorblax reactor run?")
 
