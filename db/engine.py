@@ -39,8 +39,12 @@ class Database:
         self._read_sessions = async_sessionmaker(
             self.engine.execution_options(parley_read_only=True), expire_on_commit=False
         )
+        # One statement, atomic on its own: PostgreSQL's autocommit; on SQLite the
+        # connection is in autocommit already (see below) and this skips our BEGIN.
+        single = {"isolation_level": "AUTOCOMMIT"} if self.dialect == "postgresql" else {}
         self._autocommit_sessions = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+            self.engine.execution_options(parley_single_statement=True, **single),
+            expire_on_commit=False,
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
@@ -59,13 +63,19 @@ class Database:
             yield session
 
     def single_statement(self) -> AbstractAsyncContextManager[AsyncSession]:
-        """For a unit of work that is one statement on PostgreSQL (atomic on its own):
-        autocommit there, which saves the BEGIN and COMMIT round trips; a transaction
-        as ``transaction()`` on SQLite. Anything run after that statement in the block
-        is not part of it."""
+        """For a unit of work that is one statement (atomic on its own): no BEGIN or
+        COMMIT around it, which saves their round trips on PostgreSQL and their trips
+        to aiosqlite's thread on SQLite, where it still queues behind this process's
+        other writers. Each statement run in the block is its own transaction."""
         if self._writers is not None:
-            return self._queued_write()
+            return self._queued_single_statement()
         return _unit_of_work(self._autocommit_sessions)
+
+    @asynccontextmanager
+    async def _queued_single_statement(self) -> AsyncIterator[AsyncSession]:
+        assert self._writers is not None
+        async with self._writers, _unit_of_work(self._autocommit_sessions) as session:
+            yield session
 
     def read(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A transaction for reads only: on SQLite it does not take the write lock, so
@@ -109,7 +119,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     to write, and one fails at once with "database is locked" (the busy handler is not
     consulted for that upgrade). Taking the write lock at BEGIN makes writers queue on
     the busy timeout instead; WAL keeps readers from blocking on them. Transactions
-    from ``Database.read`` only read, so they begin deferred and never wait for the lock.
+    from ``Database.read`` only read, so they begin deferred and never wait for the lock;
+    those from ``Database.single_statement`` are SQLite's own, one statement long.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -124,5 +135,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        read_only = conn.get_execution_options().get("parley_read_only", False)
+        options = conn.get_execution_options()
+        if options.get("parley_single_statement", False):
+            return  # ``Database.single_statement``: SQLite's own statement transaction
+        read_only = options.get("parley_read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

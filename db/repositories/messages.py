@@ -106,16 +106,18 @@ _NEXT_SEQ = (
     .values(last_seq=ChatSession.last_seq + 1, last_activity_at=bindparam("now"))
     .returning(ChatSession.last_seq, ChatSession.model, ChatSession.history_revision)
 )
+# A member may write into a session that is not closed.
+_MEMBER_MAY_WRITE = (
+    ChatSession.id == bindparam("sid"),
+    ChatSession.status != "closed",
+    exists().where(
+        SessionMember.session_id == ChatSession.id,
+        SessionMember.user_id == bindparam("uid"),
+    ),
+)
 _NEXT_SEQ_FOR_MEMBER = (
     update(ChatSession)
-    .where(
-        ChatSession.id == bindparam("sid"),
-        ChatSession.status != "closed",
-        exists().where(
-            SessionMember.session_id == ChatSession.id,
-            SessionMember.user_id == bindparam("uid"),
-        ),
-    )
+    .where(*_MEMBER_MAY_WRITE)
     .values(
         last_seq=ChatSession.last_seq + 1,
         last_activity_at=bindparam("now"),
@@ -168,13 +170,39 @@ def _at_once(next_seq: Any) -> Any:
     )
 
 
+def _at_once_sqlite() -> Any:
+    """SQLite, a member's message: the insert takes ``last_seq + 1`` from the session
+    row it checks, and migration 0004's trigger records that seq on the session, so it
+    is one statement too. No row when the session is closed or the user not a member."""
+    table = Message.__table__
+    source = select(
+        *(bindparam(f"v_{name}", type_=table.c[name].type) for name in _INSERTED_COLUMNS),
+        ChatSession.last_seq + 1,
+        bindparam("now", type_=table.c.created_at.type),
+    ).where(*_MEMBER_MAY_WRITE)
+
+    def of_session(column: Any) -> Any:
+        return select(column).where(ChatSession.id == bindparam("sid")).scalar_subquery()
+
+    return (
+        insert(Message)
+        .from_select([*_INSERTED_COLUMNS, "seq", "created_at"], source)
+        .returning(
+            Message.seq, of_session(ChatSession.model), of_session(ChatSession.history_revision)
+        )
+    )
+
+
 class _Appends(NamedTuple):
-    bump: Any  # the seq bump alone; the insert follows it (SQLite)
-    at_once: Any  # the bump and the insert in one statement (PostgreSQL)
+    bump: Any  # the seq bump alone; the insert follows it
+    at_once: dict[str, Any]  # per dialect: the bump and the insert in one statement
 
 
-_BY_ANYONE = _Appends(_NEXT_SEQ, _at_once(_NEXT_SEQ))
-_BY_MEMBER = _Appends(_NEXT_SEQ_FOR_MEMBER, _at_once(_NEXT_SEQ_FOR_MEMBER))
+_BY_ANYONE = _Appends(_NEXT_SEQ, {"postgresql": _at_once(_NEXT_SEQ)})
+_BY_MEMBER = _Appends(
+    _NEXT_SEQ_FOR_MEMBER,
+    {"postgresql": _at_once(_NEXT_SEQ_FOR_MEMBER), "sqlite": _at_once_sqlite()},
+)
 
 
 async def _append(
@@ -183,25 +211,24 @@ async def _append(
     """Take the next seq (None if the bump matched no session), then insert.
 
     Prebuilt Core statements: every message, and every answer's first token, waits on
-    them, and the ORM's unit of work would about double their cost. On PostgreSQL the
-    two are one statement; SQLite has no data-modifying CTEs, and is in-process anyway.
+    them, and the ORM's unit of work would about double their cost. A member's message
+    is one statement on both back ends (see ``Database.single_statement``); an
+    assistant's answer on SQLite is the bump, then the insert, in its transaction.
     """
     now = utcnow()
     connection = await session.connection()
     row = {name: None for name in _INSERTED_COLUMNS} | values | {"created_at": now}
-    at_once = connection.dialect.name == "postgresql"
-    if at_once:
+    at_once = appends.at_once.get(connection.dialect.name)
+    if at_once is not None:
         inserted = {f"v_{name}": row[name] for name in _INSERTED_COLUMNS}
-        bumped = (
-            await connection.execute(appends.at_once, {**params, **inserted, "now": now})
-        ).first()
+        bumped = (await connection.execute(at_once, {**params, **inserted, "now": now})).first()
     else:
         bumped = (await connection.execute(appends.bump, {**params, "now": now})).first()
     if bumped is None:
         return None
     seq, session_model, revision = bumped
     row["seq"] = seq
-    if not at_once:
+    if at_once is None:
         await connection.execute(insert(Message), row)
     return Appended(Message(**row), session_model, revision)
 

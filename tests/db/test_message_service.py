@@ -7,14 +7,15 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from db import migrate
 from db.engine import Database
 from db.models import Message
+from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
-from server.errors import Conflict
+from server.errors import Conflict, NotFound
 from server.services.accounts import Principal
 from server.services.messages import MessageService
 
@@ -111,3 +112,67 @@ async def test_a_repeated_client_msg_id_takes_no_seq(posting: Any) -> None:
 
     assert again.created is False and again.message["seq"] == first.message["seq"] == 1
     assert second.message["seq"] == 2
+
+
+async def test_a_members_message_is_stored_by_one_statement(posting: Any) -> None:
+    # Every answer's first token waits on this store: no BEGIN, no COMMIT, no second
+    # statement on either back end (SQLite's trigger records the seq on the session).
+    database, service, _, principal, session_id = posting
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        posted = await service.post(principal, session_id, content="one trip")
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+
+    assert len(statements) == 1, statements
+    async with database.read() as db:
+        chat = await sessions_repo.get_session(db, session_id)
+    assert chat is not None and chat.last_seq == posted.message["seq"] == 1
+
+
+async def test_a_message_revives_an_expired_session_and_a_stranger_stores_nothing(
+    posting: Any,
+) -> None:
+    database, service, _, principal, session_id = posting
+    await service.post(principal, session_id, content="before it expired")
+    async with database.transaction() as db:
+        await sessions_repo.update_session(db, session_id, status="expired")
+        stranger = await users_repo.create_user(
+            db, email=f"{uuid.uuid4().hex}@example.com", name="Eve", password_hash=None
+        )
+
+    posted = await service.post(principal, session_id, content="back again")
+    eve = Principal(user_id=stranger.id, name="Eve", role="user", expires_at=None)
+    with pytest.raises(NotFound):
+        await service.post(eve, session_id, content="let me in")
+
+    async with database.read() as db:
+        chat = await sessions_repo.get_session(db, session_id)
+    assert chat is not None
+    assert chat.status == "active"
+    assert chat.last_seq == posted.message["seq"] == 2
+    assert await stored_count(database, session_id) == 2
+
+
+async def test_an_answer_stored_in_an_expired_session_leaves_it_expired(posting: Any) -> None:
+    # Only a member's message brings a session back; the assistant's answer that
+    # finishes after the session expired takes the next seq and nothing more.
+    database, service, _, principal, session_id = posting
+    await service.post(principal, session_id, content="question")
+    async with database.transaction() as db:
+        await sessions_repo.update_session(db, session_id, status="expired")
+    async with database.transaction() as db:
+        answer = await messages_repo.append_message(
+            db, session_id=session_id, role="assistant", user_id=None, content="answer"
+        )
+
+    async with database.read() as db:
+        chat = await sessions_repo.get_session(db, session_id)
+    assert chat is not None
+    assert chat.status == "expired"
+    assert chat.last_seq == answer.message.seq == 2
