@@ -29,7 +29,8 @@ class Database:
         if self.dialect == "postgresql":
             kwargs |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
         else:
-            kwargs |= {"connect_args": {"timeout": 30}}
+            # Reset by ``_configure_sqlite``'s listener, only when a transaction is open.
+            kwargs |= {"connect_args": {"timeout": 30}, "pool_reset_on_return": None}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
@@ -132,6 +133,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+        # The pool rolls back every connection it gets back, and on aiosqlite that is a
+        # trip to the driver's thread after every commit. SQLite says for itself
+        # whether a transaction is open (our connections are in autocommit mode and
+        # every transaction BEGINs explicitly), so roll back only then.
+        if dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

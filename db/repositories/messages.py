@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, case, exists, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ChatSession, Chunk, Message, SessionMember, Summary
+from db.one_trip import OneTripStatement
 from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
 
@@ -201,7 +202,10 @@ class _Appends(NamedTuple):
 _BY_ANYONE = _Appends(_NEXT_SEQ, {"postgresql": _at_once(_NEXT_SEQ)})
 _BY_MEMBER = _Appends(
     _NEXT_SEQ_FOR_MEMBER,
-    {"postgresql": _at_once(_NEXT_SEQ_FOR_MEMBER), "sqlite": _at_once_sqlite()},
+    {
+        "postgresql": _at_once(_NEXT_SEQ_FOR_MEMBER),
+        "sqlite": OneTripStatement(_at_once_sqlite()),
+    },
 )
 
 
@@ -221,7 +225,11 @@ async def _append(
     at_once = appends.at_once.get(connection.dialect.name)
     if at_once is not None:
         inserted = {f"v_{name}": row[name] for name in _INSERTED_COLUMNS}
-        bumped = (await connection.execute(at_once, {**params, **inserted, "now": now})).first()
+        arguments = {**params, **inserted, "now": now}
+        if isinstance(at_once, OneTripStatement):
+            bumped = next(iter(await at_once.fetch(connection, arguments)), None)
+        else:
+            bumped = (await connection.execute(at_once, arguments)).first()
     else:
         bumped = (await connection.execute(appends.bump, {**params, "now": now})).first()
     if bumped is None:

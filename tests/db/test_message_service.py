@@ -3,7 +3,9 @@ always answered, an unstored one never is (both databases)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -118,21 +120,42 @@ async def test_a_members_message_is_stored_by_one_statement(posting: Any) -> Non
     # Every answer's first token waits on this store: no BEGIN, no COMMIT, no second
     # statement on either back end (SQLite's trigger records the seq on the session).
     database, service, _, principal, session_id = posting
+    await service.post(principal, session_id, content="the pool has a connection now")
+
+    async with statements_sent(database) as statements:
+        posted = await service.post(principal, session_id, content="one trip")
+
+    # (SQLite's trace names a statement with RETURNING again for each step it runs.)
+    assert len(set(statements)) == 1 and "INSERT INTO messages" in statements[0], statements
+    async with database.read() as db:
+        chat = await sessions_repo.get_session(db, session_id)
+    assert chat is not None and chat.last_seq == posted.message["seq"] == 2
+
+
+@contextlib.asynccontextmanager
+async def statements_sent(database: Database) -> AsyncIterator[list[str]]:
+    """The SQL statements the database receives meanwhile (not those a trigger runs)."""
     statements: list[str] = []
+    if database.dialect == "sqlite":
+        # The store talks to aiosqlite directly: ask SQLite itself. The test's posts
+        # are sequential, so the pool's one connection serves them all.
+        async with database.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+        await driver.set_trace_callback(statements.append)
+        try:
+            yield statements
+        finally:
+            await driver.set_trace_callback(None)
+        return
 
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", record)
     try:
-        posted = await service.post(principal, session_id, content="one trip")
+        yield statements
     finally:
         event.remove(database.engine.sync_engine, "before_cursor_execute", record)
-
-    assert len(statements) == 1, statements
-    async with database.read() as db:
-        chat = await sessions_repo.get_session(db, session_id)
-    assert chat is not None and chat.last_seq == posted.message["seq"] == 1
 
 
 async def test_a_message_revives_an_expired_session_and_a_stranger_stores_nothing(
