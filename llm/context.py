@@ -43,7 +43,6 @@ from typing import Any
 from llm.tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_REPLY_PRIMER,
-    count_messages,
     count_text,
     truncate_text,
 )
@@ -173,10 +172,18 @@ def build_context(
     drop_oldest_turns(0)
     trim("memory")
 
+    current_cost = _turn_cost(current)
+
+    def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+        # What ``count_messages`` would say, without counting every turn again: only
+        # the system message is more than the sum of its parts.
+        system = TOKENS_PER_MESSAGE + count_text(messages[0]["content"])
+        return TOKENS_REPLY_PRIMER + system + sum(turn_costs) + current_cost
+
     messages = _assemble(fixed_text, sections, note, turns, current)
     # The sum of parts can differ from the real count by a token or two per join;
     # the ceiling is checked on the real thing, removing in the same order.
-    while count_messages(messages) > limit:
+    while prompt_tokens(messages) > limit:
         if turns:
             turns.pop(0)
             dropped["turns"] += turn_costs.pop(0) - TOKENS_PER_MESSAGE
@@ -186,7 +193,7 @@ def build_context(
                 raise TooLarge("the message is too long for this model's context window")
             dropped[left[0]] += sections[left[0]].trim_to(sections[left[0]].cost() - 8)
         messages = _assemble(fixed_text, sections, note, turns, current)
-    return BuiltContext(messages, count_messages(messages), dropped)
+    return BuiltContext(messages, prompt_tokens(messages), dropped)
 
 
 def _assemble(
