@@ -5,6 +5,7 @@ The same rules serve the WebSocket ``message`` frame and ``POST …/messages``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -118,6 +119,10 @@ class MessageService:
                 principal, session_id, question, force_search=force_search
             )
         try:
+            if answer is not None:
+                # Let the answer put its request on the wire before the store's own
+                # work takes the loop: the upstream is the longer wait of the two.
+                await asyncio.sleep(0)
             stored, created, model, revision = await self._store(
                 principal, session_id, text, idempotency_key, message_id
             )
