@@ -25,8 +25,11 @@ import asyncio
 import gc
 import json
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,6 @@ from bench._common import (
     server_env,
     write_section,
 )
-from tests.fakes.openrouter import Fast, serve_fake_openrouter
 
 TITLE = "## Assistant streaming (issue 4)"
 RESULTS = ROOT / "bench" / "results" / "streaming.json"
@@ -130,6 +132,30 @@ async def direct_round(http: httpx.AsyncClient, base_url: str) -> tuple[float, f
     raise AssertionError("the upstream stream ended without [DONE]")
 
 
+class Upstream:
+    """``bench.fake_upstream``, running."""
+
+    def __init__(self, port: int) -> None:
+        self.base_url = f"http://127.0.0.1:{port}/api/v1"
+        self._control = f"http://127.0.0.1:{port}/_bench/fast"
+
+    async def fast(self, http: httpx.AsyncClient, tokens: int) -> None:
+        (await http.post(self._control, json={"tokens": tokens})).raise_for_status()
+
+
+@asynccontextmanager
+async def fake_upstream() -> AsyncIterator[Upstream]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.fake_upstream", cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        yield Upstream(int(await process.stdout.readline()))
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 def pct(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000
 
@@ -137,76 +163,75 @@ def pct(samples: list[float], q: int) -> float:
 async def run(
     rounds: int, tokens: int, members: int, workdir: Path, database: str
 ) -> dict[str, Any]:
-    with serve_fake_openrouter() as fake:
-        fake.default = Fast(TTFT_TOKENS)
-        async with fresh_database(database, workdir) as url:
-            room = await seed_room(url, members)
-            env = server_env(
-                url,
-                None,
-                OPENROUTER_API_KEY="bench-key",
-                OPENROUTER_BASE_URL=fake.base_url,
-                LLM_MODEL=MODEL,
-                MESSAGES_PER_WINDOW="1000000",
-            )
-            server = ServerNode("stream", env, workdir)
-            await server.start()
-            sockets: list[ClientConnection] = []
-            try:
-                async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as http:
-                    asker = await ws_member(server.ws_url, room.tokens[0], room.session_id)
-                    sockets.append(asker)
-                    sid, token = room.session_id, room.tokens[0]
-                    ttft: dict[str, list[float]] = {"direct": [], "ws": [], "sse": []}
-                    for _ in range(3):  # warm: connections, caches, the model catalogue
-                        await direct_round(http, fake.base_url)
-                        await ws_round(asker, [], sid)
-                        await sse_round(http, token, sid)
-                        await read_stream(asker)
-                    # The clients and the fake share this process: a full collection of
-                    # its heap (up to 100 ms) would be charged to whichever path it hit.
-                    gc.collect()
-                    gc.freeze()
-                    for _ in range(rounds):
-                        sent, first, _, _ = await direct_round(http, fake.base_url)
-                        ttft["direct"].append(first - sent)
-                        sent, ((first, _, _),) = await ws_round(asker, [], sid)
-                        ttft["ws"].append(first - sent)
-                        sent, first, _, _ = await sse_round(http, token, sid)
-                        ttft["sse"].append(first - sent)
-                        await read_stream(asker)  # the asker is a member: it saw that one too
+    async with fake_upstream() as fake, fresh_database(database, workdir) as url:
+        room = await seed_room(url, members)
+        env = server_env(
+            url,
+            None,
+            OPENROUTER_API_KEY="bench-key",
+            OPENROUTER_BASE_URL=fake.base_url,
+            LLM_MODEL=MODEL,
+            MESSAGES_PER_WINDOW="1000000",
+        )
+        server = ServerNode("stream", env, workdir)
+        await server.start()
+        sockets: list[ClientConnection] = []
+        try:
+            async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as http:
+                await fake.fast(http, TTFT_TOKENS)
+                asker = await ws_member(server.ws_url, room.tokens[0], room.session_id)
+                sockets.append(asker)
+                sid, token = room.session_id, room.tokens[0]
+                ttft: dict[str, list[float]] = {"direct": [], "ws": [], "sse": []}
+                for _ in range(3):  # warm: connections, caches, the model catalogue
+                    await direct_round(http, fake.base_url)
+                    await ws_round(asker, [], sid)
+                    await sse_round(http, token, sid)
+                    await read_stream(asker)
+                # A full collection of this process's heap (up to 100 ms) would be
+                # charged to whichever path it hit.
+                gc.collect()
+                gc.freeze()
+                for _ in range(rounds):
+                    sent, first, _, _ = await direct_round(http, fake.base_url)
+                    ttft["direct"].append(first - sent)
+                    sent, ((first, _, _),) = await ws_round(asker, [], sid)
+                    ttft["ws"].append(first - sent)
+                    sent, first, _, _ = await sse_round(http, token, sid)
+                    ttft["sse"].append(first - sent)
+                    await read_stream(asker)  # the asker is a member: it saw that one too
 
-                    fake.default = Fast(tokens)
-                    # Several generations per receiver, interleaved with direct reads:
-                    # one generation is a fraction of a second, so one sample is noise.
-                    rates: dict[str, dict[str, Any]] = {
-                        key: {"samples": []} for key in ("direct", "ws_1", "sse_1")
-                    }
-                    for _ in range(RELAY_REPEATS):
-                        sent, first, end, chars = await direct_round(http, fake.base_url)
-                        rates["direct"]["samples"].append(chars / 4 / (end - first))
-                        sent, ((first, end, chars),) = await ws_round(asker, [], sid)
-                        rates["ws_1"]["samples"].append(chars / 4 / (end - first))
-                        sent, first, end, chars = await sse_round(http, token, sid)
-                        rates["sse_1"]["samples"].append(chars / 4 / (end - first))
-                        await read_stream(asker)
-                    for index in range(1, members):
-                        sockets.append(
-                            await ws_member(server.ws_url, room.tokens[index], room.session_id)
-                        )
-                    many = rates[f"ws_{members}"] = {"samples": []}
-                    for _ in range(RELAY_REPEATS):
-                        sent, first, end, chars = await direct_round(http, fake.base_url)
-                        rates["direct"]["samples"].append(chars / 4 / (end - first))
-                        sent, results = await ws_round(asker, sockets[1:], sid)
-                        start = min(r[0] for r in results)
-                        slowest = max(r[1] for r in results)
-                        assert all(r[2] == tokens * 4 for r in results), "a member missed text"
-                        many["samples"].append(tokens / (slowest - start))
-            finally:
-                for ws in sockets:
-                    await ws.close()
-                server.stop()
+                await fake.fast(http, tokens)
+                # Several generations per receiver, interleaved with direct reads:
+                # one generation is a fraction of a second, so one sample is noise.
+                rates: dict[str, dict[str, Any]] = {
+                    key: {"samples": []} for key in ("direct", "ws_1", "sse_1")
+                }
+                for _ in range(RELAY_REPEATS):
+                    sent, first, end, chars = await direct_round(http, fake.base_url)
+                    rates["direct"]["samples"].append(chars / 4 / (end - first))
+                    sent, ((first, end, chars),) = await ws_round(asker, [], sid)
+                    rates["ws_1"]["samples"].append(chars / 4 / (end - first))
+                    sent, first, end, chars = await sse_round(http, token, sid)
+                    rates["sse_1"]["samples"].append(chars / 4 / (end - first))
+                    await read_stream(asker)
+                for index in range(1, members):
+                    sockets.append(
+                        await ws_member(server.ws_url, room.tokens[index], room.session_id)
+                    )
+                many = rates[f"ws_{members}"] = {"samples": []}
+                for _ in range(RELAY_REPEATS):
+                    sent, first, end, chars = await direct_round(http, fake.base_url)
+                    rates["direct"]["samples"].append(chars / 4 / (end - first))
+                    sent, results = await ws_round(asker, sockets[1:], sid)
+                    start = min(r[0] for r in results)
+                    slowest = max(r[1] for r in results)
+                    assert all(r[2] == tokens * 4 for r in results), "a member missed text"
+                    many["samples"].append(tokens / (slowest - start))
+        finally:
+            for ws in sockets:
+                await ws.close()
+            server.stop()
     return {
         "database": database,
         "rounds": rounds,
@@ -226,8 +251,9 @@ def render(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}. Run {report['date']} with"
         f" `python -m bench.streaming --rounds {first['rounds']}"
         f" --tokens {first['tokens']} --members {first['members']}`: one `parley serve`"
-        " (memory bus) per database, a loopback fake OpenRouter (`Fast(n)`) in the"
-        " benchmark process, Python clients (httpx, websockets).",
+        " (memory bus) per database, a loopback fake OpenRouter (`Fast(n)`) in a process"
+        " of its own (`bench.fake_upstream`), Python clients (httpx, websockets) in the"
+        " benchmark's process.",
     ]
     return "\n".join(lines + [render_run(result) for result in report["runs"]])
 
