@@ -14,6 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from server.errors import Unauthorized
+from server.security import tokens as tokens_module
 from tests.conftest import TEST_JWT_SECRET, register_user
 from tests.rest.conftest import AppClient
 
@@ -141,3 +143,37 @@ async def test_an_external_rs256_token_is_accepted_and_creates_the_user_on_first
     assert first.json()["data"]["name"] == "Outsider"
     assert second.json()["data"] == first.json()["data"]
     assert forged.status_code == 401
+
+
+async def test_a_token_is_verified_once_and_refused_once_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = tokens_module.TokenService(
+        secret=TEST_JWT_SECRET, issuer="parley", audience="parley", access_ttl_s=60, leeway_s=5
+    )
+    token, _ = service.issue_access_token(uuid.uuid4(), role="user", name="Ada")
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        decoded.append(args[0])
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(tokens_module.jwt, "decode", counting_decode)
+    first = await service.verify(token)
+    again = await service.verify(token)
+    assert again == first and decoded == [token]
+
+    # Past its expiry and the leeway, for us and for PyJWT (which reads datetime.now).
+    later = first.expires_at.timestamp() + 6
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Later:
+            return cls.fromtimestamp(later, tz)
+
+    monkeypatch.setattr(tokens_module.time, "time", lambda: later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
+    with pytest.raises(Unauthorized, match="expired"):
+        await service.verify(token)
+    assert decoded == [token, token]
