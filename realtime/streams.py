@@ -38,6 +38,7 @@ class StreamPublisher:
         self._ready = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._flushing = False  # a frame is on its way to the log and the bus
         self.frames = 0  # deltas published so far: the next delta's index
         self.text_parts: list[str] = []
 
@@ -81,6 +82,16 @@ class StreamPublisher:
             self._buffer.append(text)
             self._ready.set()
 
+    async def flush_now(self) -> None:
+        """Publish what is buffered at once, ahead of the flusher, then let members'
+        writers send it. For an answer's first token: a fast upstream's first network
+        chunk holds many more, and reading them does not suspend, so the flusher would
+        run (and the first token go out) only after all of them were read."""
+        if self._flushing or self._flusher is None:
+            return  # a frame is in flight (it would overtake it) or nothing started
+        await self._flush()
+        await asyncio.sleep(0)
+
     async def _flush_loop(self) -> None:
         while True:
             await self._ready.wait()
@@ -105,14 +116,18 @@ class StreamPublisher:
             "index": index,
             "text": text,
         }
-        # The log first: a client resuming after seeing this delta must find it there.
+        self._flushing = True
         try:
-            await self._log.append(self.stream_id, index, text)
-        except ParleyError as exc:
-            # Without the log a resume may come up short, but the answer goes on and is
-            # stored whole at the end: never lose the generation over it.
-            log.warning("stream log append failed: %s", exc.message)
-        await self._hub.publish_stream(self.session_id, self.stream_id, frame, index=index)
+            # The log first: a client resuming after seeing this delta must find it there.
+            try:
+                await self._log.append(self.stream_id, index, text)
+            except ParleyError as exc:
+                # Without the log a resume may come up short, but the answer goes on and
+                # is stored whole at the end: never lose the generation over it.
+                log.warning("stream log append failed: %s", exc.message)
+            await self._hub.publish_stream(self.session_id, self.stream_id, frame, index=index)
+        finally:
+            self._flushing = False
 
     async def end(self, frame: dict[str, Any], seq: int | None) -> None:
         """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""

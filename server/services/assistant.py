@@ -234,6 +234,7 @@ class Assistant:
                 _take(await asked.first, publisher, result)
             except StopAsyncIteration:
                 return
+            await publisher.flush_now()
             async for event in asked.stream:
                 _take(event, publisher, result)
         finally:
