@@ -107,6 +107,7 @@ class ContextAssembler:
         *,
         force_search: bool,
         status: Status,
+        reading: Callable[[], None] = lambda: None,
     ) -> TurnContext:
         """The request for answering ``current``, asked by ``user_id``.
 
@@ -114,12 +115,21 @@ class ContextAssembler:
         the assistant reads the context while the message is stored, from this node's
         copy when it has one (``TurnContext.fits`` says afterwards whether that was
         right). Otherwise the session, its summary and whether it has anything to
-        retrieve from come in one query, the turns in a second.
+        retrieve from come in one query, the turns in a second; ``reading`` is called
+        first then, and ``status`` before each slow stage.
         """
         question = str(current["content"])
-        memory = asyncio.ensure_future(self._memory(user_id))
+        # While the question is being stored (no seq yet) the answer may start from
+        # this node's copy of the history.
+        copy = self.turns.get(session_id, user_id) if current.get("seq") is None else None
+        # What is remembered about the user is read beside the history when that is a
+        # database read; from the copy, it is read after it, so that nothing lets
+        # other work (the question's store) take the loop before the request leaves.
+        if copy is None:
+            reading()  # tells the caller the request will not leave soon
+        memory = None if copy is not None else asyncio.ensure_future(self._memory(user_id))
         try:
-            header, recent = await self._history(session_id, user_id, current)
+            header, recent = await self._history(session_id, user_id, current, copy)
             model = header.model or self._settings.llm_model
             fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
             window = await self.window_for(model)
@@ -157,9 +167,10 @@ class ContextAssembler:
                 await self._passages(session_id, question, covers, status) if has_passages else ""
             )
             tools = await self._tools_for(model, force_search)
-            memory_items = await memory
+            memory_items = await memory if memory is not None else await self._memory(user_id)
         finally:
-            memory.cancel()
+            if memory is not None:
+                memory.cancel()
         search_text, search_note, searched = await self._search(
             question, force_search or (tools is None and _rule(current)), status
         )
@@ -186,15 +197,20 @@ class ContextAssembler:
         )
 
     async def _history(
-        self, session_id: uuid.UUID, user_id: uuid.UUID, current: dict[str, Any]
+        self,
+        session_id: uuid.UUID,
+        user_id: uuid.UUID,
+        current: dict[str, Any],
+        copy: Snapshot | None,
     ) -> tuple[TurnHeader, list[Turn]]:
-        """The session (the asker must be a member) and the turns before ``current``."""
+        """The session (the asker must be a member) and the turns before ``current``,
+        from ``copy`` (this node's, taken while ``current`` has no seq) or the database."""
         current_id = uuid.UUID(str(current["id"]))
         seq: int | None = current.get("seq")
         # While the question is being stored (no seq yet), a retry of one stored before
         # must not ask the model again: the header (or the copy) says if its key is taken.
         retry_key = current.get("client_msg_id") if seq is None else None
-        snapshot = self.turns.get(session_id, user_id) if seq is None else None
+        snapshot = copy
         if snapshot is None:
             snapshot = await self._read_history(session_id, user_id, current_id, retry_key)
             if snapshot.header.status == "closed":
