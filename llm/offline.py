@@ -76,6 +76,8 @@ class OfflineProvider:
         self._context_length = context_length
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        if request.on_sent is not None:
+            request.on_sent()  # nothing to send: the answer is composed right here
         reply = compose_reply(request.messages)
         finish: Any = "stop"
         if request.max_tokens is not None and count_text(reply) > request.max_tokens:

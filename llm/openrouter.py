@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
@@ -139,6 +139,7 @@ class OpenRouterProvider:
                             content=orjson.dumps(body),
                             headers=dict(self._json_headers),
                             timeout=self._timeout,
+                            extensions=_sent_hook(request.on_sent),
                         )
                     )
                     response = source.response
@@ -396,6 +397,19 @@ class _StreamState:
             generation_id=self.generation_id,
             error=error,
         )
+
+
+def _sent_hook(on_sent: Callable[[], None] | None) -> dict[str, Any]:
+    """httpcore's ``trace`` extension, telling ``on_sent`` when the request's body is
+    written (httpx itself yields to the event loop several times before that)."""
+    if on_sent is None:
+        return {}
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_body.complete"):
+            on_sent()
+
+    return {"trace": trace}
 
 
 def _body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:

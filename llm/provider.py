@@ -18,7 +18,7 @@ Contract shared by every implementation (OpenRouter, offline, the resilient wrap
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -39,6 +39,9 @@ class ChatRequest:
     # Filled by the provider as it learns things about the call (``generation_id``),
     # so that a caller that cancels the stream can still look its usage up later.
     trace: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Called once the request is on its way to the model (written to the upstream, or
+    # the offline model started): its caller holds other work back until then.
+    on_sent: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")
 
+# The longest a question's store waits for its answer's request to leave (see
+# ``PendingReply.request_on_its_way``); it leaves within a few milliseconds.
+REQUEST_HEAD_START_S = 0.005
+
 
 @dataclass(eq=False)
 class Generation:
@@ -54,6 +58,12 @@ class Generation:
     # Resolved once the question is stored (``PendingReply.confirm``), cancelled if it
     # is not (``abandon``): nothing reaches the room before that.
     confirmed: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    # Resolved once the upstream request is on its way, or once it cannot be soon (the
+    # context needs a database read or a slow stage, or the generation ended): the
+    # question's store waits for it (``PendingReply.request_on_its_way``).
+    request_out: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     # ``stream.start`` and the statuses, published while the context is read.
@@ -172,7 +182,9 @@ class Assistant:
         try:
             try:
                 await self._generate(generation, publisher, result)
+                _resolve(generation.request_out)
             except asyncio.CancelledError:
+                _resolve(generation.request_out)
                 if generation.confirmed.cancelled():
                     return  # abandoned: the question was never stored
                 result.outcome = "cancelled" if not generation.draining else "error"
@@ -181,8 +193,10 @@ class Assistant:
                     error.code = "unavailable"
                     result.error = error
             except ParleyError as exc:
+                _resolve(generation.request_out)
                 result.outcome, result.error = "error", exc
             except Exception:
+                _resolve(generation.request_out)
                 log.exception("generation %s failed", generation.stream_id)
                 result.outcome, result.error = "error", ParleyError("the assistant failed")
             if not await _was_confirmed(generation):
@@ -250,12 +264,19 @@ class Assistant:
     ) -> _Asked:
         """Build the context for the question and send the upstream request; ``again``
         builds it without announcing its stages a second time."""
+        out = generation.request_out
+
+        async def status(stage: str, detail: str | None) -> None:
+            _resolve(out)  # a slow stage: the question's store waits no longer
+            await (_unannounced if again else announcements.status)(stage, detail)
+
         context = await self._context.assemble(
             uuid.UUID(generation.session_id),
             uuid.UUID(generation.user_id),
             generation.reply_to,
             force_search=generation.force_search,
-            status=_unannounced if again else announcements.status,
+            status=status,
+            reading=lambda: _resolve(out),
         )
         result.messages = context.messages
         request = ChatRequest(
@@ -264,6 +285,7 @@ class Assistant:
             max_tokens=self._settings.llm_reply_reserve_tokens,
             user=generation.user_id,
             trace=generation.trace,
+            on_sent=lambda: _resolve(out),
         )
         return _Asked(context, self._context.stream(request, context, announcements.status))
 
@@ -469,6 +491,14 @@ class PendingReply:
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
 
+    async def request_on_its_way(self) -> None:
+        """Wait until the answer's upstream request is written, so that storing the
+        question does not take the event loop first. httpx yields to the loop several
+        times before it writes; each time, the store's own work would have run ahead.
+        Not long: an answer that cannot send soon resolves this at once, and
+        ``REQUEST_HEAD_START_S`` bounds the rest."""
+        await asyncio.wait([self._generation.request_out], timeout=REQUEST_HEAD_START_S)
+
     def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str:
         """The question is stored and its frame sent: let the answer reach the room."""
         generation = self._generation
@@ -486,6 +516,11 @@ class PendingReply:
             generation.confirmed.cancel()
             if generation.task is not None:
                 generation.task.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _was_confirmed(generation: Generation) -> bool:

@@ -5,7 +5,6 @@ The same rules serve the WebSocket ``message`` frame and ``POST …/messages``.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -29,6 +28,8 @@ class MessageFanout(Protocol):
 
 
 class PendingAnswer(Protocol):
+    async def request_on_its_way(self) -> None: ...
+
     def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str: ...
 
     def abandon(self) -> None: ...
@@ -120,9 +121,8 @@ class MessageService:
             )
         try:
             if answer is not None:
-                # Let the answer put its request on the wire before the store's own
-                # work takes the loop: the upstream is the longer wait of the two.
-                await asyncio.sleep(0)
+                # The upstream is the longer wait of the two: its request leaves first.
+                await answer.request_on_its_way()
             stored, created, model, revision = await self._store(
                 principal, session_id, text, idempotency_key, message_id
             )

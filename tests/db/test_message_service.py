@@ -29,12 +29,16 @@ class RecordingAssistant:
         self.prepared: list[dict[str, Any]] = []
         self.confirmed: list[str] = []
         self.abandoned = 0
+        self.events: list[str] = []
 
     def prepare(
         self, principal: Principal, session_id: uuid.UUID, question: dict[str, Any], **_: Any
     ) -> RecordingAssistant:
         self.prepared.append(question)
         return self
+
+    async def request_on_its_way(self) -> None:
+        self.events.append("request sent")
 
     def confirm(self, stored: dict[str, Any], model: str | None, revision: int) -> str:
         self.confirmed.append(stored["id"])
@@ -199,3 +203,20 @@ async def test_an_answer_stored_in_an_expired_session_leaves_it_expired(posting:
     assert chat is not None
     assert chat.status == "expired"
     assert chat.last_seq == answer.message.seq == 2
+
+
+async def test_the_answers_request_leaves_before_the_question_is_stored(
+    posting: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, service, assistant, principal, session_id = posting
+    real_append = messages_repo.append_member_message
+
+    async def recorded_append(*args: Any, **kwargs: Any) -> Any:
+        assistant.events.append("stored")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(messages_repo, "append_member_message", recorded_append)
+    await service.post(principal, session_id, content="answer me")
+    await service.post(principal, session_id, content="no answer", reply="none")
+
+    assert assistant.events == ["request sent", "stored", "stored"]

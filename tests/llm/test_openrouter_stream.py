@@ -50,6 +50,30 @@ async def test_the_request_carries_the_key_attribution_and_stream_options(
     assert "temperature" not in sent.json
 
 
+async def test_the_caller_is_told_once_the_request_is_written_and_before_any_event(
+    fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
+) -> None:
+    # Hang: the request is written, and nothing comes back until the test stops it.
+    fake_openrouter.enqueue(Hang())
+    told = asyncio.Event()
+    request = ChatRequest(MODEL, [{"role": "user", "content": "hi"}], on_sent=told.set)
+    stream = make_provider(first_token_timeout_s=30).stream(request)
+    reading = asyncio.ensure_future(anext(stream))
+
+    await asyncio.wait_for(told.wait(), 5)
+
+    assert not reading.done()  # told before the response said anything
+    for _ in range(250):  # and what it was told of does reach the upstream
+        if fake_openrouter.chat_requests:
+            break
+        await asyncio.sleep(0.02)
+    arrived = fake_openrouter.chat_requests[0].json
+    assert arrived is not None and arrived["messages"] == request.messages
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    await stream.aclose()
+
+
 async def test_a_stream_cut_by_max_tokens_finishes_with_length(
     fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
 ) -> None:
