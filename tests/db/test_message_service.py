@@ -205,10 +205,10 @@ async def test_an_answer_stored_in_an_expired_session_leaves_it_expired(posting:
     assert chat.last_seq == answer.message.seq == 2
 
 
-async def test_the_answers_request_leaves_before_the_question_is_stored(
+async def test_on_sqlite_the_answers_request_leaves_before_the_question_is_stored(
     posting: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, service, assistant, principal, session_id = posting
+    database, service, assistant, principal, session_id = posting
     real_append = messages_repo.append_member_message
 
     async def recorded_append(*args: Any, **kwargs: Any) -> Any:
@@ -219,4 +219,7 @@ async def test_the_answers_request_leaves_before_the_question_is_stored(
     await service.post(principal, session_id, content="answer me")
     await service.post(principal, session_id, content="no answer", reply="none")
 
-    assert assistant.events == ["request sent", "stored", "stored"]
+    if database.dialect == "sqlite":
+        assert assistant.events == ["request sent", "stored", "stored"]
+    else:  # one round trip to PostgreSQL, started beside the request
+        assert assistant.events == ["stored", "stored"]
