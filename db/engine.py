@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,22 +19,35 @@ from sqlalchemy.ext.asyncio import (
 
 from server.errors import Unavailable
 
+# A pooled PostgreSQL connection idle this long is pinged before use (see
+# ``_ping_when_idle``).
+PING_AFTER_IDLE_S = 10.0
+
 
 class Database:
     """Owns the engine; ``transaction()`` is the unit of work every repository runs in."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        ping_after_idle_s: float = PING_AFTER_IDLE_S,
+    ) -> None:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
-            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
         else:
             # Reset by ``_configure_sqlite``'s listener, only when a transaction is open.
             kwargs |= {"connect_args": {"timeout": 30}, "pool_reset_on_return": None}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            _ping_when_idle(self.engine, ping_after_idle_s)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writers = asyncio.Lock() if self.dialect == "sqlite" else None
         # Same pool; its transactions start with a plain BEGIN on SQLite (see below).
@@ -111,6 +125,33 @@ def _is_connection_failure(exc: DBAPIError) -> bool:
     return bool(getattr(exc, "connection_invalidated", False)) or isinstance(
         exc.orig, ConnectionError | OSError
     )
+
+
+def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
+    """Check a pooled PostgreSQL connection before use only if it sat idle ``after_s``.
+
+    SQLAlchemy's ``pool_pre_ping`` checks every checkout, and on asyncpg its ping is
+    three round trips (BEGIN, an empty query, ROLLBACK): under load that was 1-2 ms in
+    front of every message's store. A connection in steady use is checked by its use:
+    if PostgreSQL restarted meanwhile, that request fails as ``unavailable`` and
+    SQLAlchemy drops the whole pool. One that sat idle (the likelier one to have been
+    cut by a restart, a proxy or a firewall) is pinged, and replaced if dead.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < after_s:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool discards this connection and checks out another.
+            raise DisconnectionError("a pooled connection did not answer") from exc
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
