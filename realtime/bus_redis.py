@@ -71,17 +71,22 @@ class RedisBus:
         self._connection_id: int | None = None
         self._healthy = False
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self._gap_tasks: set[asyncio.Task[None]] = set()
 
     # Lifecycle
 
     async def start(self) -> None:
+        self._closing = False
         await self._connect()
         self._healthy = True
         self._reader = asyncio.create_task(self._run(), name="redis-bus-reader")
 
     async def close(self) -> None:
         self._healthy = False
+        # The reader checks this too: redis-py can turn the cancellation of a read into
+        # a read timeout, which the reader would take for a lost connection.
+        self._closing = True
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -250,11 +255,15 @@ class RedisBus:
                 while True:
                     self._dispatch(await conn.read_response(timeout=None))
             except _redis.REDIS_ERRORS as exc:
+                if self._closing:
+                    return
                 log.warning("bus lost its redis connection: %s", exc)
             self._healthy = False
             await self._drop_connection()
             lost = frozenset(self._channels)
             await self._reconnect()
+            if self._closing:
+                return
             self._healthy = True
             # Only channels still wanted: those unsubscribed during the outage need no catch-up.
             gap = lost & frozenset(self._channels)
@@ -265,7 +274,7 @@ class RedisBus:
 
     async def _reconnect(self) -> None:
         delay = 0.0
-        while True:
+        while not self._closing:
             try:
                 await self._connect()
                 log.info("bus reconnected to redis")

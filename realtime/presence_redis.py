@@ -282,13 +282,18 @@ class RedisPresence:
             await self._unlock(keys=[lock], args=[owner])
         return changes
 
+    # Both loops also stop on ``_closed``: redis-py can turn their cancellation (by
+    # ``close``) into a Redis error, which they would log and go on from.
+
     async def _heartbeat_loop(self) -> None:
         interval = heartbeat_interval_s(self._ttl_s)
-        while True:
+        while not self._closed:
             await asyncio.sleep(interval)
             try:
                 changes = await self._call(self._beat(), "presence heartbeat")
             except ParleyError as exc:
+                if self._closed:
+                    return
                 log.warning("presence heartbeat failed: %s", exc)
                 continue
             if changes:
@@ -296,12 +301,14 @@ class RedisPresence:
 
     async def _reaper_loop(self) -> None:
         interval = reaper_interval_s(self._ttl_s)
-        while True:
+        while not self._closed:
             # Jitter keeps the nodes from all racing for the lock at once.
             await asyncio.sleep(interval * random.uniform(0.8, 1.0))
             try:
                 changes = await self._call(self.reap_once(), "presence reaper")
             except ParleyError as exc:
+                if self._closed:
+                    return
                 log.warning("presence reaper failed: %s", exc)
                 continue
             if changes:

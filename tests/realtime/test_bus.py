@@ -202,3 +202,30 @@ async def test_a_closed_redis_bus_refuses_to_publish(make_node) -> None:
     await node.close()
     with pytest.raises(Unavailable):
         await node.publish(ROOM, b"x")
+
+
+async def test_closing_a_redis_bus_ends_its_reader_even_when_redis_py_swallows_the_cancel(
+    make_node,  # type: ignore[no-untyped-def]
+) -> None:
+    # Seen in a rolling restart: the reader's cancellation came back out of redis-py as
+    # a read timeout, the reader took it for a lost connection and reconnected, and
+    # close(), waiting for the reader, hung the node's shutdown.
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    node = make_node(Inbox())
+    await node.start()
+    connection = node._conn
+    real_read = connection.read_response
+
+    async def read_turning_cancel_into_timeout(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await real_read(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise RedisTimeout("Timeout reading from 127.0.0.1:6379") from None
+
+    connection.read_response = read_turning_cancel_into_timeout
+    await asyncio.sleep(0.05)  # the reader is waiting in that read
+
+    await asyncio.wait_for(node.close(), 5)
+
+    assert not node.healthy

@@ -227,3 +227,30 @@ async def test_a_closed_redis_node_refuses_new_entries(make_redis_node) -> None:
     await node.close()
     with pytest.raises(Unavailable):
         await node.add(ROOM, "a1", "u1", "Ada")
+
+
+async def test_closing_redis_presence_stops_a_reaper_whose_cancel_came_back_as_an_error(
+    make_redis_node: Callable[..., RedisPresence],
+) -> None:
+    # Seen in a rolling restart: the reaper's cancellation came back out of redis-py
+    # as a Redis error, the reaper logged it and went on, and close() waited for it.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    node = make_redis_node("node-a", ttl_s=0.5)
+    reaping = asyncio.Event()
+
+    async def reap_turning_cancel_into_error() -> list[PresenceChange]:
+        reaping.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+        return []
+
+    node.reap_once = reap_turning_cancel_into_error  # type: ignore[method-assign]
+    await node.start()
+    await asyncio.wait_for(reaping.wait(), 5)
+
+    await asyncio.wait_for(node.close(), 5)
+
+    assert not node._tasks
