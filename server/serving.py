@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from server.config import Settings
 
@@ -124,7 +125,9 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         await self.writable.wait()
         if self.disconnected:
             raise ClientDisconnected()
-        if self.close_sent or not self.handshake_complete:
+        # Closing (either side sent a close frame) is not open either: websockets would
+        # raise its own InvalidState, which the writer does not expect.
+        if self.close_sent or not self.handshake_complete or self.conn.state is not State.OPEN:
             raise RuntimeError("the WebSocket is not open for sending")
         for text in texts:
             self.conn.send_text(text.encode())
