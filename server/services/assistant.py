@@ -182,9 +182,7 @@ class Assistant:
         try:
             try:
                 await self._generate(generation, publisher, result)
-                _resolve(generation.request_out)
             except asyncio.CancelledError:
-                _resolve(generation.request_out)
                 if generation.confirmed.cancelled():
                     return  # abandoned: the question was never stored
                 result.outcome = "cancelled" if not generation.draining else "error"
@@ -193,12 +191,13 @@ class Assistant:
                     error.code = "unavailable"
                     result.error = error
             except ParleyError as exc:
-                _resolve(generation.request_out)
                 result.outcome, result.error = "error", exc
             except Exception:
-                _resolve(generation.request_out)
                 log.exception("generation %s failed", generation.stream_id)
                 result.outcome, result.error = "error", ParleyError("the assistant failed")
+            finally:
+                # However it ended, the question's store waits for it no longer.
+                _resolve(generation.request_out)
             if not await _was_confirmed(generation):
                 return  # the question was never stored: there is nothing to answer
             # Shielded: a second cancel (shutdown) must not lose the stored answer.
