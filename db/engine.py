@@ -62,6 +62,12 @@ class Database:
             expire_on_commit=False,
         )
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the database's work runs in this process (SQLite: on the event loop
+        and aiosqlite's thread) rather than in a server of its own (PostgreSQL)."""
+        return self.dialect == "sqlite"
+
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         if self._writers is not None:

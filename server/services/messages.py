@@ -120,11 +120,11 @@ class MessageService:
                 principal, session_id, question, force_search=force_search
             )
         try:
-            if answer is not None and self._db.dialect == "sqlite":
+            if answer is not None and self._db.in_process:
                 # The upstream is the longer wait of the two: its request leaves first.
-                # On SQLite the store is work on this process's loop and aiosqlite's
-                # thread, which would delay the request; on PostgreSQL it is one round
-                # trip to another process, best started at once beside it.
+                # A store that runs in this process (SQLite) would delay the request;
+                # one that is a round trip to a database server is best started at
+                # once beside it (on PostgreSQL, waiting measured no better).
                 await answer.request_on_its_way()
             stored, created, model, revision = await self._store(
                 principal, session_id, text, idempotency_key, message_id
