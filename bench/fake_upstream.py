@@ -14,7 +14,6 @@ lock, and each slowed the other in a way no deployment would.
 from __future__ import annotations
 
 import socket
-import sys
 
 import uvicorn
 from starlette.requests import Request
@@ -40,9 +39,7 @@ def main() -> None:
     sock.listen(128)
     print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config(app, http="httptools", ws="none", lifespan="off", log_level="warning")
-    fake.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1"
     uvicorn.Server(config).run(sockets=[sock])
-    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ class _Compiled:
         self.sql = str(compiled)
         self._names: Sequence[str] = compiled.positiontup
         self._processors: dict[str, Callable[[Any], Any] | None] = {
-            name: bind.type.bind_processor(dialect) for name, bind in _binds(compiled)
+            # ``binds`` is keyed by each bind's rendered name, as ``positiontup`` is.
+            name: bind.type.bind_processor(dialect)
+            for name, bind in compiled.binds.items()
         }
 
     def arguments(self, params: dict[str, Any]) -> tuple[Any, ...]:
@@ -64,8 +66,3 @@ class _Compiled:
             process = self._processors[name]
             out.append(process(value) if process is not None and value is not None else value)
         return tuple(out)
-
-
-def _binds(compiled: SQLCompiler) -> list[tuple[str, Any]]:
-    # ``binds`` is keyed by the bind's name as rendered (``positiontup`` holds those).
-    return [(name, bind) for name, bind in compiled.binds.items()]
