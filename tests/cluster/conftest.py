@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -145,3 +145,24 @@ async def joined(node: Node, user: TestUser, session_id: str) -> WSClient:
 def upstream_of(fake: FakeOpenRouter) -> dict[str, str]:
     """Node settings that point the assistant at the loopback fake OpenRouter."""
     return {"openrouter_api_key": "sk-or-test", "openrouter_base_url": fake.base_url}
+
+
+class AnsweredRoom(NamedTuple):
+    """Two nodes asking the fake OpenRouter, and Ada and Bob in one room, one per node."""
+
+    node_a: Node
+    node_b: Node
+    session_id: str
+    ada_ws: WSClient
+    bob_ws: WSClient
+
+
+async def answered_room(
+    cluster: Callable[..., Any], fake: FakeOpenRouter, title: str
+) -> AnsweredRoom:
+    upstream = upstream_of(fake)
+    node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
+    ada, bob, session_id = await shared_room(node_a, title)
+    ada_ws = await joined(node_a, ada, session_id)
+    bob_ws = await joined(node_b, bob, session_id)
+    return AnsweredRoom(node_a, node_b, session_id, ada_ws, bob_ws)

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.conftest import Node, joined, shared_room, upstream_of
+from tests.cluster.conftest import Node, answered_room, joined, shared_room
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.wsclient import WSClient
 
@@ -76,12 +76,8 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
     cluster: Callable[..., Any],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
-    upstream = upstream_of(fake_openrouter)
-    node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
     fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
-    ada, bob, session_id = await shared_room(node_a, "cancel")
-    ada_ws = await joined(node_a, ada, session_id)
-    bob_ws = await joined(node_b, bob, session_id)
+    _, _, session_id, ada_ws, bob_ws = await answered_room(cluster, fake_openrouter, "cancel")
     try:
         ack = await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "talk for a long time"}
@@ -117,11 +113,9 @@ async def test_members_on_two_nodes_take_turns_and_every_answer_starts_from_the_
     # Each node's copy of recent turns hears the other node's questions and answers
     # over the bus, so no answer is asked twice (a copy that missed something would
     # be: its request dropped, the context read again).
-    upstream = upstream_of(fake_openrouter)
-    node_a, node_b = await cluster("a", **upstream), await cluster("b", **upstream)
-    ada, bob, session_id = await shared_room(node_a, "turns")
-    ada_ws = await joined(node_a, ada, session_id)
-    bob_ws = await joined(node_b, bob, session_id)
+    node_a, node_b, session_id, ada_ws, bob_ws = await answered_room(
+        cluster, fake_openrouter, "turns"
+    )
     try:
         turns = [(ada_ws, "Ada one"), (bob_ws, "Bob one"), (ada_ws, "Ada two"), (bob_ws, "Bob two")]
         for asker, content in turns:
