@@ -29,7 +29,9 @@ from typing import Any
 
 import httpx
 import orjson
-from httpx_sse import aconnect_sse
+
+# The decoders behind httpx-sse's aiter_sse, used a batch at a time (see _event_batches).
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from llm.catalog import ModelCatalog
 from llm.deadline import MovingDeadline
@@ -93,6 +95,11 @@ class OpenRouterProvider:
         # standard library, which took 0.45 ms for a 400-turn context in front of
         # every answer's first token (orjson: 0.03 ms).
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._stream_headers = {
+            **self._json_headers,
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-store",
+        }
         self._first_token_timeout_s = first_token_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._total_timeout_s = total_timeout_s
@@ -131,18 +138,16 @@ class OpenRouterProvider:
             try:
                 # The first-token deadline also covers connecting and the headers.
                 async with asyncio.timeout_at(deadline):
-                    source = await stack.enter_async_context(
-                        aconnect_sse(
-                            self._client,
+                    response = await stack.enter_async_context(
+                        self._client.stream(
                             "POST",
                             f"{self._base_url}/chat/completions",
                             content=orjson.dumps(body),
-                            headers=dict(self._json_headers),
+                            headers=self._stream_headers,
                             timeout=self._timeout,
                             extensions=_sent_hook(request.on_sent),
                         )
                     )
-                    response = source.response
                     if response.status_code != 200:
                         await response.aread()
                         raise status_error(response)
@@ -154,14 +159,17 @@ class OpenRouterProvider:
             state.generation_id = response.headers.get("x-generation-id")
             if request.trace is not None and state.generation_id:
                 request.trace["generation_id"] = state.generation_id
-            events = await stack.enter_async_context(aclosing(source.aiter_sse()))
+            if not _is_event_stream(response):
+                raise UpstreamUnavailable("the model answered with something other than a stream")
+            batches = await stack.enter_async_context(aclosing(_event_batches(response)))
             content_deadline = MovingDeadline(deadline)
             stack.callback(content_deadline.close)
-            while True:
+            done = False
+            while not done:
                 try:
                     content_deadline.read_started()
                     try:
-                        sse = await anext(events)
+                        batch = await anext(batches)
                     except BaseException as exc:
                         content_deadline.read_finished(exc)
                         raise
@@ -186,21 +194,30 @@ class OpenRouterProvider:
                     yield state.finished("error", error)
                     return
 
-                data = sse.data
-                if data == "[DONE]":
-                    break
+                # Everything that arrived in one read is one delta: per event, the hops
+                # through this generator and its callers were most of the relay's cost.
                 known_id = state.generation_id
-                events_now = state.feed(data)
+                texts: list[str] = []
+                content = False
+                for data in batch:
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    if text := state.feed(data):
+                        texts.append(text)
+                    content = content or state.content_at_last_feed
+                    if state.error is not None:
+                        break
                 if request.trace is not None and state.generation_id != known_id:
                     request.trace["generation_id"] = state.generation_id
-                for event in events_now:
-                    yield event
+                if texts:
+                    yield TextDelta("".join(texts))
                 if state.error is not None:
                     if not state.text_seen:
                         raise state.error
                     yield state.finished("error", state.error)
                     return
-                if state.content_at_last_feed:
+                if content:
                     deadline = min(loop.time() + self._idle_timeout_s, total_at)
                     content_deadline.extend(deadline)
 
@@ -311,17 +328,17 @@ class _StreamState:
         self.error: ParleyError | None = None
         self._calls: dict[int, dict[str, str]] = {}
 
-    def feed(self, data: str) -> list[ChatEvent]:
-        """The events in one SSE event's ``data``."""
+    def feed(self, data: str) -> str:
+        """The text in one SSE event's ``data`` (empty if none); notes everything else."""
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             log.debug("ignoring a non-JSON SSE event from OpenRouter")
             self.content_at_last_feed = False
-            return []
+            return ""
         if not isinstance(chunk, dict):
             self.content_at_last_feed = False
-            return []
+            return ""
         # Nearly every chunk is one choice carrying text and nothing else: at tens of
         # thousands a second, the general path below was a third of the relay's cost.
         choices = chunk.get("choices")
@@ -339,8 +356,8 @@ class _StreamState:
                 self.content_at_last_feed = bool(text)
                 if text:
                     self.text_seen = True
-                    return [TextDelta(text)]
-                return []
+                    return text
+                return ""
         self.content_at_last_feed = False
         if self.generation_id is None and isinstance(chunk.get("id"), str):
             self.generation_id = chunk["id"]
@@ -352,14 +369,14 @@ class _StreamState:
             )
         if isinstance(chunk.get("error"), dict):
             self.error = body_error(chunk["error"], mid_stream=True)
-            return []
-        events: list[ChatEvent] = []
+            return ""
+        texts: list[str] = []
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
                 self.text_seen = self.content_at_last_feed = True
-                events.append(TextDelta(text))
+                texts.append(text)
             for call in delta.get("tool_calls") or []:
                 self.content_at_last_feed = True
                 self._merge_call(call)
@@ -369,7 +386,7 @@ class _StreamState:
             elif reason:
                 self.finish_reason = _FINISH_REASONS.get(reason, "stop")
                 self.done_ok = True
-        return events
+        return "".join(texts)
 
     def _merge_call(self, call: dict[str, Any]) -> None:
         # Tool calls stream in pieces keyed by index: id and name first, then
@@ -397,6 +414,32 @@ class _StreamState:
             generation_id=self.generation_id,
             error=error,
         )
+
+
+async def _event_batches(response: httpx.Response) -> AsyncGenerator[list[str], None]:
+    """The ``data`` of the events in each piece of the body as it arrives, in order.
+
+    httpx-sse's own decoders split the lines and assemble the events (comments are
+    dropped there); its ``aiter_sse`` would hand them over one at a time, through two
+    generators per line.
+    """
+    lines = SSELineDecoder()
+    events = SSEDecoder()
+    async for text in response.aiter_text():
+        batch = [
+            sse.data for line in lines.decode(text) if (sse := events.decode(line)) is not None
+        ]
+        if batch:
+            yield batch
+    # An event the body ended in the middle of is dropped, as the SSE standard says.
+    tail = [sse.data for line in lines.flush() if (sse := events.decode(line)) is not None]
+    if tail:
+        yield tail
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "")
+    return "text/event-stream" in content_type.partition(";")[0]
 
 
 def _sent_hook(on_sent: Callable[[], None] | None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ Contract shared by every implementation (OpenRouter, offline, the resilient wrap
   the caller may retry or fall back: nothing has been shown to anyone yet.
 - A failure *after* text has flowed is not raised: the stream ends with
   ``StreamFinished(finish_reason="error", error=...)`` so the partial reply is kept.
+- Text that arrives together may come as one ``TextDelta``; text is never held back
+  to wait for more.
 - ``stream()`` returns an async generator; closing it (``aclose()``) or cancelling the
   task iterating it closes the upstream HTTP response at once, which is what stops
   the upstream model (and its billing).

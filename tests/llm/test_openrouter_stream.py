@@ -10,7 +10,7 @@ import pytest
 from llm.openrouter import _StreamState
 from llm.provider import ChatRequest, StreamFinished, TextDelta, ToolCall, Usage
 from server.errors import BadRequest, Unavailable
-from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError, MidStreamError, Stream
+from tests.fakes.openrouter import FakeOpenRouter, Fast, Hang, HttpError, MidStreamError, Stream
 from tests.llm.conftest import MakeProvider
 
 MODEL = "openai/gpt-4o-mini"
@@ -26,13 +26,31 @@ async def test_a_stream_yields_the_tokens_then_usage_from_the_final_chunk(
 ) -> None:
     fake_openrouter.enqueue(Stream(["Hel", "lo", " there"]))
     events = await collect(make_provider())
-    assert events[:-1] == [TextDelta("Hel"), TextDelta("lo"), TextDelta(" there")]
+    assert all(isinstance(event, TextDelta) for event in events[:-1])
+    assert "".join(event.text for event in events[:-1]) == "Hello there"
     end = events[-1]
     assert isinstance(end, StreamFinished)
     assert end.finish_reason == "stop"
     assert end.model == MODEL
     assert end.usage is not None and end.usage.completion_tokens == 2
     assert end.generation_id == "gen-fake-1"
+
+
+async def test_text_that_arrives_together_is_one_delta_and_text_apart_is_not_held(
+    fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
+) -> None:
+    # Fast writes 200 events in one write; Stream leaves 50 ms between its tokens.
+    fake_openrouter.enqueue(Fast(200))
+    fake_openrouter.enqueue(Stream(["a", "b", "c"], delay_s=0.05))
+    provider = make_provider()
+
+    burst = await collect(provider)
+    apart = await collect(provider)
+
+    assert "".join(event.text for event in burst[:-1]) == "tok " * 200
+    assert len(burst) - 1 < 10
+    assert apart[:-1] == [TextDelta("a"), TextDelta("b"), TextDelta("c")]
+    assert burst[-1].finish_reason == apart[-1].finish_reason == "stop"
 
 
 async def test_the_request_carries_the_key_attribution_and_stream_options(
@@ -145,7 +163,8 @@ async def test_an_error_chunk_after_text_ends_the_stream_with_error(
 ) -> None:
     fake_openrouter.enqueue(MidStreamError(["Par", "tial"]))
     events = await collect(make_provider())
-    assert events[:2] == [TextDelta("Par"), TextDelta("tial")]
+    assert all(isinstance(event, TextDelta) for event in events[:-1])
+    assert "".join(event.text for event in events[:-1]) == "Partial"
     end = events[-1]
     assert end.finish_reason == "error"
     assert isinstance(end.error, Unavailable)
@@ -289,6 +308,6 @@ def test_text_chunks_read_the_same_on_the_common_and_the_general_path() -> None:
     last = state.feed(orjson.dumps(chunk).decode())
     empty = state.feed(orjson.dumps({"id": "gen-1", "choices": [{"delta": {}}]}).decode())
 
-    assert first == plain == last == [TextDelta("a")]
-    assert empty == [] and not state.content_at_last_feed
+    assert first == plain == last == "a"
+    assert empty == "" and not state.content_at_last_feed
     assert state.generation_id == "gen-1" and state.finish_reason == "stop" and state.text_seen
