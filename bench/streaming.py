@@ -92,7 +92,7 @@ async def sse_round(
     http: httpx.AsyncClient, token: str, sid: str
 ) -> tuple[float, float, float, int]:
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-    first = 0.0
+    first = end = 0.0
     chars = 0
     event = ""
     sent = time.perf_counter()
@@ -100,6 +100,8 @@ async def sse_round(
         "POST", f"/v1/sessions/{sid}/messages", json={"content": "go"}, headers=headers
     ) as response:
         assert response.status_code == 201, await response.aread()
+        # Read to the body's end, as an SSE client does: leaving earlier would close
+        # the connection, and the next round would pay for a new one.
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 event = line[7:]
@@ -108,28 +110,31 @@ async def sse_round(
                     first = time.perf_counter()
                 chars += len(orjson.loads(line[6:])["text"])
             elif line.startswith("data: ") and event == "stream.end":
-                return sent, first, time.perf_counter(), chars
-    raise AssertionError("the SSE response ended without stream.end")
+                end = time.perf_counter()
+    assert end, "the SSE response ended without stream.end"
+    return sent, first, end, chars
 
 
 async def direct_round(http: httpx.AsyncClient, base_url: str) -> tuple[float, float, float, int]:
     body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "go"}]}
-    first = 0.0
+    first = end = 0.0
     chars = 0
     sent = time.perf_counter()
     async with http.stream("POST", base_url + "/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
+        async for line in response.aiter_lines():  # to the body's end, as sse_round
             if not line.startswith("data: "):
                 continue
             if line == "data: [DONE]":
-                return sent, first, time.perf_counter(), chars
+                end = time.perf_counter()
+                continue
             choices = orjson.loads(line[6:]).get("choices") or []
             text = choices[0]["delta"].get("content") if choices else None
             if text:
                 if not first:
                     first = time.perf_counter()
                 chars += len(text)
-    raise AssertionError("the upstream stream ended without [DONE]")
+    assert end, "the upstream stream ended without [DONE]"
+    return sent, first, end, chars
 
 
 class Upstream:

@@ -22,6 +22,7 @@ read (``llm.deadline.MovingDeadline``), whatever else arrives on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing
@@ -55,6 +56,9 @@ from llm.provider import (
 from server.errors import ParleyError
 
 log = logging.getLogger(__name__)
+
+# How long to wait, after ``[DONE]``, for the body's end so the connection can be kept.
+END_OF_BODY_WAIT_S = 0.1
 
 _FINISH_REASONS: Mapping[str, FinishReason] = {
     "stop": "stop",
@@ -220,6 +224,8 @@ class OpenRouterProvider:
                 if content:
                     deadline = min(loop.time() + self._idle_timeout_s, total_at)
                     content_deadline.extend(deadline)
+            if done:
+                await _read_to_the_end(batches)
 
             for call in state.tool_calls():
                 yield call
@@ -435,6 +441,18 @@ async def _event_batches(response: httpx.Response) -> AsyncGenerator[list[str], 
     tail = [sse.data for line in lines.flush() if (sse := events.decode(line)) is not None]
     if tail:
         yield tail
+
+
+async def _read_to_the_end(batches: AsyncGenerator[list[str], None]) -> None:
+    """Reads what follows ``[DONE]``: the end of the body, normally already here.
+
+    A response closed before its body ended takes its connection down with it, and the
+    next answer would wait for a new connection (and, to OpenRouter, a TLS handshake).
+    """
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(END_OF_BODY_WAIT_S):
+            async for _ in batches:
+                pass
 
 
 def _is_event_stream(response: httpx.Response) -> bool:

@@ -97,6 +97,8 @@ class RecordedRequest:
     headers: dict[str, str]
     json: dict[str, Any] | None
     query: dict[str, str] = field(default_factory=dict)
+    # The caller's (host, port): requests on one kept-alive connection share it.
+    peer: tuple[str, int] | None = None
 
 
 class FakeOpenRouter:
@@ -172,7 +174,9 @@ class FakeOpenRouter:
         )
         with self._lock:
             self.requests.append(
-                RecordedRequest(scope["method"], scope["path"], headers, body, query)
+                RecordedRequest(
+                    scope["method"], scope["path"], headers, body, query, tuple(scope["client"])
+                )
             )
 
     async def _models(self, request: Request) -> Response:

@@ -53,6 +53,20 @@ async def test_text_that_arrives_together_is_one_delta_and_text_apart_is_not_hel
     assert burst[-1].finish_reason == apart[-1].finish_reason == "stop"
 
 
+async def test_answers_one_after_another_share_one_connection(
+    fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
+) -> None:
+    # The stream ends at [DONE]; the body's end follows it. Closing the response
+    # before reading that would close the connection too.
+    provider = make_provider()
+    for _ in range(3):
+        events = await collect(provider)
+        assert events[-1].finish_reason == "stop"
+
+    peers = {request.peer for request in fake_openrouter.chat_requests}
+    assert len(fake_openrouter.chat_requests) == 3 and len(peers) == 1
+
+
 async def test_the_request_carries_the_key_attribution_and_stream_options(
     fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
 ) -> None:
