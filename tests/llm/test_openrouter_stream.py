@@ -67,6 +67,15 @@ async def test_answers_one_after_another_share_one_connection(
     assert len(fake_openrouter.chat_requests) == 3 and len(peers) == 1
 
 
+async def test_a_200_that_is_not_an_event_stream_is_unavailable(
+    fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
+) -> None:
+    # A JSON body where the event stream should be (a proxy, a misconfigured base URL).
+    fake_openrouter.enqueue(HttpError(200, "not a stream"))
+    with pytest.raises(Unavailable, match="something other than a stream"):
+        await collect(make_provider())
+
+
 async def test_the_request_carries_the_key_attribution_and_stream_options(
     fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
 ) -> None:
