@@ -125,6 +125,7 @@ async def test_a_members_message_is_stored_by_one_statement(posting: Any) -> Non
     # statement on either back end (SQLite's trigger records the seq on the session).
     database, service, _, principal, session_id = posting
     await service.post(principal, session_id, content="the pool has a connection now")
+    await database.closed_in_background()
 
     async with statements_sent(database) as statements:
         posted = await service.post(principal, session_id, content="one trip")
