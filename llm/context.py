@@ -36,7 +36,7 @@ alone do not fit, that is ``TooLarge``. What remains (``room``) is shared:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,17 +121,23 @@ def build_context(
     window_tokens: int,
     reply_reserve_tokens: int,
     safety_margin: float = 0.05,
+    history_costs: Sequence[int] | None = None,
 ) -> BuiltContext:
     """Messages for the model; ``history_turns`` is oldest first and ends with the
-    current user message. Rules and drop order in the module docstring."""
+    current user message. ``history_costs``, if the caller counted them already, are
+    what each of them costs (``llm.summarise.message_tokens``). Rules and drop order
+    in the module docstring."""
     if not history_turns:
         raise ValueError("history_turns must end with the current user message")
     *older, current = history_turns
+    if history_costs is None:
+        history_costs = [_turn_cost(turn) for turn in history_turns]
+    *older_costs, current_cost = history_costs
     limit = window_tokens - reply_reserve_tokens
     target = int(limit * (1 - safety_margin))
     note = (search_note or "").strip()
     fixed_text = system_prompt.strip() + (SEPARATOR + note if note else "")
-    fixed = TOKENS_REPLY_PRIMER + TOKENS_PER_MESSAGE + count_text(fixed_text) + _turn_cost(current)
+    fixed = TOKENS_REPLY_PRIMER + TOKENS_PER_MESSAGE + count_text(fixed_text) + current_cost
     if fixed > limit:
         raise TooLarge("the message is too long for this model's context window")
     room = max(0, target - fixed)
@@ -150,7 +156,7 @@ def build_context(
         dropped[name] += section.trim_to(int(room * SECTION_CAPS[name]))
 
     turns = list(older)
-    turn_costs = [_turn_cost(turn) for turn in turns]
+    turn_costs = list(older_costs)
 
     def total() -> int:
         return sum(s.cost() for s in sections.values()) + sum(turn_costs)
@@ -171,8 +177,6 @@ def build_context(
         trim(name)
     drop_oldest_turns(0)
     trim("memory")
-
-    current_cost = _turn_cost(current)
 
     def prompt_tokens(messages: list[dict[str, Any]]) -> int:
         # What ``count_messages`` would say, without counting every turn again: only

@@ -49,6 +49,8 @@ def plan_fold(
     summary_tokens: int,
     budget_tokens: int,
     keep_recent_min: int,
+    *,
+    costs: Sequence[int] | None = None,
 ) -> int:
     """How many of the oldest turns must be folded into the summary.
 
@@ -57,6 +59,9 @@ def plan_fold(
     the most recent ``keep_recent_min``. ``summary_tokens`` is the size of the summary
     that will be sent (pass the summary's token cap when planning a new fold: the new
     summary may grow up to it); 0 means no summary message.
+
+    ``costs``, if the caller counted them already, are the turns' ``message_tokens``
+    (the messages after the leading system ones), in order.
 
     Returns the smallest count that fits ``budget_tokens``, or the largest allowed
     count when nothing allowed fits (then ``fit_messages`` must truncate).
@@ -68,7 +73,8 @@ def plan_fold(
     base = TOKENS_REPLY_PRIMER + sum(message_tokens(m) for m in history[:fixed])
     if summary_tokens > 0:
         base += TOKENS_PER_MESSAGE + summary_tokens
-    costs = [message_tokens(turn) for turn in turns]
+    if costs is None:
+        costs = [message_tokens(turn) for turn in turns]
     remaining = sum(costs)
     most = max(0, len(turns) - max(0, keep_recent_min))
     for folded in range(most + 1):

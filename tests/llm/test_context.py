@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from llm.context import BuiltContext, build_context
+from llm.summarise import message_tokens
 from llm.tokens import count_messages, count_text
 from server.errors import TooLarge
 
@@ -160,3 +161,13 @@ def test_the_result_never_exceeds_window_minus_reserve(window: int, words: int) 
     assert count_messages(built.messages) <= window - 200
     assert built.prompt_tokens == count_messages(built.messages)
     assert built.messages[-1]["content"] == "What now?"
+
+
+@pytest.mark.parametrize("window", [1500, 3000, 8000])
+def test_costs_counted_by_the_caller_build_the_same_request(window: int) -> None:
+    history = turns(30, words=40)
+    costs = [message_tokens(turn) for turn in history]
+
+    assert build(history_turns=history, window_tokens=window, history_costs=costs) == build(
+        history_turns=history, window_tokens=window
+    )

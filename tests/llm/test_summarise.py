@@ -37,6 +37,13 @@ def test_the_summary_counts_against_the_budget_with_its_framing() -> None:
     assert plan_fold(history, summary_tokens, budget, keep_recent_min=1) == 6 - 1
 
 
+def test_costs_counted_by_the_caller_plan_the_same_fold() -> None:
+    history = [SYSTEM, *turns(12)]
+    costs = [message_tokens(turn) for turn in history[1:]]
+    for budget in range(0, count_messages(history) + 40, 37):
+        assert plan_fold(history, 5, budget, 2, costs=costs) == plan_fold(history, 5, budget, 2)
+
+
 def test_the_most_recent_turns_are_never_folded() -> None:
     history = [SYSTEM, *turns(5)]
     assert plan_fold(history, 0, 10, keep_recent_min=3) == 2
