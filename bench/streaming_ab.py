@@ -1,0 +1,132 @@
+"""Time to first token, this working tree against a git revision, side by side.
+
+    .venv/bin/python -m bench.streaming_ab [--baseline HEAD] [--database sqlite] [--rounds 100]
+
+On a small shared VM the figures of one ``bench.streaming`` run drift by a millisecond
+from one run to the next, more than most changes move them. Here two ``parley serve``
+processes run at once against one fake upstream: A is ``--baseline`` (checked out in a
+temporary git worktree and put first on ``PYTHONPATH``), B is the working tree. Each
+round asks both, alternating which goes first, over the WebSocket and then SSE. What
+is printed is each path's p50 and, per path, the median of the paired differences
+B - A: negative means the working tree is faster. Nothing is written to the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import subprocess
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+
+from bench._common import ROOT, ServerNode, fresh_database, seed_room, server_env
+from bench.streaming import (
+    MODEL,
+    TTFT_TOKENS,
+    direct_round,
+    fake_upstream,
+    read_stream,
+    sse_round,
+    ws_member,
+    ws_round,
+)
+
+WARM_ROUNDS = 5
+
+
+async def compare(baseline_tree: Path, database: str, rounds: int, workdir: Path) -> None:
+    async with AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(fake_upstream())
+        nodes: dict[str, tuple[ServerNode, str, str]] = {}
+        for name, extra in (("A", {"PYTHONPATH": str(baseline_tree)}), ("B", {})):
+            home = workdir / name
+            home.mkdir()
+            url = await stack.enter_async_context(fresh_database(database, home))
+            room = await seed_room(url, 1)
+            env = server_env(
+                url,
+                None,
+                OPENROUTER_API_KEY="bench-key",
+                OPENROUTER_BASE_URL=fake.base_url,
+                LLM_MODEL=MODEL,
+                MESSAGES_PER_WINDOW="1000000",
+                **extra,
+            )
+            node = ServerNode(name, env, home)
+            stack.callback(node.stop)
+            await node.start()
+            nodes[name] = (node, room.session_id, room.tokens[0])
+
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=60))
+        await fake.fast(http, TTFT_TOKENS)
+        clients = {}
+        askers = {}
+        for name, (node, sid, token) in nodes.items():
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=node.http_url, timeout=60)
+            )
+            askers[name] = await ws_member(node.ws_url, token, sid)
+            stack.push_async_callback(askers[name].close)
+
+        async def first_token(name: str, path: str) -> float:
+            _, sid, token = nodes[name]
+            if path == "ws":
+                sent, ((first, _, _),) = await ws_round(askers[name], [], sid)
+            else:
+                sent, first, _, _ = await sse_round(clients[name], token, sid)
+                await read_stream(askers[name])  # the asker is a member: it saw it too
+            return first - sent
+
+        samples: dict[str, list[float]] = {"direct": []}
+        for index in range(WARM_ROUNDS + rounds):
+            if index == WARM_ROUNDS:
+                samples = {"direct": []}
+                gc.collect()
+                gc.freeze()
+            sent, first, _, _ = await direct_round(http, fake.base_url)
+            samples["direct"].append(first - sent)
+            for path in ("ws", "sse"):
+                for name in ("A", "B") if index % 2 == 0 else ("B", "A"):
+                    samples.setdefault(f"{name}-{path}", []).append(await first_token(name, path))
+
+    direct = statistics.median(samples["direct"])
+    for key, values in samples.items():
+        p50 = statistics.median(values)
+        print(f"{key:8} p50 {p50 * 1000:6.2f} ms   added {(p50 - direct) * 1000:6.2f} ms")
+    for path in ("ws", "sse"):
+        paired = [b - a for a, b in zip(samples[f"A-{path}"], samples[f"B-{path}"], strict=True)]
+        median = statistics.median(paired) * 1000
+        print(f"B - A, {path}: {median:+.2f} ms (median of paired rounds)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="HEAD", help="the git revision to compare with")
+    parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument("--rounds", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="parley-ab-") as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), args.baseline],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            work = Path(tmp) / "run"
+            work.mkdir()
+            asyncio.run(compare(tree, args.database, args.rounds, work))
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
+            )
+
+
+if __name__ == "__main__":
+    main()
