@@ -165,20 +165,25 @@ def pct(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000
 
 
+def answering_env(database_url: str, fake: Upstream, **extra: str) -> dict[str, str]:
+    """A server on one node that answers through ``fake``, with no rate limit in the way."""
+    return server_env(
+        database_url,
+        None,
+        OPENROUTER_API_KEY="bench-key",
+        OPENROUTER_BASE_URL=fake.base_url,
+        LLM_MODEL=MODEL,
+        MESSAGES_PER_WINDOW="1000000",
+        **extra,
+    )
+
+
 async def run(
     rounds: int, tokens: int, members: int, workdir: Path, database: str
 ) -> dict[str, Any]:
     async with fake_upstream() as fake, fresh_database(database, workdir) as url:
         room = await seed_room(url, members)
-        env = server_env(
-            url,
-            None,
-            OPENROUTER_API_KEY="bench-key",
-            OPENROUTER_BASE_URL=fake.base_url,
-            LLM_MODEL=MODEL,
-            MESSAGES_PER_WINDOW="1000000",
-        )
-        server = ServerNode("stream", env, workdir)
+        server = ServerNode("stream", answering_env(url, fake), workdir)
         await server.start()
         sockets: list[ClientConnection] = []
         try:

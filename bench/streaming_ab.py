@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from bench._common import ROOT, ServerNode, fresh_database, seed_room, server_env
+from bench._common import ROOT, ServerNode, fresh_database, seed_room
 from bench.streaming import (
-    MODEL,
     TTFT_TOKENS,
+    answering_env,
     direct_round,
     fake_upstream,
     read_stream,
@@ -48,15 +48,7 @@ async def compare(baseline_tree: Path, database: str, rounds: int, workdir: Path
             home.mkdir()
             url = await stack.enter_async_context(fresh_database(database, home))
             room = await seed_room(url, 1)
-            env = server_env(
-                url,
-                None,
-                OPENROUTER_API_KEY="bench-key",
-                OPENROUTER_BASE_URL=fake.base_url,
-                LLM_MODEL=MODEL,
-                MESSAGES_PER_WINDOW="1000000",
-                **extra,
-            )
+            env = answering_env(url, fake, **extra)
             node = ServerNode(name, env, home)
             stack.callback(node.stop)
             await node.start()

@@ -4,6 +4,8 @@ at once on PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -11,36 +13,36 @@ from sqlalchemy.exc import DBAPIError
 from db.engine import Database
 
 
-async def test_the_block_ends_before_its_connection_is_given_back(
-    empty_database_url: str,
-) -> None:
+@pytest.fixture
+async def database(empty_database_url: str) -> AsyncIterator[Database]:
     database = Database(empty_database_url)
-    pool = database.engine.sync_engine.pool
     try:
-        async with database.single_statement() as session:
-            await session.execute(text("CREATE TABLE kept (x INTEGER)"))
-        still_out = pool.checkedout()  # type: ignore[attr-defined]
-        await database.closed_in_background()
-        back = pool.checkedout()  # type: ignore[attr-defined]
-        async with database.read() as session:
-            rows = (await session.execute(text("SELECT count(*) FROM kept"))).scalar_one()
+        yield database
     finally:
         await database.dispose()
+
+
+def checked_out(database: Database) -> int:
+    return int(database.engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
+
+
+async def test_the_block_ends_before_its_connection_is_given_back(database: Database) -> None:
+    async with database.single_statement() as session:
+        await session.execute(text("CREATE TABLE kept (x INTEGER)"))
+    still_out = checked_out(database)
+    await database.closed_in_background()
+    back = checked_out(database)
+    async with database.read() as session:
+        rows = (await session.execute(text("SELECT count(*) FROM kept"))).scalar_one()
 
     assert (still_out, back, rows) == (1 if database.in_process else 0, 0, 0)
 
 
 async def test_a_failed_statement_gives_its_connection_back_before_it_raises(
-    empty_database_url: str,
+    database: Database,
 ) -> None:
-    database = Database(empty_database_url)
-    pool = database.engine.sync_engine.pool
-    try:
-        with pytest.raises(DBAPIError):
-            async with database.single_statement() as session:
-                await session.execute(text("SELECT * FROM no_such_table"))
-        out_after_error = pool.checkedout()  # type: ignore[attr-defined]
-    finally:
-        await database.dispose()
+    with pytest.raises(DBAPIError):
+        async with database.single_statement() as session:
+            await session.execute(text("SELECT * FROM no_such_table"))
 
-    assert out_after_error == 0
+    assert checked_out(database) == 0
