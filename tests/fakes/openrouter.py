@@ -45,7 +45,8 @@ CREATED = 1_700_000_000
 class Stream:
     """A normal reply: a comment, then each token (a comment between tokens when
     ``comments`` is set), the finish chunk, the usage chunk and ``[DONE]``.
-    ``hang_after`` keeps the stream open with comments only after the tokens."""
+    ``hang_after`` keeps the stream open with comments only after the tokens;
+    ``linger_after_done`` keeps the body open (comments) after ``[DONE]``."""
 
     tokens: list[str]
     delay_s: float = 0.0
@@ -54,6 +55,7 @@ class Stream:
     usage: bool = True
     hang_after: bool = False
     tool_calls: list[dict[str, Any]] | None = None
+    linger_after_done: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,8 @@ class _Reply:
         for index, call in enumerate(scenario.tool_calls or []):
             await self.event(self.chunk({"tool_calls": [{"index": index, **call}]}))
         await self.finish(scenario.finish_reason, usage=scenario.usage)
+        if scenario.linger_after_done:
+            await self.hang(0.02)
 
     async def hang(self, every_s: float | None) -> None:
         while not self.fake._closing.is_set():

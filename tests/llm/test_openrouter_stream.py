@@ -67,6 +67,22 @@ async def test_answers_one_after_another_share_one_connection(
     assert len(fake_openrouter.chat_requests) == 3 and len(peers) == 1
 
 
+async def test_a_body_left_open_after_done_does_not_hold_the_answer(
+    fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
+) -> None:
+    # The end of the body is waited for briefly (to keep the connection), not forever.
+    fake_openrouter.enqueue(Stream(["all", " here"], linger_after_done=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    events = await collect(make_provider())
+
+    assert loop.time() - started < 1.0
+    assert "".join(event.text for event in events[:-1]) == "all here"
+    assert events[-1].finish_reason == "stop"
+    assert await fake_openrouter.wait_disconnect()
+
+
 async def test_a_200_that_is_not_an_event_stream_is_unavailable(
     fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
 ) -> None:
