@@ -3,6 +3,7 @@ always answered, an unstored one never is (both databases)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -224,3 +225,26 @@ async def test_on_sqlite_the_answers_request_leaves_before_the_question_is_store
         assert assistant.events == ["request sent", "stored", "stored"]
     else:  # one round trip to PostgreSQL, started beside the request
         assert assistant.events == ["stored", "stored"]
+
+
+# PostgreSQL stores at once, beside the request, so only SQLite has a "before".
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_post_cancelled_before_its_question_is_stored_leaves_nothing(
+    posting: Any,
+) -> None:
+    database, service, assistant, principal, session_id = posting
+    waiting = asyncio.Event()
+
+    async def request_still_on_its_way() -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    assistant.request_on_its_way = request_still_on_its_way  # type: ignore[method-assign]
+    post = asyncio.create_task(service.post(principal, session_id, content="never mind"))
+    await waiting.wait()
+    post.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await post
+
+    assert await stored_count(database, session_id) == 0
+    assert assistant.abandoned == 1 and assistant.confirmed == []
