@@ -44,6 +44,7 @@ from llm.tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_REPLY_PRIMER,
     count_text,
+    message_tokens,
     truncate_text,
 )
 from server.errors import TooLarge
@@ -105,10 +106,6 @@ class _Section:
         return before - (count_text(self.body) if self.body else 0)
 
 
-def _turn_cost(turn: Mapping[str, Any]) -> int:
-    return TOKENS_PER_MESSAGE + count_text(str(turn.get("content") or ""))
-
-
 def build_context(
     *,
     system_prompt: str,
@@ -125,13 +122,13 @@ def build_context(
 ) -> BuiltContext:
     """Messages for the model; ``history_turns`` is oldest first and ends with the
     current user message. ``history_costs``, if the caller counted them already, are
-    what each of them costs (``llm.summarise.message_tokens``). Rules and drop order
+    what each of them costs (``llm.tokens.message_tokens``). Rules and drop order
     in the module docstring."""
     if not history_turns:
         raise ValueError("history_turns must end with the current user message")
     *older, current = history_turns
     if history_costs is None:
-        history_costs = [_turn_cost(turn) for turn in history_turns]
+        history_costs = [message_tokens(turn) for turn in history_turns]
     *older_costs, current_cost = history_costs
     limit = window_tokens - reply_reserve_tokens
     target = int(limit * (1 - safety_margin))

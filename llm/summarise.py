@@ -24,6 +24,7 @@ from llm.tokens import (
     TOKENS_REPLY_PRIMER,
     count_messages,
     count_text,
+    message_tokens,
     truncate_text,
 )
 
@@ -37,11 +38,6 @@ SUMMARY_SYSTEM_PROMPT = (
 PREVIOUS_SUMMARY_LABEL = "Previous summary:"
 NEW_TURNS_LABEL = "New turns to fold in:"
 NO_SUMMARY = "(none yet)"
-
-
-def message_tokens(message: Mapping[str, Any]) -> int:
-    """What one message costs inside a request (text plus framing)."""
-    return TOKENS_PER_MESSAGE + count_text(str(message.get("content") or ""))
 
 
 def plan_fold(

@@ -58,11 +58,13 @@ def _count(text: str) -> int:
 _count_cached = lru_cache(maxsize=CACHED_TEXTS)(_count)
 
 
+def message_tokens(message: Mapping[str, object]) -> int:
+    """What one message costs inside a request (text plus framing)."""
+    return TOKENS_PER_MESSAGE + count_text(str(message.get("content") or ""))
+
+
 def count_messages(messages: Iterable[Mapping[str, object]]) -> int:
-    total = TOKENS_REPLY_PRIMER
-    for message in messages:
-        total += TOKENS_PER_MESSAGE + count_text(str(message.get("content") or ""))
-    return total
+    return TOKENS_REPLY_PRIMER + sum(message_tokens(message) for message in messages)
 
 
 def truncate_text(text: str, max_tokens: int) -> str:

@@ -30,8 +30,8 @@ from db.repositories.messages import Turn, TurnHeader
 from llm.context import build_context
 from llm.provider import ChatEvent, ChatRequest
 from llm.resilience import ResilientProvider
-from llm.summarise import fold, message_tokens, plan_fold
-from llm.tokens import count_text
+from llm.summarise import fold, plan_fold
+from llm.tokens import count_text, message_tokens
 from rag.ranking import format_passages
 from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from server.config import Settings

@@ -5,8 +5,7 @@ from typing import Any
 import pytest
 
 from llm.context import BuiltContext, build_context
-from llm.summarise import message_tokens
-from llm.tokens import count_messages, count_text
+from llm.tokens import count_messages, count_text, message_tokens
 from server.errors import TooLarge
 
 
