@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -104,12 +104,11 @@ class Database:
         async with self._writers:
             session = self._autocommit_sessions()
             try:
-                await session.begin()
-                yield session
-            except BaseException as exc:
+                with _unavailable_when_cut():
+                    await session.begin()
+                    yield session
+            except BaseException:
                 await session.close()
-                if isinstance(exc, DBAPIError) and _is_connection_failure(exc):
-                    raise Unavailable("the database is unreachable") from exc
                 raise
         # What the block wrote is committed already, but closing the session is a
         # no-op COMMIT, a trip to aiosqlite's thread: 0.4-0.7 ms on a busy loop in front
@@ -146,13 +145,9 @@ class Database:
 async def _unit_of_work(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
-    try:
+    with _unavailable_when_cut():
         async with sessions() as session, session.begin():
             yield session
-    except (OperationalError, DBAPIError) as exc:
-        if _is_connection_failure(exc):
-            raise Unavailable("the database is unreachable") from exc
-        raise
 
 
 async def _close_quietly(session: AsyncSession) -> None:
@@ -161,6 +156,17 @@ async def _close_quietly(session: AsyncSession) -> None:
         await session.close()
     except Exception:
         log.exception("closing a single-statement session failed")
+
+
+@contextmanager
+def _unavailable_when_cut() -> Iterator[None]:
+    """A lost or refused connection is ``Unavailable``; other database errors pass."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if _is_connection_failure(exc):
+            raise Unavailable("the database is unreachable") from exc
+        raise
 
 
 def _is_connection_failure(exc: DBAPIError) -> bool:
