@@ -4,7 +4,10 @@ at once on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -46,3 +49,24 @@ async def test_a_failed_statement_gives_its_connection_back_before_it_raises(
             await session.execute(text("SELECT * FROM no_such_table"))
 
     assert checked_out(database) == 0
+
+
+async def test_on_sqlite_the_block_has_committed_before_its_connection_goes_back(
+    tmp_path: Path,
+) -> None:
+    # The message a member posts is fanned out right after its store returns, while
+    # its session is still being closed: another connection must already see it.
+    path = tmp_path / "committed.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with database.single_statement() as session:
+            await session.execute(text("CREATE TABLE kept (x INTEGER)"))
+            await session.execute(text("INSERT INTO kept VALUES (1)"))
+        # Nothing awaited since the block ended: the background close has not run.
+        still_out = checked_out(database)
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            seen = other.execute("SELECT x FROM kept").fetchall()
+    finally:
+        await database.dispose()
+
+    assert (still_out, seen) == (1, [(1,)])
