@@ -81,6 +81,9 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
     # generations still reach members on other nodes.
     stack.push_async_callback(assistant.drain, container.settings.drain_timeout_s)
+    # ... and before that, posts whose connections were closed finish landing, so the
+    # answers they confirm are among those drained.
+    stack.push_async_callback(container.messages.landed)
     container.messages.assistant = assistant
     container.messages.turns = context.turns
     container.sessions.access_changed = context.turns.drop

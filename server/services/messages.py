@@ -5,6 +5,7 @@ The same rules serve the WebSocket ``message`` frame and ``POST …/messages``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -61,6 +62,7 @@ class MessageService:
         self.assistant: AssistantTrigger | None = None
         # The assistant's copy of recent turns, told of every message stored here.
         self.turns: TurnCache | None = None
+        self._landing: set[asyncio.Future[PostedMessage]] = set()
 
     def validate(
         self, content: object, client_msg_id: object, reply: object, search: object
@@ -119,13 +121,46 @@ class MessageService:
             answer = self.assistant.prepare(
                 principal, session_id, question, force_search=force_search
             )
-        try:
-            if answer is not None and self._db.in_process:
-                # The upstream is the longer wait of the two: its request leaves first.
-                # A store that runs in this process (SQLite) would delay the request;
-                # one that is a round trip to a database server is best started at
-                # once beside it (on PostgreSQL, waiting measured no better).
+        if answer is not None and self._db.in_process:
+            # The upstream is the longer wait of the two: its request leaves first.
+            # A store that runs in this process (SQLite) would delay the request;
+            # one that is a round trip to a database server is best started at
+            # once beside it (on PostgreSQL, waiting measured no better).
+            try:
                 await answer.request_on_its_way()
+            except BaseException:
+                answer.abandon()  # cancelled before the store began: nothing to answer
+                raise
+        # From the store on, the post runs to its end in a task of its own: a caller
+        # cancelled meanwhile (a dropped connection, a shutdown) must not leave a
+        # stored question unseen by the room and unanswered.
+        landing = asyncio.ensure_future(
+            self._land(principal, session_id, text, idempotency_key, message_id, answer)
+        )
+        self._landing.add(landing)
+        landing.add_done_callback(self._landed)
+        return await asyncio.shield(landing)
+
+    async def landed(self) -> None:
+        """Wait for posts whose callers were cancelled to finish storing and fanning out."""
+        while self._landing:
+            await asyncio.wait(list(self._landing))
+
+    def _landed(self, landing: asyncio.Future[PostedMessage]) -> None:
+        self._landing.discard(landing)
+        if not landing.cancelled():
+            landing.exception()  # retrieved: a caller that left cannot take it
+
+    async def _land(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        text: str,
+        idempotency_key: str | None,
+        message_id: uuid.UUID,
+        answer: PendingAnswer | None,
+    ) -> PostedMessage:
+        try:
             stored, created, model, revision = await self._store(
                 principal, session_id, text, idempotency_key, message_id
             )
@@ -148,8 +183,8 @@ class MessageService:
             if self.fanout is not None:
                 await self.fanout.message_stored(str(session_id), stored)
         finally:
-            # Stored is stored: even if the fan-out failed (or we were cancelled), the
-            # question is answered; members recover the message itself through seq.
+            # Stored is stored: even if the fan-out failed, the question is answered;
+            # members recover the message itself through seq.
             if answer is not None:
                 stream_id = answer.confirm(stored, model, revision)
         return PostedMessage(stored, created=True, stream_id=stream_id)

@@ -248,3 +248,43 @@ async def test_a_post_cancelled_before_its_question_is_stored_leaves_nothing(
 
     assert await stored_count(database, session_id) == 0
     assert assistant.abandoned == 1 and assistant.confirmed == []
+
+
+class RecordingFanout:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def message_stored(self, session_id: str, message: dict[str, Any]) -> None:
+        self.sent.append(message["id"])
+
+
+async def test_a_post_cancelled_while_its_question_is_stored_still_answers_it(
+    posting: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The member's connection went while the statement ran (a dropped WebSocket, a
+    # shutdown): the question is stored, so the room must see it and its answer.
+    database, service, assistant, principal, session_id = posting
+    fanout = service.fanout = RecordingFanout()
+    real_append = messages_repo.append_member_message
+    statement_ran = asyncio.Event()
+    release = asyncio.Event()
+
+    async def append_then_wait(*args: Any, **kwargs: Any) -> Any:
+        appended = await real_append(*args, **kwargs)
+        statement_ran.set()
+        await release.wait()  # the post is cancelled here, after the statement
+        return appended
+
+    monkeypatch.setattr(messages_repo, "append_member_message", append_then_wait)
+    post = asyncio.create_task(service.post(principal, session_id, content="are you there?"))
+    await statement_ran.wait()
+    post.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await post
+    release.set()
+    await service.landed()
+
+    question_id = assistant.prepared[0]["id"]
+    assert await stored_count(database, session_id) == 1
+    assert assistant.confirmed == [question_id] and assistant.abandoned == 0
+    assert fanout.sent == [question_id]
