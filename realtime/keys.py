@@ -15,9 +15,10 @@ Layout (``P`` is the prefix)::
     P:presence:{session_id}:names     hash user_id -> display name
     P:node:{node_id}                  string, the node's heartbeat, TTL node_ttl_ms()
     P:node:{node_id}:conns            set of "{session_id}\\x1f{conn_id}" held by the node
+    P:node:{node_id}:streams          set of stream ids the node is writing
     P:nodes                           set of node ids that may hold presence entries
     P:presence-reaper                 string, the reaper's lock
-    P:stream:{stream_id}:meta         hash session_id, start, end (JSON)
+    P:stream:{stream_id}:meta         hash session_id, node, start, end (JSON), settled
     P:stream:{stream_id}:deltas       list of delta texts, position = delta index
     P:session:{session_id}:streams    set of stream ids that have not ended
     P:ws-ticket:{ticket}              string, TTL WS_TICKET_TTL_S
@@ -113,6 +114,9 @@ class Keys:
 
     def node_conns(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}:conns"
+
+    def node_streams(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}:streams"
 
     @property
     def nodes(self) -> str:

@@ -29,12 +29,16 @@ class PresenceChange:
 
 
 ReapedHandler = Callable[[list[PresenceChange]], Awaitable[None]]
+# Told the id of a node found dead, once, by the one node that reaped it.
+NodeGoneHandler = Callable[[str], Awaitable[None]]
 """Receives changes that no ``add``/``remove`` call returned: the leaves of dead nodes'
 users, and the joins of this node's users when it re-registers after being taken for
 dead. The hub publishes them like any other change."""
 
 
 class Presence(Protocol):
+    on_node_gone: NodeGoneHandler | None
+
     async def start(self) -> None:
         """Starts background work (Redis: the node heartbeat and the dead-node reaper)."""
 

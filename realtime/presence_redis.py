@@ -37,7 +37,13 @@ from realtime.keys import (
     node_ttl_ms,
     reaper_interval_s,
 )
-from realtime.presence import Member, PresenceChange, ReapedHandler, sort_members
+from realtime.presence import (
+    Member,
+    NodeGoneHandler,
+    PresenceChange,
+    ReapedHandler,
+    sort_members,
+)
 from server.errors import ParleyError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -141,6 +147,7 @@ class RedisPresence:
             raise ValueError("node_id must not contain the member separator")
         self.node_id = node_id
         self._on_reaped = on_reaped
+        self.on_node_gone: NodeGoneHandler | None = None
         self._ttl_s = ttl_s
         self._online_ttl_ms = max(1, int(online_ttl_s * 1000))
         self._keys = Keys(prefix)
@@ -267,6 +274,7 @@ class RedisPresence:
         if not await self._redis.set(lock, owner, nx=True, px=REAPER_LOCK_TTL_MS):
             return []
         changes: list[PresenceChange] = []
+        gone: list[str] = []
         try:
             nodes = cast(set[str], await self._redis.smembers(self._keys.nodes))
             for node in nodes:
@@ -278,8 +286,11 @@ class RedisPresence:
                     changes.extend(reaped)
                 if status == 2:
                     log.info("presence reaped dead node %s", node)
+                    gone.append(node)
         finally:
             await self._unlock(keys=[lock], args=[owner])
+        for node in gone:
+            await self._tell_node_gone(node)
         return changes
 
     # Both loops also stop on ``_closed``: redis-py can turn their cancellation (by
@@ -388,6 +399,14 @@ class RedisPresence:
             return await awaitable
         except _redis.REDIS_ERRORS as exc:
             raise _redis.to_parley_error(exc, f"presence {what}") from exc
+
+    async def _tell_node_gone(self, node: str) -> None:
+        if self.on_node_gone is None:
+            return
+        try:
+            await self.on_node_gone(node)
+        except Exception:
+            log.exception("presence on_node_gone handler failed for node %s", node)
 
     async def _report(self, changes: list[PresenceChange]) -> None:
         try:

@@ -5,6 +5,10 @@ and finishes it with the ``stream.end`` frame; a resuming client reads from the
 offset it wants. A finished log is kept for the TTL, then it is gone, and so is an
 unfinished one whose writer stopped writing (a crashed node): every write renews
 the TTL. ``MemoryStreamLog`` serves a single node, ``RedisStreamLog`` every node.
+
+Exactly one node stores each stream's answer: its writer at the end, or, when the
+writer's node died, the node that takes its streams over. Whichever ``settle``s the
+stream first does it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class StreamLog(Protocol):
 
     async def running(self, session_id: str) -> list[tuple[str, int]]:
         """``(stream_id, number of deltas so far)`` for the session's unfinished streams."""
+
+    async def settle(self, stream_id: str) -> bool:
+        """Claims the storing of the stream's answer: True for the first caller only."""
+
+    async def claim_orphans(self, node_id: str) -> list[StreamSnapshot]:
+        """The unfinished streams the dead node ``node_id`` was writing, each settled
+        for the caller (so each goes to one caller only)."""
 
     async def close(self) -> None: ...
 

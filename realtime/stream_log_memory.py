@@ -18,6 +18,7 @@ class _Log:
     deadline: float
     deltas: list[str] = field(default_factory=list)
     end: dict[str, Any] | None = None
+    settled: bool = False
 
 
 class MemoryStreamLog:
@@ -64,6 +65,16 @@ class MemoryStreamLog:
             for stream_id, log in self._logs.items()
             if log.session_id == session_id and log.end is None
         ]
+
+    async def settle(self, stream_id: str) -> bool:
+        log = self._live(stream_id)
+        if log is None:
+            return True  # expired, or never opened: no one else can hold it
+        settled, log.settled = log.settled, True
+        return not settled
+
+    async def claim_orphans(self, node_id: str) -> list[StreamSnapshot]:
+        return []  # one process: the writer of every stream here is this node
 
     async def close(self) -> None:
         self._logs.clear()

@@ -2,9 +2,11 @@
 
 ``stream:{id}:meta`` holds the session id and the start and end frames (JSON);
 ``stream:{id}:deltas`` is a list whose positions are the delta indices;
-``session:{id}:streams`` names the streams not yet finished. Every key expires
-after the TTL, renewed as the stream is written, so a crashed writer's stream
-drops out of ``running`` once its TTL has passed.
+``session:{id}:streams`` names the streams not yet finished, and
+``node:{id}:streams`` those the node is writing. Every key expires after the TTL,
+renewed as the stream is written. When a node dies, the node that finds it dead
+(presence's reaper) takes its streams with ``claim_orphans`` and ends them; were
+that to fail, they drop out of ``running`` once their TTL has passed.
 
 Appends are the hot path (one per coalesced frame per stream). Commands go through
 a ``PipelineBatcher``, so appends of concurrent streams share round trips and reach
@@ -48,7 +50,11 @@ class RedisStreamLog:
         ttl_s: float = STREAM_LOG_TTL_S,
         *,
         prefix: str = DEFAULT_PREFIX,
+        node_id: str | None = None,
     ) -> None:
+        """``node_id`` names the node writing, so that another can take its streams
+        over if it dies; without it nothing can."""
+        self._node_id = node_id
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._renew_every_s = ttl_s / 4
         self._keys = Keys(prefix)
@@ -60,13 +66,21 @@ class RedisStreamLog:
         meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
         streams = self._keys.session_streams(session_id)
         self._writing[stream_id] = _Writing(session_id, 0, time.monotonic())
-        await self._batcher.execute(
+        commands: list[_redis.Command] = [
             ("DEL", meta, deltas),
             ("HSET", meta, "session_id", session_id, "start", orjson.dumps(start_frame)),
             ("PEXPIRE", meta, self._ttl_ms),
             ("SADD", streams, stream_id),
             ("PEXPIRE", streams, self._ttl_ms),
-        )
+        ]
+        if self._node_id is not None:
+            mine = self._keys.node_streams(self._node_id)
+            commands += [
+                ("HSET", meta, "node", self._node_id),
+                ("SADD", mine, stream_id),
+                ("PEXPIRE", mine, self._ttl_ms),
+            ]
+        await self._batcher.execute(*commands)
 
     async def append(self, stream_id: str, index: int, text: str) -> None:
         writing = self._writing.get(stream_id)
@@ -114,11 +128,14 @@ class RedisStreamLog:
             (session_id,) = await self._batcher.execute(("HGET", meta, "session_id"))
             if session_id is None:
                 return
-        await self._batcher.execute(
+        commands: list[_redis.Command] = [
             ("HSET", meta, "end", orjson.dumps(end_frame)),
             *self._renewals(stream_id, session_id),
             ("SREM", self._keys.session_streams(session_id), stream_id),
-        )
+        ]
+        if writing is not None and self._node_id is not None:
+            commands.append(("SREM", self._keys.node_streams(self._node_id), stream_id))
+        await self._batcher.execute(*commands)
 
     async def read(self, stream_id: str, offset: int) -> StreamSnapshot | None:
         start = max(0, offset)
@@ -159,6 +176,26 @@ class RedisStreamLog:
             await self._batcher.execute(("SREM", streams, *stale))
         return found
 
+    async def settle(self, stream_id: str) -> bool:
+        meta = self._keys.stream_meta(stream_id)
+        won, _ = await self._batcher.execute(
+            ("HSETNX", meta, "settled", 1), ("PEXPIRE", meta, self._ttl_ms)
+        )
+        return bool(won)
+
+    async def claim_orphans(self, node_id: str) -> list[StreamSnapshot]:
+        theirs = self._keys.node_streams(node_id)
+        # Two nodes may both read the set before either deletes it: ``settle`` decides.
+        stream_ids, _ = await self._batcher.execute(("SMEMBERS", theirs), ("DEL", theirs))
+        claimed = []
+        for stream_id in sorted(stream_ids):
+            if not await self.settle(stream_id):
+                continue  # its writer got to its end, or another node took it
+            snapshot = await self.read(stream_id, 0)
+            if snapshot is not None and snapshot.end is None:
+                claimed.append(snapshot)
+        return claimed
+
     async def close(self) -> None:
         await self._batcher.close()
         await self._redis.aclose()
@@ -169,8 +206,11 @@ class RedisStreamLog:
             writing.flagged = True
 
     def _renewals(self, stream_id: str, session_id: str) -> list[_redis.Command]:
-        return [
+        renewals: list[_redis.Command] = [
             ("PEXPIRE", self._keys.stream_meta(stream_id), self._ttl_ms),
             ("PEXPIRE", self._keys.stream_deltas(stream_id), self._ttl_ms),
             ("PEXPIRE", self._keys.session_streams(session_id), self._ttl_ms),
         ]
+        if self._node_id is not None:
+            renewals.append(("PEXPIRE", self._keys.node_streams(self._node_id), self._ttl_ms))
+        return renewals

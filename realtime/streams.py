@@ -129,6 +129,14 @@ class StreamPublisher:
         finally:
             self._flushing = False
 
+    async def stop(self) -> None:
+        """Publish nothing more: another node ended this stream."""
+        self._stopping = True
+        self._buffer.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
     async def end(self, frame: dict[str, Any], seq: int | None) -> None:
         """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""
         self._stopping = True

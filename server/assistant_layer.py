@@ -18,6 +18,7 @@ from realtime.envelope import Envelope
 from server.container import Container
 from server.services.assistant import Assistant
 from server.services.context import ContextAssembler
+from server.services.takeover import StreamTakeover
 from server.services.turn_cache import TurnCache, turn_of
 from server.sse import SSEStreamer
 
@@ -85,6 +86,8 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     # answers they confirm are among those drained.
     stack.push_async_callback(container.messages.landed)
     container.messages.assistant = assistant
+    takeover = StreamTakeover(container.database, hub, context.turns, container.metrics)
+    container.extras["presence"].on_node_gone = takeover.node_gone
     container.messages.turns = context.turns
     container.sessions.access_changed = context.turns.drop
     hub.on_released = remember_stored_messages(context.turns)

@@ -67,6 +67,11 @@ class Metrics:
         self.generations = Counter(
             "parley_generations", "Generations by outcome", ["outcome"], registry=r
         )
+        self.streams_taken_over = Counter(
+            "parley_streams_taken_over",
+            "Streams of a dead node that this node ended and stored",
+            registry=r,
+        )
         self.context_rereads = Counter(
             "parley_context_rereads",
             "Answers asked again because the history read beside the question's store"

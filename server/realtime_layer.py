@@ -68,7 +68,7 @@ async def start_realtime(container: Container, stack: contextlib.AsyncExitStack)
 
         redis_url = settings.redis_url
         presence = RedisPresence(redis_url, node_id, on_reaped, ttl_s=settings.presence_ttl_s)
-        stream_log = RedisStreamLog(redis_url, settings.stream_log_ttl_s)
+        stream_log = RedisStreamLog(redis_url, settings.stream_log_ttl_s, node_id=node_id)
 
         def bus_factory(on_message: Any, on_gap: Any) -> Any:
             return RedisBus(redis_url, on_message, on_gap)

@@ -296,6 +296,13 @@ class Assistant:
         Both writes come before ``stream.end``, so a client that saw the end finds the
         message in history and the generation in the usage record.
         """
+        if not await self._settle(generation.stream_id):
+            # This node was taken for dead (a pause longer than the node TTL) and
+            # another one ended the stream and stored its text: storing again would
+            # answer the question twice.
+            log.warning("stream %s was ended by another node", generation.stream_id)
+            await publisher.stop()
+            return
         text = publisher.text
         finish = result.finish
         answered_by = finish.model if finish is not None else result.model_asked
@@ -364,6 +371,14 @@ class Assistant:
             self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
+
+    async def _settle(self, stream_id: str) -> bool:
+        try:
+            return await self._hub.stream_log.settle(stream_id)
+        except ParleyError as exc:
+            # Unknown is not "taken": a duplicate answer is better than a lost one.
+            log.warning("stream log settle failed: %s", exc.message)
+            return True
 
     def _recover_usage_later(self, event_id: uuid.UUID, generation_id: str) -> None:
         """A cancelled stream gets no usage chunk: ask the upstream for its count."""

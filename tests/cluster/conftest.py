@@ -155,6 +155,7 @@ class AnsweredRoom(NamedTuple):
     session_id: str
     ada_ws: WSClient
     bob_ws: WSClient
+    bob: TestUser
 
 
 async def answered_room(
@@ -165,4 +166,4 @@ async def answered_room(
     ada, bob, session_id = await shared_room(node_a, title)
     ada_ws = await joined(node_a, ada, session_id)
     bob_ws = await joined(node_b, bob, session_id)
-    return AnsweredRoom(node_a, node_b, session_id, ada_ws, bob_ws)
+    return AnsweredRoom(node_a, node_b, session_id, ada_ws, bob_ws, bob)

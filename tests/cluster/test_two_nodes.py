@@ -77,7 +77,8 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
     fake_openrouter: FakeOpenRouter,
 ) -> None:
     fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
-    _, _, session_id, ada_ws, bob_ws = await answered_room(cluster, fake_openrouter, "cancel")
+    room = await answered_room(cluster, fake_openrouter, "cancel")
+    session_id, ada_ws, bob_ws = room.session_id, room.ada_ws, room.bob_ws
     try:
         ack = await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "talk for a long time"}
@@ -99,6 +100,45 @@ async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
         await bob_ws.close()
 
 
+async def test_a_killed_nodes_answer_is_ended_and_stored_by_the_other_node(
+    cluster: Callable[..., Any],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
+    room = await answered_room(cluster, fake_openrouter, "killed")
+    session_id, ada_ws, bob_ws = room.session_id, room.ada_ws, room.bob_ws
+    try:
+        ack = await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "talk for a long time"}
+        )
+        stream_id = ack["stream_id"]
+        for _ in range(3):
+            await bob_ws.next("stream.delta", lambda f: f["stream_id"] == stream_id)
+
+        room.node_a.kill()
+
+        # PRESENCE_TTL_S is 3 here: node a is found dead within about 3 s.
+        end = await bob_ws.next("stream.end", lambda f: f["stream_id"] == stream_id, timeout=15)
+        seen = "".join(f["text"] for f in bob_ws.seen if f["type"] == "stream.delta")
+        rejoined = await bob_ws.request({"type": "join", "session_id": session_id})
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+    assert end["finish_reason"] == "error"
+    assert end["error"]["code"] == "unavailable"
+    answer = end["message"]
+    assert answer["status"] == "error" and answer["reply_to"] == ack["message"]["id"]
+    # The log holds every delta before it is published: at least what Bob read.
+    assert answer["content"].startswith(seen) and seen
+    assert rejoined["streams"] == []
+    async with httpx.AsyncClient(base_url=room.node_b.http_url) as http:
+        response = await http.get(f"/v1/sessions/{session_id}/messages", headers=room.bob.headers)
+    stored = response.json()["data"]["messages"]
+    assert [m["id"] for m in stored] == [ack["message"]["id"], answer["id"]]
+    assert stored[-1]["content"] == answer["content"]
+
+
 async def metric(node: Node, name: str) -> float:
     async with httpx.AsyncClient() as http:
         text = (await http.get(node.http_url + "/metrics")).text
@@ -113,7 +153,7 @@ async def test_members_on_two_nodes_take_turns_and_every_answer_starts_from_the_
     # Each node's copy of recent turns hears the other node's questions and answers
     # over the bus, so no answer is asked twice (a copy that missed something would
     # be: its request dropped, the context read again).
-    node_a, node_b, session_id, ada_ws, bob_ws = await answered_room(
+    node_a, node_b, session_id, ada_ws, bob_ws, _ = await answered_room(
         cluster, fake_openrouter, "turns"
     )
     try:

@@ -175,6 +175,27 @@ async def test_a_dead_nodes_users_are_reaped_by_a_live_node(make_redis_node) -> 
     assert await node_a.occupied([ROOM, OTHER_ROOM]) == {ROOM}
 
 
+async def test_a_dead_node_is_reported_gone_once_by_one_live_node(make_redis_node) -> None:
+    # What the report starts (ending the dead node's streams) must happen once.
+    node_a, node_b, node_c = (make_redis_node(n, ttl_s=2) for n in ("node-a", "node-b", "node-c"))
+    gone: list[tuple[str, str]] = []
+    for node in (node_a, node_b):
+
+        async def report(node_id: str, by: str = node.node_id) -> None:
+            gone.append((by, node_id))
+
+        node.on_node_gone = report
+        await node.start()
+    await node_c.start()
+    await node_c.add(ROOM, "c1", "u1", "Ada")
+
+    await node_c.abandon()
+    await asyncio.sleep(2)  # the node key lives for 2/3 of the TTL; reapers look often
+    await asyncio.gather(node_a.reap_once(), node_b.reap_once(), node_a.reap_once())
+
+    assert [node_id for _, node_id in gone] == ["node-c"]
+
+
 async def test_a_live_node_is_not_reaped(make_redis_node) -> None:
     node_a, node_b = make_redis_node("node-a", ttl_s=2), make_redis_node("node-b", ttl_s=2)
     await node_a.start()

@@ -184,3 +184,42 @@ async def test_a_redis_log_that_lost_its_deltas_reads_as_unknown(
         assert await log.read("st1", 0) is None
     finally:
         await log.close()
+
+
+async def test_only_the_first_to_settle_a_stream_stores_its_answer(log: StreamLog) -> None:
+    await write(log, ["a"])
+
+    assert await log.settle("st1") is True
+    assert await log.settle("st1") is False
+
+
+async def test_a_dead_writers_unfinished_streams_go_to_exactly_one_taker(
+    redis_url: str, prefix: str
+) -> None:
+    writer, taker, rival = (
+        RedisStreamLog(redis_url, 60, prefix=prefix, node_id=node)
+        for node in ("dead", "alive", "also-alive")
+    )
+    try:
+        await write(writer, ["a", "b"], "st1")
+        await write(writer, ["c"], "st2")
+        await writer.finish("st2", END)  # ended: nothing to take over
+        await write(writer, ["d"], "st3")
+        assert await writer.settle("st3")  # its writer was storing it when it died
+        await write(taker, ["e"], "st4")  # the living node's own stream
+
+        first, second = await asyncio.gather(
+            taker.claim_orphans("dead"), rival.claim_orphans("dead")
+        )
+
+        (claimed,) = first + second
+        assert claimed == StreamSnapshot(
+            "st1", "s1", [(0, "a"), (1, "b")], None, {**START, "stream_id": "st1"}
+        )
+        # Were the writer only paused, it would find the stream taken at its end.
+        assert await writer.settle("st1") is False
+        assert await taker.claim_orphans("dead") == []
+        assert [s.stream_id for s in await rival.claim_orphans("alive")] == ["st4"]
+    finally:
+        for log in (writer, taker, rival):
+            await log.close()

@@ -75,6 +75,33 @@ async def test_a_generation_is_stored_when_the_client_that_asked_disconnects(
     assert history.json()["data"]["messages"][-1]["content"] == "slow but sure"
 
 
+async def test_a_generation_another_node_took_over_stores_and_ends_nothing_more(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+    live_client: httpx.AsyncClient,
+) -> None:
+    # A node paused for longer than its presence TTL is taken for dead, and another
+    # node ends its streams (server.services.takeover). When it wakes, its answers
+    # must not be stored, nor ended, a second time.
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["taken ", "over ", "meanwhile"], delay_s=0.05))
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
+    await ada_ws.next("stream.delta")
+    generation = live_server.container.extras["assistant"].running[ack["stream_id"]]
+
+    assert await live_server.container.extras["stream_log"].settle(ack["stream_id"])
+    await asyncio.wait_for(generation.done.wait(), 5)
+
+    history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    assert [m["role"] for m in history.json()["data"]["messages"]] == ["user"]
+    await asyncio.sleep(0.1)
+    assert ada_ws.unread("stream.end") == []
+
+
 async def test_cancel_from_another_member_stops_the_upstream_and_keeps_the_partial_text(
     connect: Connect,
     room: tuple[TestUser, TestUser, str],

@@ -1,0 +1,94 @@
+"""Ending the generations of a node that died while they ran.
+
+A node that is SIGKILLed (or loses its host) leaves its running streams open: members
+elsewhere saw part of an answer, ``join`` lists the stream as running and ``resume``
+would wait for deltas that never come. The node that finds it dead (presence's
+reaper, on every node with Redis) takes its streams over: it stores the text the
+stream log holds as the answer, marked ``error``, and publishes the ``stream.end``
+the dead node never sent, with ``unavailable``. The log holds at least what members
+saw (each delta is logged before it is published), so the stored answer is what
+they read, or more.
+
+What is not recovered: the dead node's upstream usage (its generation id died with
+it), so no usage event is recorded for these answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from db.engine import Database
+from db.repositories import messages as messages_repo
+from llm.tokens import count_text
+from realtime.hub import Hub
+from realtime.stream_log import StreamSnapshot
+from realtime.streams import StreamPublisher
+from server.metrics import Metrics
+from server.services.turn_cache import TurnCache, turn_of
+from server.services.wire import message_to_wire
+
+log = logging.getLogger("parley.takeover")
+
+NODE_GONE_MESSAGE = "the server answering this stopped before it finished"
+
+
+class StreamTakeover:
+    def __init__(self, database: Database, hub: Hub, turns: TurnCache, metrics: Metrics) -> None:
+        self._db = database
+        self._hub = hub
+        self._turns = turns
+        self._metrics = metrics
+
+    async def node_gone(self, node_id: str) -> None:
+        """End every stream ``node_id`` was writing (presence's ``on_node_gone``)."""
+        for snapshot in await self._hub.stream_log.claim_orphans(node_id):
+            stream_id = snapshot.stream_id
+            try:
+                await self._end(snapshot)
+            except Exception:
+                log.exception("could not end stream %s of dead node %s", stream_id, node_id)
+            else:
+                log.warning("ended stream %s of dead node %s", stream_id, node_id)
+
+    async def _end(self, snapshot: StreamSnapshot) -> None:
+        text = "".join(text for _, text in snapshot.deltas)
+        start = snapshot.start or {}
+        model = start.get("model")
+        reply_to = start.get("reply_to")
+        session_id = uuid.UUID(snapshot.session_id)
+        stored: dict[str, Any] | None = None
+        seq: int | None = None
+        if text:
+            async with self._db.transaction() as session:
+                appended = await messages_repo.append_message(
+                    session,
+                    session_id=session_id,
+                    role="assistant",
+                    user_id=None,
+                    content=text,
+                    status="error",
+                    model=model,
+                    reply_to=uuid.UUID(reply_to) if reply_to else None,
+                )
+            stored, seq = message_to_wire(appended.message), appended.message.seq
+            self._turns.appended(session_id, turn_of(stored), appended.history_revision, None)
+            self._metrics.messages_stored.labels("assistant").inc()
+        self._metrics.generations.labels("error").inc()
+        self._metrics.streams_taken_over.inc()
+        end = {
+            "type": "stream.end",
+            "session_id": snapshot.session_id,
+            "stream_id": snapshot.stream_id,
+            "finish_reason": "error",
+            "model": model,
+            # The prompt's count died with its node; the text's is known.
+            "usage": {"prompt_tokens": 0, "completion_tokens": count_text(text)},
+            "message": stored,
+            "error": {"code": "unavailable", "message": NODE_GONE_MESSAGE},
+        }
+        publisher = StreamPublisher(
+            self._hub, self._hub.stream_log, snapshot.session_id, snapshot.stream_id
+        )
+        await publisher.end(end, seq)
