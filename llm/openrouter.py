@@ -482,6 +482,7 @@ def _body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "tools": request.tools,
+        "tool_choice": request.tool_choice,
         "response_format": request.response_format,
         "user": request.user,
     }

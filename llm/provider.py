@@ -36,6 +36,9 @@ class ChatRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     tools: list[dict[str, Any]] | None = None
+    # "none" keeps declared tools from being called (a history that holds tool calls
+    # must still declare them).
+    tool_choice: str | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
     # Filled by the provider as it learns things about the call (``generation_id``),

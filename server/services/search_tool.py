@@ -5,8 +5,9 @@ The request offers ``search.service.WEB_SEARCH_TOOL``. When the model answers wi
 (``stream.status`` ``searching``, with a detail when it was unavailable), the
 model's call and the result go back as an ``assistant`` message with
 ``tool_calls`` and a ``tool`` message, and the generation continues. One round
-only: calls in the continued answer are not run, so a model cannot loop on the
-tool, and a turn costs at most two model calls.
+only, so a model cannot loop on the tool and a turn costs at most two model calls:
+the continued answer is asked with ``tool_choice: "none"``, so the model writes
+its answer instead of calling again (calls it makes anyway are not run).
 
 The result the model reads is ``format_results`` (numbered titles, URLs and
 excerpts) or, when search failed or found nothing, the outcome's note, so the model
@@ -123,16 +124,18 @@ async def stream_with_search(
             for call in wanted
         ],
     }
-    # The tools stay declared: providers reject a history holding tool calls without
-    # them. Calls in this second answer are ignored (one round).
-    follow_up = replace(request, messages=[*request.messages, asked, *results])
+    # The tools stay declared (providers reject a history holding tool calls without
+    # them), but may not be called again.
+    follow_up = replace(request, messages=[*request.messages, asked, *results], tool_choice="none")
     stream = provider.stream(follow_up, fallbacks=fallbacks)
     try:
         async for event in stream:
             if isinstance(event, StreamFinished):
                 yield replace(event, usage=_added(first.usage, event.usage))
                 return
-            if not isinstance(event, ToolCall):
+            if isinstance(event, ToolCall):
+                log.warning("%s called %s again after tool_choice none", request.model, event.name)
+            else:
                 yield event
     finally:
         await stream.aclose()

@@ -7,6 +7,7 @@ OpenRouter and Tavily: each test asserts on the request body the fake received.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import orjson
 import pytest
@@ -159,6 +160,7 @@ async def test_a_tool_calling_model_searches_when_it_calls_the_tool(answers: Ans
 
     first, second = (r.json or {} for r in answers.streamed_requests())
     assert [t["function"]["name"] for t in first["tools"]] == ["web_search"]
+    assert "tool_choice" not in first and second["tool_choice"] == "none"
     assert second["messages"][-2]["tool_calls"][0]["id"] == "call_1"
     tool = second["messages"][-1]
     assert tool["role"] == "tool" and tool["tool_call_id"] == "call_1"
@@ -168,6 +170,32 @@ async def test_a_tool_calling_model_searches_when_it_calls_the_tool(answers: Ans
     assert streamed.end is not None and streamed.end["message"]["content"] == "It shipped."
     assert "searching" in stages(streamed)
     assert answers.tavily.requests[0].body["query"] == "parley release"
+
+
+async def test_a_model_that_calls_the_tool_again_gets_one_round_and_its_text_is_kept(
+    answers: Answers,
+) -> None:
+    answers.server.container.extras["tool_models"] = {MODEL}
+
+    def call(n: int) -> dict[str, Any]:
+        arguments = orjson.dumps({"query": f"parley {n}"}).decode()
+        return {
+            "id": f"call_{n}",
+            "type": "function",
+            "function": {"name": "web_search", "arguments": arguments},
+        }
+
+    answers.fake.enqueue(
+        Stream([], tool_calls=[call(1)], finish_reason="tool_calls"),
+        Stream(["Found ", "it."], tool_calls=[call(2)], finish_reason="tool_calls"),
+    )
+    ada = await answers.user()
+
+    streamed = await answers.ask(ada, await answers.session(ada), "Did Parley ship?")
+
+    assert len(answers.streamed_requests()) == 2
+    assert [r.body["query"] for r in answers.tavily.requests] == ["parley 1"]
+    assert streamed.end is not None and streamed.end["message"]["content"] == "Found it."
 
 
 async def test_a_tool_calling_model_is_not_searched_for_by_the_rule(answers: Answers) -> None:
