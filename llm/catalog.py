@@ -3,6 +3,9 @@
 The context builder asks for a model's window before every generation, so the
 lookup must be cheap: one upstream fetch per TTL, shared by concurrent callers, and a
 failed fetch neither raises nor is retried on every call (a short negative TTL).
+OpenRouter's catalogue is a large document; no question waits for it but the very
+first, and not even that one when the server fetched it at start-up (``warm``): a
+stale catalogue keeps answering while a fresh one is fetched behind it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ModelCatalog:
         self._lengths: dict[str, int] | None = None
         self._fresh_until = float("-inf")
         self._lock = asyncio.Lock()
+        self._behind: asyncio.Task[dict[str, int] | None] | None = None
 
     async def context_length(self, model: str) -> int | None:
         if self._override is not None:
@@ -61,9 +65,29 @@ class ModelCatalog:
     def invalidate(self) -> None:
         self._fresh_until = float("-inf")
 
+    def warm(self) -> None:
+        """Fetch the catalogue in the background (at start-up)."""
+        if self._override is None:
+            self._refresh_behind()
+
+    async def aclose(self) -> None:
+        if self._behind is not None:
+            self._behind.cancel()
+            await asyncio.gather(self._behind, return_exceptions=True)
+
     async def _current(self) -> dict[str, int] | None:
         if self._clock() < self._fresh_until:
             return self._lengths
+        if self._lengths is not None:
+            self._refresh_behind()
+            return self._lengths
+        return await self._refresh()
+
+    def _refresh_behind(self) -> None:
+        if self._behind is None or self._behind.done():
+            self._behind = asyncio.create_task(self._refresh(), name="model-catalogue")
+
+    async def _refresh(self) -> dict[str, int] | None:
         async with self._lock:
             # Another caller may have refreshed while this one waited for the lock.
             if self._clock() < self._fresh_until:

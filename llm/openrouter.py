@@ -316,8 +316,13 @@ class OpenRouterProvider:
         self._tool_capable = tool_capable
         return lengths
 
+    def warm(self) -> None:
+        """Start fetching the model catalogue, so that no question waits for it."""
+        self.catalog.warm()
+
     async def aclose(self) -> None:
         """The httpx client belongs to the lifespan, which closes it."""
+        await self.catalog.aclose()
 
 
 class _StreamState:

@@ -217,6 +217,13 @@ class ResilientProvider:
         probe = getattr(self._providers[name], "supports_tools", None)
         return bool(probe is not None and await probe(upstream_model))
 
+    def warm(self) -> None:
+        """Start what each upstream can do ahead of its first question."""
+        for provider in self._providers.values():
+            warm = getattr(provider, "warm", None)
+            if warm is not None:
+                warm()
+
     def provider(self, name: str | None = None) -> ChatProvider:
         return self._providers[name or self._default]
 

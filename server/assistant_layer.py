@@ -3,6 +3,7 @@ retries, fallbacks and a circuit breaker, and the generation runner."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import httpx
 import orjson
 
+from llm import tokens
 from llm.offline import OfflineProvider
 from llm.provider import ChatProvider
 from llm.resilience import ResilientProvider
@@ -68,6 +70,10 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
         container.extras["http_client"] = client
     provider = build_provider(container, client)
     stack.push_async_callback(provider.aclose)
+    provider.warm()
+    # Loading the tokenizer takes about 140 ms: here, before the heap is frozen
+    # (``GC_FREEZE``), rather than in front of this node's first answer.
+    await asyncio.to_thread(tokens.encoding)
     hub = container.extras["hub"]
     context = ContextAssembler(container.database, provider, container.settings, container.extras)
     assistant = Assistant(

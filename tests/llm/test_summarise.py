@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from llm.catalog import ModelCatalog
 from llm.summarise import fit_messages, fold_request, plan_fold
 from llm.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMER, count_messages, message_tokens
@@ -108,4 +110,35 @@ async def test_the_catalogue_refreshes_after_its_ttl() -> None:
     lengths["a"] = 2
     assert await catalog.context_length("a") == 1
     now = 11.0
+    # Stale: it answers at once and fetches behind.
+    assert await catalog.context_length("a") == 1
+    await asyncio.sleep(0)
     assert await catalog.context_length("a") == 2
+    await catalog.aclose()
+
+
+async def test_no_question_waits_for_a_catalogue_fetched_at_start_up_or_when_stale() -> None:
+    now = 0.0
+    fetches = 0
+    release = asyncio.Event()
+
+    async def slow_fetch() -> dict[str, int]:
+        nonlocal fetches
+        fetches += 1
+        if fetches > 1:
+            await release.wait()  # the upstream is slow today
+        return {"a": 1000 * fetches}
+
+    catalog = ModelCatalog(slow_fetch, ttl_s=10, clock=lambda: now)
+    catalog.warm()
+    await asyncio.sleep(0)
+    assert fetches == 1
+    assert await catalog.context_length("a") == 1000  # fetched at start-up
+
+    now = 11.0
+    answers = [await asyncio.wait_for(catalog.context_length("a"), 0.1) for _ in range(3)]
+    assert answers == [1000, 1000, 1000] and fetches == 2  # one fetch behind them
+    release.set()
+    await asyncio.sleep(0)
+    assert await catalog.context_length("a") == 2000
+    await catalog.aclose()
