@@ -70,6 +70,28 @@ async def append_message(
     return appended
 
 
+async def append_answer(
+    session: AsyncSession,
+    *,
+    session_id: uuid.UUID,
+    content: str,
+    status: str,
+    model: str | None,
+    reply_to: uuid.UUID | None,
+) -> Appended:
+    """Store the assistant's answer (``complete``, ``cancelled`` or ``error``)."""
+    return await append_message(
+        session,
+        session_id=session_id,
+        role="assistant",
+        user_id=None,
+        content=content,
+        status=status,
+        model=model,
+        reply_to=reply_to,
+    )
+
+
 async def append_member_message(
     session: AsyncSession,
     *,

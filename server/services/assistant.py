@@ -322,11 +322,9 @@ class Assistant:
                 status = {"stop": "complete", "length": "complete"}.get(
                     result.outcome, result.outcome
                 )
-                message = await messages_repo.append_message(
+                message = await messages_repo.append_answer(
                     session,
                     session_id=session_uuid,
-                    role="assistant",
-                    user_id=None,
                     content=text,
                     status=status,
                     model=answered_by,

@@ -62,11 +62,9 @@ class StreamTakeover:
         seq: int | None = None
         if text:
             async with self._db.transaction() as session:
-                appended = await messages_repo.append_message(
+                appended = await messages_repo.append_answer(
                     session,
                     session_id=session_id,
-                    role="assistant",
-                    user_id=None,
                     content=text,
                     status="error",
                     model=model,

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.conftest import Node, answered_room, joined, shared_room
+from tests.cluster.conftest import AnsweredRoom, Node, answered_room, joined, shared_room
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.wsclient import WSClient
 
@@ -72,17 +72,25 @@ async def test_a_killed_nodes_users_leave_presence_on_the_other_node(
         await bob_ws.close()
 
 
+async def long_answer_under_way(
+    cluster: Callable[..., Any], fake: FakeOpenRouter, title: str
+) -> tuple[AnsweredRoom, dict[str, Any]]:
+    """Ada (node a) has asked; the answer streams to both nodes for about 10 s."""
+    fake.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
+    room = await answered_room(cluster, fake, title)
+    ack = await room.ada_ws.request(
+        {"type": "message", "session_id": room.session_id, "content": "talk for a long time"}
+    )
+    return room, ack
+
+
 async def test_cancel_from_another_node_stops_the_upstream_within_a_second(
     cluster: Callable[..., Any],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
-    fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
-    room = await answered_room(cluster, fake_openrouter, "cancel")
+    room, ack = await long_answer_under_way(cluster, fake_openrouter, "cancel")
     session_id, ada_ws, bob_ws = room.session_id, room.ada_ws, room.bob_ws
     try:
-        ack = await ada_ws.request(
-            {"type": "message", "session_id": session_id, "content": "talk for a long time"}
-        )
         await bob_ws.next("stream.delta")
 
         started = asyncio.get_running_loop().time()
@@ -104,13 +112,9 @@ async def test_a_killed_nodes_answer_is_ended_and_stored_by_the_other_node(
     cluster: Callable[..., Any],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
-    fake_openrouter.default = Stream([f"w{i} " for i in range(500)], delay_s=0.02)
-    room = await answered_room(cluster, fake_openrouter, "killed")
+    room, ack = await long_answer_under_way(cluster, fake_openrouter, "killed")
     session_id, ada_ws, bob_ws = room.session_id, room.ada_ws, room.bob_ws
     try:
-        ack = await ada_ws.request(
-            {"type": "message", "session_id": session_id, "content": "talk for a long time"}
-        )
         stream_id = ack["stream_id"]
         for _ in range(3):
             await bob_ws.next("stream.delta", lambda f: f["stream_id"] == stream_id)
