@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     llm_context_length: int | None = Field(None, ge=256)
     llm_reply_reserve_tokens: int = Field(1024, ge=16)
     llm_connect_timeout_s: float = Field(10.0, gt=0)
+    # How long an idle upstream connection is kept for the next request. httpx's
+    # default, 5 s, made any answer after a quiet spell pay a new TLS handshake.
+    upstream_keepalive_s: float = Field(60.0, ge=0)
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)

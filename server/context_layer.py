@@ -33,14 +33,18 @@ from server.services.memory import MemoryService
 from server.services.retrieval import Retriever
 
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 async def start_context(container: Container, stack: contextlib.AsyncExitStack) -> None:
     settings = container.settings
     http = container.extras.get("http_client")
     if http is None:
-        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
+        limits = httpx.Limits(
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=settings.upstream_keepalive_s,
+        )
+        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits)
         stack.push_async_callback(http.aclose)
         container.extras["http_client"] = http
 

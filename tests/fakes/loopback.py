@@ -8,6 +8,10 @@ import threading
 import uvicorn
 from starlette.applications import Starlette
 
+# The services faked here sit behind CDNs that keep an idle HTTP/1.1 connection far
+# longer than uvicorn's 5 s (Cloudflare, in front of OpenRouter: 400 s).
+KEEP_ALIVE_S = 400
+
 
 class LoopbackServer:
     """uvicorn on a socket bound before the thread starts, so the port is known and
@@ -28,6 +32,7 @@ class LoopbackServer:
             ws="none",
             http=http,
             timeout_graceful_shutdown=grace_s,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -75,6 +75,27 @@ async def test_a_generation_is_stored_when_the_client_that_asked_disconnects(
     assert history.json()["data"]["messages"][-1]["content"] == "slow but sure"
 
 
+async def test_an_answer_after_a_quiet_spell_reuses_the_upstream_connection(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    # httpx drops idle connections after 5 s by default: past that, each answer paid
+    # for a new connection (against OpenRouter, a TLS handshake).
+    ada, _, session_id = room
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    for n in range(2):
+        if n:
+            await asyncio.sleep(5.5)
+        fake_openrouter.enqueue(Stream(["still ", "here"]))
+        ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "hi"})
+        assert (await collect_stream(ada_ws, ack["stream_id"])).text == "still here"
+
+    first, second = fake_openrouter.chat_requests
+    assert first.peer == second.peer
+
+
 async def test_a_generation_another_node_took_over_stores_and_ends_nothing_more(
     connect: Connect,
     room: tuple[TestUser, TestUser, str],
