@@ -40,6 +40,7 @@ from llm.openrouter_errors import (
     body_error,
     deadline_error,
     json_object,
+    request_error,
     status_error,
     transport_error,
 )
@@ -158,7 +159,7 @@ class OpenRouterProvider:
             except TimeoutError as exc:
                 raise deadline_error("did not start answering", deadline - started) from exc
             except httpx.HTTPError as exc:
-                raise transport_error(exc) from exc
+                raise request_error(exc) from exc
 
             state.generation_id = response.headers.get("x-generation-id")
             if request.trace is not None and state.generation_id:
@@ -252,7 +253,7 @@ class OpenRouterProvider:
         except TimeoutError as exc:
             raise deadline_error("did not answer", self._total_timeout_s) from exc
         except httpx.HTTPError as exc:
-            raise transport_error(exc) from exc
+            raise request_error(exc) from exc
         if response.status_code != 200:
             raise status_error(response)
         payload = json_object(response.content)
@@ -283,7 +284,7 @@ class OpenRouterProvider:
                 timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
-            raise transport_error(exc) from exc
+            raise request_error(exc) from exc
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -303,7 +304,7 @@ class OpenRouterProvider:
                 f"{self._base_url}/models", headers=self._headers, timeout=self._timeout
             )
         except httpx.HTTPError as exc:
-            raise transport_error(exc) from exc
+            raise request_error(exc) from exc
         if response.status_code != 200:
             raise status_error(response)
         lengths: dict[str, int] = {}

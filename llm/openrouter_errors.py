@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import orjson
 
-from llm.provider import UpstreamBadRequest, UpstreamUnavailable
-from server.errors import ParleyError
+from llm.provider import NoFreeConnection, UpstreamBadRequest, UpstreamUnavailable
+from server.errors import ParleyError, Unavailable
 
 
 def json_object(content: bytes) -> dict[str, Any]:
@@ -80,6 +80,16 @@ def body_error(error: dict[str, Any], *, mid_stream: bool = False) -> ParleyErro
     status = code if isinstance(code, int) else None
     prefix = "the model failed while answering" if mid_stream else "the model failed"
     return UpstreamUnavailable(f"{prefix}: {message}", upstream_status=status)
+
+
+def request_error(exc: httpx.HTTPError) -> Unavailable:
+    """A request that failed before its response: waiting for a free connection in
+    this node's pool is not the upstream's failure."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return NoFreeConnection(
+            "this server is answering as many questions as it can at once; try again shortly"
+        )
+    return transport_error(exc)
 
 
 def transport_error(exc: httpx.HTTPError) -> UpstreamUnavailable:

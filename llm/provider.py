@@ -120,6 +120,12 @@ class UpstreamUnavailable(Unavailable):
         self.retryable = retryable
 
 
+class NoFreeConnection(Unavailable):
+    """Every upstream connection this node may open is busy with another answer
+    (``UPSTREAM_MAX_CONNECTIONS``). Not the upstream's failure: no breaker counts it,
+    and neither a retry nor a fallback model would find a free connection."""
+
+
 class UpstreamBadRequest(BadRequest):
     """The upstream rejected the request itself (400): retrying cannot help."""
 
@@ -131,6 +137,8 @@ class UpstreamBadRequest(BadRequest):
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether trying the same model again may succeed."""
+    if isinstance(exc, NoFreeConnection):
+        return False
     if isinstance(exc, UpstreamUnavailable):
         return exc.retryable
     return isinstance(exc, Unavailable)

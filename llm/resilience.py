@@ -38,6 +38,7 @@ from llm.provider import (
     ChatEvent,
     ChatProvider,
     ChatRequest,
+    NoFreeConnection,
     StreamFinished,
     UpstreamUnavailable,
     is_retryable,
@@ -114,6 +115,8 @@ class ResilientProvider:
                 except BadRequest:
                     call.answered(name)
                     raise
+                except NoFreeConnection:
+                    raise  # this node's limit: no model would do better
                 except Unavailable as exc:
                     call.failed(name, exc)
                     continue
@@ -173,6 +176,8 @@ class ResilientProvider:
                             text = await provider.complete(replace(request, model=upstream_model))
                 except BadRequest:
                     call.answered(name)
+                    raise
+                except NoFreeConnection:
                     raise
                 except Unavailable as exc:
                     call.failed(name, exc)

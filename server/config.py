@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # How long an idle upstream connection is kept for the next request. httpx's
     # default, 5 s, made any answer after a quiet spell pay a new TLS handshake.
     upstream_keepalive_s: float = Field(60.0, ge=0)
+    # A streamed answer holds its connection for as long as it runs (HTTP/1.1): this
+    # is how many answers a node can stream at once, with Tavily and the embeddings.
+    upstream_max_connections: int = Field(1000, ge=1)
+    upstream_max_idle_connections: int = Field(100, ge=0)
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)

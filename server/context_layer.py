@@ -40,8 +40,8 @@ async def start_context(container: Container, stack: contextlib.AsyncExitStack) 
     http = container.extras.get("http_client")
     if http is None:
         limits = httpx.Limits(
-            max_connections=100,
-            max_keepalive_connections=20,
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_idle_connections,
             keepalive_expiry=settings.upstream_keepalive_s,
         )
         http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from llm.offline import OfflineProvider
-from llm.provider import ChatRequest, StreamFinished, TextDelta
+from llm.openrouter import OpenRouterProvider
+from llm.provider import ChatRequest, NoFreeConnection, StreamFinished, TextDelta
 from llm.resilience import ResilientProvider
 from server.errors import BadRequest, Unavailable
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
@@ -208,3 +210,32 @@ async def test_complete_falls_back_too(
     fake_openrouter.defaults[PRIMARY] = HttpError(502)
     fake_openrouter.enqueue(Stream(["from backup"]), model=BACKUP)
     assert await resilient(make_provider, max_retries=0).complete(REQUEST) == "from backup"
+
+
+async def test_a_node_out_of_connections_says_so_without_blaming_the_upstream(
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    # A streamed answer holds its connection while it runs; a node at its limit must
+    # not count that against the upstream, or a busy node would open its own breaker.
+    fake_openrouter.enqueue(Stream(["slow "] * 20, delay_s=0.05), Stream(["later"]))
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as client:
+        upstream = OpenRouterProvider(
+            client,
+            fake_openrouter.base_url,
+            "sk-or-test",
+            referer="https://parley.test",
+            title="Parley tests",
+            connect_timeout_s=0.2,
+        )
+        provider = ResilientProvider(upstream, [BACKUP], max_retries=2, breaker_fail_max=1)
+        running = provider.stream(REQUEST)
+        assert isinstance(await anext(running), TextDelta)
+
+        with pytest.raises(NoFreeConnection, match="as many questions as it can"):
+            await collect(provider)
+
+        assert len(fake_openrouter.chat_requests) == 1  # no retry, no fallback
+        assert provider.breaker_states() == {"openrouter": "closed"}
+        await running.aclose()
+        events = await collect(provider)
+        assert events[-1].finish_reason == "stop"
