@@ -67,6 +67,12 @@ class Metrics:
         self.generations = Counter(
             "parley_generations", "Generations by outcome", ["outcome"], registry=r
         )
+        self.answers_without_connection = Counter(
+            "parley_answers_without_connection",
+            "Answers refused because every upstream connection was busy"
+            " (UPSTREAM_MAX_CONNECTIONS): time to add a node",
+            registry=r,
+        )
         self.streams_taken_over = Counter(
             "parley_streams_taken_over",
             "Streams of a dead node that this node ended and stored",

@@ -23,7 +23,14 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
-from llm.provider import ChatEvent, ChatRequest, StreamFinished, TextDelta, Usage
+from llm.provider import (
+    ChatEvent,
+    ChatRequest,
+    NoFreeConnection,
+    StreamFinished,
+    TextDelta,
+    Usage,
+)
 from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
@@ -415,7 +422,9 @@ class Assistant:
                 self._metrics.tokens_per_second.labels(model).observe(
                     usage.completion_tokens / (duration - ttft)
                 )
-        if error is not None:
+        if isinstance(error, NoFreeConnection):
+            self._metrics.answers_without_connection.inc()
+        elif error is not None:
             self._metrics.upstream_errors.labels("llm", error.code).inc()
         for name, state in self._provider.breaker_states().items():
             self._metrics.breaker_state.labels(name).set(1 if state == "open" else 0)

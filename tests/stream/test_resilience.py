@@ -9,7 +9,7 @@ import pytest
 
 from server.app import create_app
 from tests.conftest import LiveServer, create_session, make_settings, register_user
-from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError
+from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError, Stream
 from tests.stream.conftest import collect_stream
 from tests.wsclient import WSClient
 
@@ -100,3 +100,36 @@ async def test_the_breaker_opens_after_repeated_failures_fails_fast_and_recovers
     assert recovered["message"]["content"] == "Hello from the fake."
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_a_node_at_its_connection_limit_refuses_the_next_answer_and_stays_healthy(
+    start_server: StartServer, fake_openrouter: FakeOpenRouter
+) -> None:
+    server = await start_server(
+        upstream_max_connections=1, llm_connect_timeout_s=0.3, llm_breaker_fail_max=1
+    )
+    fake_openrouter.enqueue(Stream(["long "] * 40, delay_s=0.05), Stream(["fine"]))
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    ada_ws, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        frame = {"type": "message", "session_id": session_id, "content": "the long one"}
+        ack = await ada_ws.request(frame)
+        await ada_ws.next("stream.delta")  # its connection is taken until it ends
+
+        refused = await ask(server, "one too many")
+
+        assert refused["finish_reason"] == "error"
+        assert refused["error"]["code"] == "unavailable"
+        assert "as many questions as it can" in refused["error"]["message"]
+        long_one = await collect_stream(ada_ws, ack["stream_id"])
+        assert long_one.end is not None and long_one.end["finish_reason"] == "stop"
+    finally:
+        await ada_ws.close()
+    assert (await ask(server, "and now?"))["finish_reason"] == "stop"  # no open breaker
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "parley_answers_without_connection_total 1.0" in metrics
+    assert 'parley_breaker_open{upstream="openrouter"} 0.0' in metrics
