@@ -4,6 +4,12 @@ The request becomes a listener on the room, like a WebSocket member that is not
 shown in presence, so it receives the same frames through the same delivery rules
 (order, stream cursors). It streams the stored user message and the answer to it as
 server-sent events whose ``event:`` is the frame type, and ends after ``stream.end``.
+
+A client whose response broke off sends the same POST again (the same
+``client_msg_id``, so nothing is stored twice) and gets the rest of the answer: each
+stream event's ``id:`` is ``{stream_id}:{next offset}``, and with that as
+``Last-Event-ID`` the retry replays the answer from there, from the stream log, then
+goes on live. A retry without it, while the answer runs, gets it from the start.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import orjson
 from starlette.responses import StreamingResponse
 
 from realtime.connection import Connection
+from realtime.frames import encode
 from realtime.hub import Hub
 from server.container import Container
 from server.schemas import MessagePostBody
@@ -31,7 +38,11 @@ class SSEStreamer:
         self._hub = hub
 
     async def post_and_stream(
-        self, principal: Principal, session_id: uuid.UUID, body: MessagePostBody
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        body: MessagePostBody,
+        last_event_id: str | None = None,
     ) -> StreamingResponse:
         sid = str(session_id)
         # No membership read first: ``post`` refuses a non-member before anything is
@@ -61,12 +72,51 @@ class SSEStreamer:
         message = posted.message
         # Everything after the message before ours is released to the listener.
         self._hub.finish_join(listener, sid, message["seq"] - 1)
+        stream_id = posted.stream_id
+        if not posted.created and body.reply != "none":
+            # A retry: the answer may still be in the stream log, or running.
+            try:
+                stream_id = await self._resume(listener, sid, message["id"], last_event_id)
+            except BaseException:
+                await self._hub.leave(listener, sid, presence=False)
+                raise
         return StreamingResponse(
-            self._events(listener, sid, message, posted.stream_id, posted.created),
+            self._events(listener, sid, message, stream_id, posted.created),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             status_code=201 if posted.created else 200,
         )
+
+    async def _resume(
+        self, listener: Connection, sid: str, message_id: str, last_event_id: str | None
+    ) -> str | None:
+        """The stream answering ``message_id`` replayed to ``listener`` from where the
+        client's ``Last-Event-ID`` says it was, or, from its start, the one running."""
+        stream_id, offset = _parse_event_id(last_event_id)
+        start: dict[str, Any] | None = None
+        if stream_id is None:
+            stream_id, start = await self._running_answer(sid, message_id)
+        if stream_id is None:
+            return None
+        found = await self._hub.replay_stream(
+            listener,
+            sid,
+            stream_id,
+            offset,
+            before_replay=(lambda: listener.send(encode(start))) if start else None,
+        )
+        return stream_id if found else None
+
+    async def _running_answer(
+        self, sid: str, message_id: str
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        log = self._hub.stream_log
+        for stream_id, produced in await log.running(sid):
+            snapshot = await log.read(stream_id, produced)  # its start frame, no text
+            start = snapshot.start if snapshot is not None else None
+            if start is not None and start.get("reply_to") == message_id:
+                return stream_id, start
+        return None, None
 
     async def _events(
         self,
@@ -89,7 +139,7 @@ class SSEStreamer:
                     frame = orjson.loads(text)
                     if frame.get("type") not in SSE_FRAMES or frame.get("stream_id") != stream_id:
                         continue
-                    events.append(_event(frame["type"], frame, raw=text))
+                    events.append(_event(frame["type"], frame, raw=text, event_id=_event_id(frame)))
                     if frame["type"] == "stream.end":
                         ended = True
                         break
@@ -101,6 +151,23 @@ class SSEStreamer:
             await self._hub.leave(listener, sid, presence=False)
 
 
-def _event(name: str, frame: dict[str, Any], raw: str | None = None) -> bytes:
+def _event(
+    name: str, frame: dict[str, Any], raw: str | None = None, event_id: str | None = None
+) -> bytes:
     data = raw if raw is not None else orjson.dumps(frame).decode()
-    return f"event: {name}\ndata: {data}\n\n".encode()
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n".encode()
+
+
+def _event_id(frame: dict[str, Any]) -> str | None:
+    """After a delta, where a retry goes on from: ``{stream_id}:{next index}``."""
+    if frame["type"] != "stream.delta":
+        return None
+    return f"{frame['stream_id']}:{frame['index'] + 1}"
+
+
+def _parse_event_id(value: str | None) -> tuple[str | None, int]:
+    stream_id, _, offset = (value or "").strip().rpartition(":")
+    if not stream_id or not offset.isdigit():
+        return None, 0
+    return stream_id, int(offset)

@@ -1,6 +1,8 @@
 """The same plugin without a WebSocket: ``POST /v1/sessions/{id}/messages`` with
 ``Accept: text/event-stream`` stores the prompt and streams the answer back as
-server-sent events (``event:`` is the frame type, ``data:`` the frame's JSON).
+server-sent events (``event:`` is the frame type, ``data:`` the frame's JSON). If the
+connection drops, it posts again with the same ``client_msg_id`` and the last event's
+id as ``Last-Event-ID``, and the answer goes on where it broke off.
 
     PARLEY_TOKEN=$(parley token --email ada@example.com) \
         python docs/examples/sse_plugin.py --session <id> "What changed since Monday?"
@@ -14,11 +16,14 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import uuid
 
 import httpx
 from httpx_sse import aconnect_sse
+
+ATTEMPTS = 5
 
 
 async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
@@ -33,24 +38,34 @@ async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
 
         body = {"content": prompt, "client_msg_id": uuid.uuid4().hex}
         path = f"/v1/sessions/{session_id}/messages"
-        async with aconnect_sse(client, "POST", path, json=body) as events:
-            if events.response.status_code >= 400:
-                await events.response.aread()
-                raise SystemExit(f"HTTP {events.response.status_code}: {events.response.text}")
-            next_index = 0
-            async for event in events.aiter_sse():
-                frame = json.loads(event.data)
-                if event.event == "stream.status":
-                    print(f"[{frame['stage']}]", file=sys.stderr)
-                elif event.event == "stream.delta" and frame["index"] == next_index:
-                    print(frame["text"], end="", flush=True)
-                    next_index += 1
-                elif event.event == "stream.end":
-                    print()
-                    if frame["finish_reason"] == "error":
-                        print(f"failed: {frame.get('error')}", file=sys.stderr)
-                    return str((frame.get("message") or {}).get("content", ""))
-    raise SystemExit("the response ended before stream.end")
+        resume: dict[str, str] = {}
+        next_index = 0
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
+            try:
+                async with aconnect_sse(client, "POST", path, json=body, headers=resume) as events:
+                    if events.response.status_code >= 400:
+                        await events.response.aread()
+                        code, text = events.response.status_code, events.response.text
+                        raise SystemExit(f"HTTP {code}: {text}")
+                    async for event in events.aiter_sse():
+                        frame = json.loads(event.data)
+                        if event.event == "stream.status":
+                            print(f"[{frame['stage']}]", file=sys.stderr)
+                        elif event.event == "stream.delta":
+                            resume = {"Last-Event-ID": event.id}
+                            if frame["index"] == next_index:
+                                print(frame["text"], end="", flush=True)
+                                next_index += 1
+                        elif event.event == "stream.end":
+                            print()
+                            if frame["finish_reason"] == "error":
+                                print(f"failed: {frame.get('error')}", file=sys.stderr)
+                            return str((frame.get("message") or {}).get("content", ""))
+            except httpx.TransportError as exc:
+                print(f"\n[connection lost ({exc!r}); resuming]", file=sys.stderr)
+    raise SystemExit(f"no stream.end after {ATTEMPTS} attempts")
 
 
 def main() -> None:

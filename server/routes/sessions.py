@@ -102,7 +102,8 @@ async def post_message(request: Request) -> Response:
     if "text/event-stream" in request.headers.get("accept", ""):
         sse = container.extras.get("sse")
         if sse is not None:
-            return await sse.post_and_stream(principal, session_id, body)
+            last_event_id = request.headers.get("last-event-id")
+            return await sse.post_and_stream(principal, session_id, body, last_event_id)
     posted = await container.messages.post(
         principal,
         session_id,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import orjson
@@ -77,3 +78,80 @@ async def test_a_stranger_posting_over_sse_gets_not_found_and_asks_no_model(
     assert response.json()["error"]["code"] == "not_found"
     assert fake_openrouter.chat_requests == []
     assert [f for f in ada_ws.seen if f["type"] in ("message", "stream.start")] == []
+
+
+async def sse_events(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    break_after_deltas: int | None = None,
+) -> tuple[int, list[tuple[str, dict[str, Any], str]]]:
+    """(status, [(event, frame, last event id)]); with ``break_after_deltas``, the
+    connection is dropped after that many deltas, as a flaky network would."""
+    events: list[tuple[str, dict[str, Any], str]] = []
+    deltas = 0
+    async with aconnect_sse(client, "POST", url, json=body, headers=headers) as source:
+        async for event in source.aiter_sse():
+            events.append((event.event, orjson.loads(event.data), event.id))
+            deltas += event.event == "stream.delta"
+            if deltas == break_after_deltas:
+                break
+        return source.response.status_code, events
+
+
+def deltas_of(events: list[tuple[str, dict[str, Any], str]]) -> list[tuple[int, str]]:
+    return [(frame["index"], frame["text"]) for name, frame, _ in events if name == "stream.delta"]
+
+
+async def test_an_sse_answer_that_broke_off_goes_on_from_its_last_event_id(
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(30)], delay_s=0.02))
+    url = f"/v1/sessions/{session_id}/messages"
+    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-1"}
+
+    status, before = await sse_events(live_client, url, body, ada.headers, break_after_deltas=3)
+    stream_id = next(frame["stream_id"] for name, frame, _ in before if name == "stream.start")
+    last_id = before[-1][2]
+    status_again, after = await sse_events(
+        live_client, url, body, {**ada.headers, "Last-Event-ID": last_id}
+    )
+
+    assert (status, status_again) == (201, 200)  # stored once
+    assert last_id == f"{stream_id}:3"
+    assert (
+        after[0][0] == "message" and after[0][1]["message"]["id"] == before[0][1]["message"]["id"]
+    )
+    received = deltas_of(before) + deltas_of(after)
+    assert [index for index, _ in received] == list(range(len(received)))  # none lost or repeated
+    name, end, _ = after[-1]
+    assert name == "stream.end" and end["stream_id"] == stream_id
+    assert "".join(text for _, text in received) == end["message"]["content"]
+
+
+async def test_an_sse_retry_without_an_event_id_gets_the_running_answer_from_its_start(
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(30)], delay_s=0.02))
+    url = f"/v1/sessions/{session_id}/messages"
+    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-2"}
+
+    await sse_events(live_client, url, body, ada.headers, break_after_deltas=2)
+    status, events = await sse_events(live_client, url, body, ada.headers)
+
+    names = [name for name, _, _ in events]
+    assert status == 200 and names[:2] == ["message", "stream.start"]
+    received = deltas_of(events)
+    assert [index for index, _ in received] == list(range(len(received)))
+    assert names[-1] == "stream.end"
+    assert "".join(text for _, text in received) == events[-1][1]["message"]["content"]
+    answers = [r for r in fake_openrouter.chat_requests if (r.json or {}).get("stream")]
+    assert len(answers) == 1  # one answer, streamed twice
