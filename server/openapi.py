@@ -128,9 +128,12 @@ COMPONENTS: dict[str, Schema] = {
 
 @dataclass(frozen=True)
 class Query:
+    """A query parameter, or a header one (``where="header"``)."""
+
     name: str
     schema: Schema
     description: str = ""
+    where: str = "query"
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,15 @@ ENDPOINTS: dict[str, Doc] = {
         # With ``Accept: text/event-stream``: events named after the frame types
         # (message, stream.start, stream.status, stream.delta, stream.end).
         raw={201: ("text/event-stream", STRING), 200: ("text/event-stream", STRING)},
+        query=(
+            Query(
+                "Last-Event-ID",
+                {"type": "string"},
+                "with text/event-stream, on a retry: the id of the last event received"
+                " ({stream_id}:{next index}); the answer goes on from there",
+                where="header",
+            ),
+        ),
     ),
     "DELETE /v1/sessions/{id}/messages/{message_id}": Doc(
         "Soft-delete a message (author, owner or admin; audited)",
@@ -428,7 +440,7 @@ def _operation(
     }
     parameters = [_path_param(name) for name in path_params]
     parameters += [
-        {"name": q.name, "in": "query", "required": False, "schema": q.schema}
+        {"name": q.name, "in": q.where, "required": False, "schema": q.schema}
         | ({"description": q.description} if q.description else {})
         for q in doc.query
     ]
