@@ -7,7 +7,7 @@ server-sent events whose ``event:`` is the frame type, and ends after ``stream.e
 
 A client whose response broke off sends the same POST again (the same
 ``client_msg_id``, so nothing is stored twice) and gets the rest of the answer: each
-stream event's ``id:`` is ``{stream_id}:{next offset}``, and with that as
+delta event's ``id:`` is ``{stream_id}:{next index}``, and with that as
 ``Last-Event-ID`` the retry replays the answer from there, from the stream log, then
 goes on live. A retry without it, while the answer runs, gets it from the start.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from server.services.accounts import Principal
 
 SSE_FRAMES = frozenset({"message", "stream.start", "stream.status", "stream.delta", "stream.end"})
 SSE_KEEPALIVE_S = 15.0
+NO_TEXT = 1 << 31  # an offset past any stream's end: reading there gives its frames only
 
 
 class SSEStreamer:
@@ -90,33 +92,25 @@ class SSEStreamer:
     async def _resume(
         self, listener: Connection, sid: str, message_id: str, last_event_id: str | None
     ) -> str | None:
-        """The stream answering ``message_id`` replayed to ``listener`` from where the
-        client's ``Last-Event-ID`` says it was, or, from its start, the one running."""
-        stream_id, offset = _parse_event_id(last_event_id)
-        start: dict[str, Any] | None = None
-        if stream_id is None:
-            stream_id, start = await self._running_answer(sid, message_id)
-        if stream_id is None:
-            return None
-        found = await self._hub.replay_stream(
-            listener,
-            sid,
-            stream_id,
-            offset,
-            before_replay=(lambda: listener.send(encode(start))) if start else None,
-        )
-        return stream_id if found else None
-
-    async def _running_answer(
-        self, sid: str, message_id: str
-    ) -> tuple[str | None, dict[str, Any] | None]:
+        """The stream answering ``message_id``, replayed to ``listener`` from where the
+        client's ``Last-Event-ID`` says it was or else, from its start, the running one."""
+        wanted, offset = _parse_event_id(last_event_id)
         log = self._hub.stream_log
-        for stream_id, produced in await log.running(sid):
-            snapshot = await log.read(stream_id, produced)  # its start frame, no text
+        candidates = [wanted] if wanted else [stream_id for stream_id, _ in await log.running(sid)]
+        for stream_id in candidates:
+            snapshot = await log.read(stream_id, NO_TEXT)
             start = snapshot.start if snapshot is not None else None
-            if start is not None and start.get("reply_to") == message_id:
-                return stream_id, start
-        return None, None
+            if start is None or start.get("reply_to") != message_id:
+                continue  # another question's answer
+            found = await self._hub.replay_stream(
+                listener,
+                sid,
+                stream_id,
+                offset,
+                before_replay=partial(listener.send, encode(start)) if offset == 0 else None,
+            )
+            return stream_id if found else None
+        return None
 
     async def _events(
         self,

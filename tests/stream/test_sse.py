@@ -155,3 +155,23 @@ async def test_an_sse_retry_without_an_event_id_gets_the_running_answer_from_its
     assert "".join(text for _, text in received) == events[-1][1]["message"]["content"]
     answers = [r for r in fake_openrouter.chat_requests if (r.json or {}).get("stream")]
     assert len(answers) == 1  # one answer, streamed twice
+
+
+async def test_an_sse_retry_with_another_answers_event_id_does_not_get_that_answer(
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["first ", "answer"]), Stream(["second ", "answer"]))
+    url = f"/v1/sessions/{session_id}/messages"
+    _, first = await sse_events(live_client, url, {"content": "one"}, ada.headers)
+    body = {"content": "two", "client_msg_id": "sse-retry-3"}
+    await sse_events(live_client, url, body, ada.headers)
+
+    stale_id = next(event_id for name, _, event_id in first if name == "stream.delta")
+    status, events = await sse_events(
+        live_client, url, body, {**ada.headers, "Last-Event-ID": stale_id}
+    )
+
+    assert status == 200 and [name for name, _, _ in events] == ["message"]
