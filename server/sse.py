@@ -6,10 +6,11 @@ shown in presence, so it receives the same frames through the same delivery rule
 server-sent events whose ``event:`` is the frame type, and ends after ``stream.end``.
 
 A client whose response broke off sends the same POST again (the same
-``client_msg_id``, so nothing is stored twice) and gets the rest of the answer: each
-delta event's ``id:`` is ``{stream_id}:{next index}``, and with that as
-``Last-Event-ID`` the retry replays the answer from there, from the stream log, then
-goes on live. A retry without it, while the answer runs, gets it from the start.
+``client_msg_id``, so nothing is stored twice) and gets the rest of the answer. The
+``id:`` of ``stream.start`` and of each delta is ``{stream_id}:{next index}``; with
+the last one as ``Last-Event-ID`` the retry replays the answer from there, out of the
+stream log, then goes on live. Without it (or with another answer's), a retry while
+the answer runs gets it from its start.
 """
 
 from __future__ import annotations
@@ -72,16 +73,18 @@ class SSEStreamer:
             await self._hub.leave(listener, sid, presence=False)
             raise
         message = posted.message
-        # Everything after the message before ours is released to the listener.
-        self._hub.finish_join(listener, sid, message["seq"] - 1)
         stream_id = posted.stream_id
         if not posted.created and body.reply != "none":
-            # A retry: the answer may still be in the stream log, or running.
+            # A retry: the answer may still be in the stream log, or running. The replay
+            # sets the listener's cursor before the frames held since begin_join are let
+            # through, so that each index goes out once, in order.
             try:
                 stream_id = await self._resume(listener, sid, message["id"], last_event_id)
             except BaseException:
                 await self._hub.leave(listener, sid, presence=False)
                 raise
+        # Everything after the message before ours is released to the listener.
+        self._hub.finish_join(listener, sid, message["seq"] - 1)
         return StreamingResponse(
             self._events(listener, sid, message, stream_id, posted.created),
             media_type="text/event-stream",
@@ -92,25 +95,39 @@ class SSEStreamer:
     async def _resume(
         self, listener: Connection, sid: str, message_id: str, last_event_id: str | None
     ) -> str | None:
-        """The stream answering ``message_id``, replayed to ``listener`` from where the
-        client's ``Last-Event-ID`` says it was or else, from its start, the running one."""
+        """The answer to ``message_id`` replayed to ``listener``: from where the client's
+        ``Last-Event-ID`` says it was, or else the running one from its start."""
         wanted, offset = _parse_event_id(last_event_id)
-        log = self._hub.stream_log
-        candidates = [wanted] if wanted else [stream_id for stream_id, _ in await log.running(sid)]
-        for stream_id in candidates:
-            snapshot = await log.read(stream_id, NO_TEXT)
-            start = snapshot.start if snapshot is not None else None
-            if start is None or start.get("reply_to") != message_id:
-                continue  # another question's answer
-            found = await self._hub.replay_stream(
-                listener,
-                sid,
-                stream_id,
-                offset,
-                before_replay=partial(listener.send, encode(start)) if offset == 0 else None,
-            )
-            return stream_id if found else None
+        if wanted is not None and await self._answering(wanted, message_id) is not None:
+            return await self._replay(listener, sid, wanted, offset)
+        for stream_id, _ in await self._hub.stream_log.running(sid):
+            start = await self._answering(stream_id, message_id)
+            if start is not None:
+                return await self._replay(listener, sid, stream_id, 0, start)
         return None
+
+    async def _answering(self, stream_id: str, message_id: str) -> dict[str, Any] | None:
+        """The stream's ``stream.start`` if it answers ``message_id``."""
+        snapshot = await self._hub.stream_log.read(stream_id, NO_TEXT)
+        start = snapshot.start if snapshot is not None else None
+        return start if start is not None and start.get("reply_to") == message_id else None
+
+    async def _replay(
+        self,
+        listener: Connection,
+        sid: str,
+        stream_id: str,
+        offset: int,
+        start: dict[str, Any] | None = None,
+    ) -> str | None:
+        found = await self._hub.replay_stream(
+            listener,
+            sid,
+            stream_id,
+            offset,
+            before_replay=partial(listener.send, encode(start)) if start else None,
+        )
+        return stream_id if found else None
 
     async def _events(
         self,
@@ -154,10 +171,12 @@ def _event(
 
 
 def _event_id(frame: dict[str, Any]) -> str | None:
-    """After a delta, where a retry goes on from: ``{stream_id}:{next index}``."""
-    if frame["type"] != "stream.delta":
-        return None
-    return f"{frame['stream_id']}:{frame['index'] + 1}"
+    """Where a retry goes on from after this event: ``{stream_id}:{next index}``."""
+    if frame["type"] == "stream.delta":
+        return f"{frame['stream_id']}:{frame['index'] + 1}"
+    if frame["type"] == "stream.start":
+        return f"{frame['stream_id']}:0"
+    return None
 
 
 def _parse_event_id(value: str | None) -> tuple[str | None, int]:

@@ -39,10 +39,11 @@ async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
         body = {"content": prompt, "client_msg_id": uuid.uuid4().hex}
         path = f"/v1/sessions/{session_id}/messages"
         resume: dict[str, str] = {}
-        next_index = 0
+        texts: list[str] = []  # the deltas printed, by index
         for attempt in range(ATTEMPTS):
             if attempt:
                 await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
+            question_id = None
             try:
                 async with aconnect_sse(client, "POST", path, json=body, headers=resume) as events:
                     if events.response.status_code >= 400:
@@ -51,13 +52,16 @@ async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
                         raise SystemExit(f"HTTP {code}: {text}")
                     async for event in events.aiter_sse():
                         frame = json.loads(event.data)
-                        if event.event == "stream.status":
-                            print(f"[{frame['stage']}]", file=sys.stderr)
-                        elif event.event == "stream.delta":
+                        if event.event == "message":
+                            question_id = frame["message"]["id"]
+                        elif event.event == "stream.start":
                             resume = {"Last-Event-ID": event.id}
-                            if frame["index"] == next_index:
-                                print(frame["text"], end="", flush=True)
-                                next_index += 1
+                        elif event.event == "stream.status":
+                            print(f"[{frame['stage']}]", file=sys.stderr)
+                        elif event.event == "stream.delta" and frame["index"] == len(texts):
+                            print(frame["text"], end="", flush=True)
+                            texts.append(frame["text"])
+                            resume = {"Last-Event-ID": event.id}  # where a retry goes on
                         elif event.event == "stream.end":
                             print()
                             if frame["finish_reason"] == "error":
@@ -65,7 +69,23 @@ async def ask(url: str, token: str, session_id: str | None, prompt: str) -> str:
                             return str((frame.get("message") or {}).get("content", ""))
             except httpx.TransportError as exc:
                 print(f"\n[connection lost ({exc!r}); resuming]", file=sys.stderr)
-    raise SystemExit(f"no stream.end after {ATTEMPTS} attempts")
+                continue
+            # The response ended without the answer: it ended while we were away and
+            # we had no event id to resume from. It is in the history by then.
+            answer = await _stored_answer(client, path, question_id) if question_id else None
+            if answer is not None:
+                print(answer[len("".join(texts)) :])
+                return answer
+    raise SystemExit(f"no answer after {ATTEMPTS} attempts")
+
+
+async def _stored_answer(client: httpx.AsyncClient, path: str, question_id: str) -> str | None:
+    page = await client.get(path, params={"limit": 50})  # the newest page
+    page.raise_for_status()
+    for message in page.json()["data"]["messages"]:
+        if message.get("reply_to") == question_id:
+            return str(message["content"])
+    return None
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from httpx_sse import aconnect_sse
 
-from tests.conftest import TestUser, register_user
+from tests.conftest import LiveServer, TestUser, register_user
 from tests.fakes.openrouter import FakeOpenRouter, Stream
 from tests.ws.conftest import Connect
 
@@ -157,21 +158,55 @@ async def test_an_sse_retry_without_an_event_id_gets_the_running_answer_from_its
     assert len(answers) == 1  # one answer, streamed twice
 
 
-async def test_an_sse_retry_with_another_answers_event_id_does_not_get_that_answer(
+async def test_an_sse_retry_with_another_answers_event_id_gets_its_own_answer(
     live_client: httpx.AsyncClient,
     room: tuple[TestUser, TestUser, str],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
     ada, _, session_id = room
-    fake_openrouter.enqueue(Stream(["first ", "answer"]), Stream(["second ", "answer"]))
+    second = [f"s{i} " for i in range(30)]
+    fake_openrouter.enqueue(Stream(["first ", "answer"]), Stream(second, delay_s=0.02))
     url = f"/v1/sessions/{session_id}/messages"
     _, first = await sse_events(live_client, url, {"content": "one"}, ada.headers)
     body = {"content": "two", "client_msg_id": "sse-retry-3"}
-    await sse_events(live_client, url, body, ada.headers)
+    await sse_events(live_client, url, body, ada.headers, break_after_deltas=2)
 
     stale_id = next(event_id for name, _, event_id in first if name == "stream.delta")
     status, events = await sse_events(
         live_client, url, body, {**ada.headers, "Last-Event-ID": stale_id}
     )
 
-    assert status == 200 and [name for name, _, _ in events] == ["message"]
+    first_stream = first[1][1]["stream_id"]
+    assert status == 200 and all(frame.get("stream_id") != first_stream for _, frame, _ in events)
+    assert [name for name, _, _ in events][:2] == ["message", "stream.start"]
+    assert "".join(text for _, text in deltas_of(events)) == "".join(second)
+
+
+async def test_deltas_arriving_while_an_sse_retry_is_stored_come_once_and_in_order(
+    live_client: httpx.AsyncClient,
+    live_server: LiveServer,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(40)], delay_s=0.01))
+    url = f"/v1/sessions/{session_id}/messages"
+    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-4"}
+    _, before = await sse_events(live_client, url, body, ada.headers, break_after_deltas=2)
+    messages = live_server.container.messages
+    real_post = messages.post
+
+    async def slow_post(*args: Any, **kwargs: Any) -> Any:
+        posted = await real_post(*args, **kwargs)
+        await asyncio.sleep(0.1)  # several deltas go out meanwhile
+        return posted
+
+    monkeypatch.setattr(messages, "post", slow_post)
+    _, after = await sse_events(
+        live_client, url, body, {**ada.headers, "Last-Event-ID": before[-1][2]}
+    )
+
+    received = deltas_of(before) + deltas_of(after)
+    assert [index for index, _ in received] == list(range(len(received)))
+    assert "".join(text for _, text in received) == after[-1][1]["message"]["content"]
