@@ -49,6 +49,7 @@ class ModelCatalog:
         self._fresh_until = float("-inf")
         self._lock = asyncio.Lock()
         self._behind: asyncio.Task[dict[str, int] | None] | None = None
+        self._closed = False
 
     async def context_length(self, model: str) -> int | None:
         if self._override is not None:
@@ -65,12 +66,18 @@ class ModelCatalog:
     def invalidate(self) -> None:
         self._fresh_until = float("-inf")
 
+    async def refresh(self) -> None:
+        """Fetch the catalogue now (a model was added upstream, say)."""
+        self.invalidate()
+        await self._refresh()
+
     def warm(self) -> None:
         """Fetch the catalogue in the background (at start-up)."""
         if self._override is None:
             self._refresh_behind()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._behind is not None:
             self._behind.cancel()
             await asyncio.gather(self._behind, return_exceptions=True)
@@ -84,6 +91,8 @@ class ModelCatalog:
         return await self._refresh()
 
     def _refresh_behind(self) -> None:
+        if self._closed:
+            return
         if self._behind is None or self._behind.done():
             self._behind = asyncio.create_task(self._refresh(), name="model-catalogue")
 
@@ -94,9 +103,13 @@ class ModelCatalog:
                 return self._lengths
             try:
                 fetched = await self._fetch()
-            except ParleyError as exc:
+            except Exception as exc:
                 # Keep a stale catalogue rather than none; try again after a short pause.
-                log.warning("model catalogue refresh failed: %s", exc.message)
+                # (Not only ParleyError: a fetch behind the callers has none to tell.)
+                if isinstance(exc, ParleyError):
+                    log.warning("model catalogue refresh failed: %s", exc.message)
+                else:
+                    log.exception("model catalogue refresh failed")
                 self._fresh_until = self._clock() + self._failure_ttl_s
                 return self._lengths
             self._lengths = dict(fetched)
