@@ -116,6 +116,7 @@ class OpenRouterProvider:
             pool=connect_timeout_s,
         )
         self._tool_capable: set[str] = set()
+        self._tool_choice_capable: set[str] = set()
         self.catalog = ModelCatalog(
             self._fetch_models, ttl_s=catalog_ttl_s, override=context_length_override
         )
@@ -137,6 +138,9 @@ class OpenRouterProvider:
         total_at = started + self._total_timeout_s
         deadline = min(started + self._first_token_timeout_s, total_at)
         body = _body(request, stream=True)
+        if "tool_choice" in body and request.model not in self._tool_choice_capable:
+            # A provider that does not take it may refuse the whole request.
+            del body["tool_choice"]
         state = _StreamState(request.model)
 
         async with AsyncExitStack() as stack:
@@ -309,12 +313,18 @@ class OpenRouterProvider:
             raise status_error(response)
         lengths: dict[str, int] = {}
         tool_capable: set[str] = set()
+        choice_capable: set[str] = set()
         for model in json_object(response.content).get("data") or []:
-            if isinstance(model, dict) and isinstance(model.get("context_length"), int):
+            if not isinstance(model, dict):
+                continue
+            if isinstance(model.get("context_length"), int):
                 lengths[str(model["id"])] = model["context_length"]
-            if isinstance(model, dict) and "tools" in (model.get("supported_parameters") or []):
+            parameters = model.get("supported_parameters") or []
+            if "tools" in parameters:
                 tool_capable.add(str(model["id"]))
-        self._tool_capable = tool_capable
+            if "tool_choice" in parameters:
+                choice_capable.add(str(model["id"]))
+        self._tool_capable, self._tool_choice_capable = tool_capable, choice_capable
         return lengths
 
     def warm(self) -> None:

@@ -145,7 +145,8 @@ async def test_with_tavily_failing_the_answer_still_comes_and_says_search_was_un
 
 
 async def test_a_tool_calling_model_searches_when_it_calls_the_tool(answers: Answers) -> None:
-    answers.server.container.extras["tool_models"] = {MODEL}
+    answers.fake.tool_models = {MODEL}  # the catalogue lists tools and tool_choice
+    await answers.server.container.extras["llm"].provider().catalog.refresh()
     call = {
         "id": "call_1",
         "type": "function",
