@@ -90,7 +90,7 @@ async def start_assistant(container: Container, stack: contextlib.AsyncExitStack
     stack.push_async_callback(assistant.drain, container.settings.drain_timeout_s)
     # ... and before that, posts whose connections were closed finish landing, so the
     # answers they confirm are among those drained.
-    stack.push_async_callback(container.messages.landed)
+    stack.push_async_callback(container.messages.landed, container.settings.drain_timeout_s)
     container.messages.assistant = assistant
     takeover = StreamTakeover(container.database, hub, context.turns, container.metrics)
     container.extras["presence"].on_node_gone = takeover.node_gone

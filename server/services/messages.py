@@ -6,6 +6,7 @@ The same rules serve the WebSocket ``message`` frame and ``POST …/messages``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -19,6 +20,8 @@ from server.errors import BadRequest, Conflict, NotFound
 from server.services.accounts import Principal
 from server.services.turn_cache import TurnCache, turn_of
 from server.services.wire import message_to_wire
+
+log = logging.getLogger("parley.messages")
 
 ReplyMode = Literal["auto", "none"]
 MAX_CLIENT_MSG_ID = 128
@@ -141,10 +144,16 @@ class MessageService:
         landing.add_done_callback(self._landed)
         return await asyncio.shield(landing)
 
-    async def landed(self) -> None:
-        """Wait for posts whose callers were cancelled to finish storing and fanning out."""
+    async def landed(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for posts whose callers were cancelled to finish
+        storing and fanning out."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while self._landing:
-            await asyncio.wait(list(self._landing))
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.warning("%d posts still storing at shutdown", len(self._landing))
+                return
+            await asyncio.wait(list(self._landing), timeout=left)
 
     def _landed(self, landing: asyncio.Future[PostedMessage]) -> None:
         self._landing.discard(landing)

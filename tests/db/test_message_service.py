@@ -282,7 +282,7 @@ async def test_a_post_cancelled_while_its_question_is_stored_still_answers_it(
     with pytest.raises(asyncio.CancelledError):
         await post
     release.set()
-    await service.landed()
+    await service.landed(5)
 
     question_id = assistant.prepared[0]["id"]
     assert await stored_count(database, session_id) == 1
