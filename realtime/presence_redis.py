@@ -288,9 +288,13 @@ class RedisPresence:
                     log.info("presence reaped dead node %s", node)
                     gone.append(node)
         finally:
-            await self._unlock(keys=[lock], args=[owner])
-        for node in gone:
-            await self._tell_node_gone(node)
+            try:
+                await self._unlock(keys=[lock], args=[owner])
+            finally:
+                # Even when reaping another node failed: a node reaped is out of
+                # ``nodes``, and no reaper would come back to it.
+                for node in gone:
+                    await self._tell_node_gone(node)
         return changes
 
     # Both loops also stop on ``_closed``: redis-py can turn their cancellation (by

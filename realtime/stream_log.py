@@ -38,7 +38,8 @@ class StreamLog(Protocol):
     async def append(self, stream_id: str, index: int, text: str) -> None:
         """Records delta ``index``; indices come 0, 1, 2, … (``ValueError`` otherwise).
 
-        Appending to a log that is not open (expired) records nothing."""
+        Appending to a log that is not open (expired) records nothing. Raises
+        ``StreamTakenOver`` once another node has settled the stream."""
 
     async def finish(self, stream_id: str, end_frame: dict[str, Any]) -> None:
         """Records the end; the log is kept for the TTL afterwards, then it is gone."""
@@ -50,13 +51,20 @@ class StreamLog(Protocol):
         """``(stream_id, number of deltas so far)`` for the session's unfinished streams."""
 
     async def settle(self, stream_id: str) -> bool:
-        """Claims the storing of the stream's answer: True for the first caller only."""
+        """Claims the storing of the stream's answer: True for the first caller only.
+        Call it after ``open``, which starts a stream afresh."""
 
     async def claim_orphans(self, node_id: str) -> list[StreamSnapshot]:
         """The unfinished streams the dead node ``node_id`` was writing, each settled
-        for the caller (so each goes to one caller only)."""
+        for the caller (so each goes to one caller only), including those the dead node
+        had settled itself: it may have died storing the answer. A stream whose log
+        cannot be trusted comes with no deltas."""
 
     async def close(self) -> None: ...
+
+
+class StreamTakenOver(Exception):
+    """Another node settled this stream: its writer was taken for dead."""
 
 
 def check_index(stream_id: str, expected: int, index: int) -> None:

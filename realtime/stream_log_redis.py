@@ -12,8 +12,10 @@ Appends are the hot path (one per coalesced frame per stream). Commands go throu
 a ``PipelineBatcher``, so appends of concurrent streams share round trips and reach
 Redis in the order they were issued; and an append renews the TTLs only when a
 quarter of the TTL has passed since they were last renewed, so it is usually one
-RPUSH. An append that fails leaves the positions in doubt, so the log is then
-marked broken and reads as unknown: the client falls back to the stored message.
+small script: an RPUSH, unless another node has settled the stream (it took this one
+for dead), which the writer learns from that append. An append that fails leaves
+the positions in doubt, so the log is then marked broken and reads as unknown: the
+client falls back to the stored message.
 """
 
 from __future__ import annotations
@@ -26,8 +28,26 @@ import orjson
 
 from realtime import _redis
 from realtime.keys import DEFAULT_PREFIX, STREAM_LOG_TTL_S, Keys
-from realtime.stream_log import StreamSnapshot, check_index
+from realtime.stream_log import StreamSnapshot, StreamTakenOver, check_index
 from server.errors import ParleyError
+
+# KEYS: meta. ARGV: the dead node, the claimer, the TTL in ms. 1 if claimed: nobody
+# had settled the stream, or its dead writer had (it may have died storing it).
+_CLAIM = """
+local holder = redis.call('HGET', KEYS[1], 'settled')
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'settled', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+# KEYS: deltas, meta. ARGV: text, 1 if this node settled the stream itself. The new
+# length, or -1 without pushing: another node settled it (took this one for dead).
+_APPEND = """
+if ARGV[2] == '0' and redis.call('HEXISTS', KEYS[2], 'settled') == 1 then return -1 end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
 
 
 @dataclass(slots=True)
@@ -39,6 +59,7 @@ class _Writing:
     renewed_at: float
     broken: bool = False  # an append failed: the stored deltas cannot be trusted
     flagged: bool = False  # ... and Redis has been told so
+    settled: bool = False  # this node settled it: its last appends are its own
 
 
 class RedisStreamLog:
@@ -94,7 +115,9 @@ class RedisStreamLog:
         check_index(stream_id, writing.next_index, index)
         writing.next_index += 1
         now = time.monotonic()
-        commands: list[_redis.Command] = [("RPUSH", self._keys.stream_deltas(stream_id), text)]
+        deltas, meta = self._keys.stream_deltas(stream_id), self._keys.stream_meta(stream_id)
+        mine = "1" if writing.settled else "0"
+        commands: list[_redis.Command] = [("EVAL", _APPEND, 2, deltas, meta, text, mine)]
         # The first push creates the list: it needs its TTL at once, or a crash
         # right now would leave it behind for good.
         if index == 0 or now - writing.renewed_at >= self._renew_every_s:
@@ -107,6 +130,9 @@ class RedisStreamLog:
             # match indices: the log is marked unusable rather than replay wrong text.
             writing.broken = True
             raise
+        if replies[0] == -1:
+            del self._writing[stream_id]
+            raise StreamTakenOver(stream_id)
         if replies[0] != index + 1:
             # The list lost entries under us (Redis restarted empty, or the key was
             # evicted): same verdict, and make sure the stray list expires.
@@ -179,22 +205,47 @@ class RedisStreamLog:
     async def settle(self, stream_id: str) -> bool:
         meta = self._keys.stream_meta(stream_id)
         won, _ = await self._batcher.execute(
-            ("HSETNX", meta, "settled", 1), ("PEXPIRE", meta, self._ttl_ms)
+            ("HSETNX", meta, "settled", self._node_id or "-"), ("PEXPIRE", meta, self._ttl_ms)
         )
+        writing = self._writing.get(stream_id)
+        if won and writing is not None:
+            writing.settled = True
+        elif not won:
+            self._writing.pop(stream_id, None)  # another node ends it
         return bool(won)
 
     async def claim_orphans(self, node_id: str) -> list[StreamSnapshot]:
         theirs = self._keys.node_streams(node_id)
-        # Two nodes may both read the set before either deletes it: ``settle`` decides.
+        # Two nodes may both read the set before either deletes it: the claim decides.
         stream_ids, _ = await self._batcher.execute(("SMEMBERS", theirs), ("DEL", theirs))
         claimed = []
         for stream_id in sorted(stream_ids):
-            if not await self.settle(stream_id):
+            meta = self._keys.stream_meta(stream_id)
+            claim = ("EVAL", _CLAIM, 1, meta, node_id, self._node_id or "-", self._ttl_ms)
+            (won,) = await self._batcher.execute(claim)
+            if not won:
                 continue  # its writer got to its end, or another node took it
-            snapshot = await self.read(stream_id, 0)
+            snapshot = await self._read_claimed(stream_id)
             if snapshot is not None and snapshot.end is None:
                 claimed.append(snapshot)
         return claimed
+
+    async def _read_claimed(self, stream_id: str) -> StreamSnapshot | None:
+        """As ``read``, but a broken log gives its frames and no deltas."""
+        meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
+        (session_id, start_frame, end_frame, broken), texts = await self._batcher.execute(
+            ("HMGET", meta, "session_id", "start", "end", "broken"),
+            ("LRANGE", deltas, 0, -1),
+        )
+        if session_id is None:
+            return None
+        return StreamSnapshot(
+            stream_id,
+            session_id,
+            [] if broken is not None else list(enumerate(texts)),
+            orjson.loads(end_frame) if end_frame is not None else None,
+            orjson.loads(start_frame) if start_frame is not None else None,
+        )
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from realtime.hub import Hub
-from realtime.stream_log import StreamLog
+from realtime.stream_log import StreamLog, StreamTakenOver
 from server.errors import ParleyError
 
 log = logging.getLogger("parley.streams")
@@ -28,8 +29,10 @@ class StreamPublisher:
         stream_id: str,
         *,
         coalesce_s: float = 0.004,
+        on_taken_over: Callable[[], None] | None = None,
     ) -> None:
         self._hub = hub
+        self._on_taken_over = on_taken_over
         self._log = stream_log
         self.session_id = session_id
         self.stream_id = stream_id
@@ -121,6 +124,13 @@ class StreamPublisher:
             # The log first: a client resuming after seeing this delta must find it there.
             try:
                 await self._log.append(self.stream_id, index, text)
+            except StreamTakenOver:
+                # Another node ended this stream for the room: publish nothing more.
+                self._stopping = True
+                self._buffer.clear()
+                if self._on_taken_over is not None:
+                    self._on_taken_over()
+                return
             except ParleyError as exc:
                 # Without the log a resume may come up short, but the answer goes on and
                 # is stored whole at the end: never lose the generation over it.

@@ -27,6 +27,23 @@ async def find_by_client_msg_id(
     ).scalar_one_or_none()
 
 
+async def find_answer(
+    session: AsyncSession, session_id: uuid.UUID, question_id: uuid.UUID
+) -> Message | None:
+    """The assistant's stored answer to ``question_id``, if any."""
+    return (
+        await session.execute(
+            select(Message)
+            .where(
+                Message.session_id == session_id,
+                Message.reply_to == question_id,
+                Message.role == "assistant",
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
 async def append_message(
     session: AsyncSession,
     *,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from db.engine import Database
@@ -78,6 +79,8 @@ class Generation:
     cancelled_by: str | None = None
     trace: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
+    # Another node took this one for dead and ended the stream (server.services.takeover).
+    taken_over: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -183,7 +186,11 @@ class Assistant:
 
     async def _run(self, generation: Generation) -> None:
         publisher = StreamPublisher(
-            self._hub, self._hub.stream_log, generation.session_id, generation.stream_id
+            self._hub,
+            self._hub.stream_log,
+            generation.session_id,
+            generation.stream_id,
+            on_taken_over=partial(self._taken_over, generation),
         )
         result = _Result(model_asked=self._settings.llm_model, started=time.perf_counter())
         try:
@@ -192,7 +199,8 @@ class Assistant:
             except asyncio.CancelledError:
                 if generation.confirmed.cancelled():
                     return  # abandoned: the question was never stored
-                result.outcome = "cancelled" if not generation.draining else "error"
+                stopped = generation.draining or generation.taken_over
+                result.outcome = "error" if stopped else "cancelled"
                 if generation.draining:
                     error = ParleyError("the server restarted before the answer finished")
                     error.code = "unavailable"
@@ -303,13 +311,6 @@ class Assistant:
         Both writes come before ``stream.end``, so a client that saw the end finds the
         message in history and the generation in the usage record.
         """
-        if not await self._settle(generation.stream_id):
-            # This node was taken for dead (a pause longer than the node TTL) and
-            # another one ended the stream and stored its text: storing again would
-            # answer the question twice.
-            log.warning("stream %s was ended by another node", generation.stream_id)
-            await publisher.stop()
-            return
         text = publisher.text
         finish = result.finish
         answered_by = finish.model if finish is not None else result.model_asked
@@ -318,6 +319,14 @@ class Assistant:
             await generation.announcements.settled()
         if not publisher.started:
             await publisher.start(result.model_asked, generation.reply_to["id"])
+        # After the start: opening a stream's log starts it afresh.
+        if not await self._settle(generation.stream_id):
+            # This node was taken for dead (a pause longer than the node TTL) and
+            # another one ended the stream and stored its text: storing it again would
+            # answer the question twice. What the upstream was paid for is recorded.
+            log.warning("stream %s was ended by another node", generation.stream_id)
+            generation.taken_over, result.outcome, text = True, "error", ""
+            await publisher.stop()
         stored: dict[str, Any] | None = None
         seq: int | None = None
         revision = 0
@@ -369,13 +378,20 @@ class Assistant:
         }
         if result.error is not None:
             end["error"] = {"code": result.error.code, "message": result.error.message}
-        await publisher.end(end, seq)
+        if not generation.taken_over:
+            await publisher.end(end, seq)
         self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
         reported = finish is not None and finish.usage is not None
         if not reported and generation.trace.get("generation_id"):
             self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
+
+    def _taken_over(self, generation: Generation) -> None:
+        """The stream log says another node ended this stream: stop asking the model."""
+        generation.taken_over = True
+        if generation.task is not None:
+            generation.task.cancel()
 
     async def _settle(self, stream_id: str) -> bool:
         try:

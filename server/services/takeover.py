@@ -7,7 +7,9 @@ reaper, on every node with Redis) takes its streams over: it stores the text the
 stream log holds as the answer, marked ``error``, and publishes the ``stream.end``
 the dead node never sent, with ``unavailable``. The log holds at least what members
 saw (each delta is logged before it is published), so the stored answer is what
-they read, or more.
+they read, or more. If the dead node had stored its answer already (it died just
+after), that answer is the one sent; if the log could not be trusted (a failed
+append), or storing fails now, the stream still ends, without a message.
 
 What is not recovered: the dead node's upstream usage (its generation id died with
 it), so no usage event is recorded for these answers.
@@ -57,22 +59,14 @@ class StreamTakeover:
         start = snapshot.start or {}
         model = start.get("model")
         reply_to = start.get("reply_to")
-        session_id = uuid.UUID(snapshot.session_id)
         stored: dict[str, Any] | None = None
         seq: int | None = None
-        if text:
-            async with self._db.transaction() as session:
-                appended = await messages_repo.append_answer(
-                    session,
-                    session_id=session_id,
-                    content=text,
-                    status="error",
-                    model=model,
-                    reply_to=uuid.UUID(reply_to) if reply_to else None,
-                )
-            stored, seq = message_to_wire(appended.message), appended.message.seq
-            self._turns.appended(session_id, turn_of(stored), appended.history_revision, None)
-            self._metrics.messages_stored.labels("assistant").inc()
+        try:
+            stored, seq = await self._store(snapshot, text, model, reply_to)
+        except Exception:
+            # The room still hears that the stream ended; the text stays in the stream
+            # log until its TTL.
+            log.exception("could not store the answer of stream %s", snapshot.stream_id)
         self._metrics.generations.labels("error").inc()
         self._metrics.streams_taken_over.inc()
         end = {
@@ -90,3 +84,29 @@ class StreamTakeover:
             self._hub, self._hub.stream_log, snapshot.session_id, snapshot.stream_id
         )
         await publisher.end(end, seq)
+
+    async def _store(
+        self, snapshot: StreamSnapshot, text: str, model: str | None, reply_to: str | None
+    ) -> tuple[dict[str, Any] | None, int | None]:
+        """The answer as stored: by the dead node, if it died storing it, else now."""
+        session_id = uuid.UUID(snapshot.session_id)
+        question_id = uuid.UUID(reply_to) if reply_to else None
+        async with self._db.transaction() as session:
+            if question_id is not None:
+                existing = await messages_repo.find_answer(session, session_id, question_id)
+                if existing is not None:
+                    return message_to_wire(existing), existing.seq
+            if not text:
+                return None, None
+            appended = await messages_repo.append_answer(
+                session,
+                session_id=session_id,
+                content=text,
+                status="error",
+                model=model,
+                reply_to=question_id,
+            )
+        stored = message_to_wire(appended.message)
+        self._turns.appended(session_id, turn_of(stored), appended.history_revision, None)
+        self._metrics.messages_stored.labels("assistant").inc()
+        return stored, appended.message.seq

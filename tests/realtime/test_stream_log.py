@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from realtime.keys import Keys
-from realtime.stream_log import StreamLog, StreamSnapshot
+from realtime.stream_log import StreamLog, StreamSnapshot, StreamTakenOver
 from realtime.stream_log_memory import MemoryStreamLog
 from realtime.stream_log_redis import RedisStreamLog
 
@@ -205,21 +205,68 @@ async def test_a_dead_writers_unfinished_streams_go_to_exactly_one_taker(
         await write(writer, ["c"], "st2")
         await writer.finish("st2", END)  # ended: nothing to take over
         await write(writer, ["d"], "st3")
-        assert await writer.settle("st3")  # its writer was storing it when it died
+        assert await writer.settle("st3")  # it died storing this one: taken too
         await write(taker, ["e"], "st4")  # the living node's own stream
 
         first, second = await asyncio.gather(
             taker.claim_orphans("dead"), rival.claim_orphans("dead")
         )
 
-        (claimed,) = first + second
-        assert claimed == StreamSnapshot(
-            "st1", "s1", [(0, "a"), (1, "b")], None, {**START, "stream_id": "st1"}
-        )
+        claimed = sorted(first + second, key=lambda snapshot: snapshot.stream_id)
+        assert claimed == [
+            StreamSnapshot("st1", "s1", [(0, "a"), (1, "b")], None, {**START, "stream_id": "st1"}),
+            StreamSnapshot("st3", "s1", [(0, "d")], None, {**START, "stream_id": "st3"}),
+        ]
         # Were the writer only paused, it would find the stream taken at its end.
         assert await writer.settle("st1") is False
         assert await taker.claim_orphans("dead") == []
         assert [s.stream_id for s in await rival.claim_orphans("alive")] == ["st4"]
     finally:
         for log in (writer, taker, rival):
+            await log.close()
+
+
+async def test_a_writer_taken_for_dead_learns_it_at_its_next_append(
+    redis_url: str, prefix: str
+) -> None:
+    paused, taker = (
+        RedisStreamLog(redis_url, 60, prefix=prefix, node_id=node) for node in ("paused", "alive")
+    )
+    try:
+        await write(paused, ["a"], "st1")
+        await taker.claim_orphans("paused")
+
+        with pytest.raises(StreamTakenOver):
+            await paused.append("st1", 1, "b")
+        await paused.append("st1", 2, "c")  # forgotten since: records nothing
+        snapshot = await taker.read("st1", 0)
+        assert snapshot is not None and snapshot.deltas == [(0, "a")]
+
+        # A writer's own settle does not stop the appends of its last flush.
+        await write(paused, ["x"], "st2")
+        assert await paused.settle("st2")
+        await paused.append("st2", 1, "y")
+        snapshot = await paused.read("st2", 0)
+        assert snapshot is not None and snapshot.deltas == [(0, "x"), (1, "y")]
+    finally:
+        for log in (paused, taker):
+            await log.close()
+
+
+async def test_a_taken_stream_whose_log_broke_comes_without_its_text(
+    redis_url: str, prefix: str
+) -> None:
+    dead, taker = (
+        RedisStreamLog(redis_url, 60, prefix=prefix, node_id=node) for node in ("dead", "alive")
+    )
+    try:
+        await write(dead, ["a", "b"], "st1")
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        await redis.hset(Keys(prefix).stream_meta("st1"), "broken", 1)
+        await redis.aclose()
+
+        (claimed,) = await taker.claim_orphans("dead")
+        assert claimed.stream_id == "st1" and claimed.deltas == [] and claimed.start is not None
+    finally:
+        for log in (dead, taker):
             await log.close()

@@ -7,9 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
+from realtime.stream_log_redis import RedisStreamLog
 from server.app import create_app
 from tests.conftest import LiveServer, create_session, make_settings, register_user
 from tests.fakes.openrouter import FakeOpenRouter, Hang, HttpError, Stream
+from tests.services import require_redis
 from tests.stream.conftest import collect_stream
 from tests.wsclient import WSClient
 
@@ -133,3 +135,39 @@ async def test_a_node_at_its_connection_limit_refuses_the_next_answer_and_stays_
         metrics = (await http.get("/metrics")).text
     assert "parley_answers_without_connection_total 1.0" in metrics
     assert 'parley_breaker_open{upstream="openrouter"} 0.0' in metrics
+
+
+async def test_a_node_whose_stream_another_node_took_stops_its_answer_and_stores_nothing(
+    start_server: StartServer, fake_openrouter: FakeOpenRouter
+) -> None:
+    # A node paused past its presence TTL is taken for dead: another node ends its
+    # streams. When it wakes, its next append tells it, and it stops asking the model.
+    redis_url = require_redis()
+    server = await start_server(redis_url=redis_url)
+    fake_openrouter.enqueue(Stream(["long "] * 60, delay_s=0.05))
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    ada_ws, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    taker = RedisStreamLog(redis_url, node_id="the-node-that-took-over")
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        frame = {"type": "message", "session_id": session_id, "content": "talk"}
+        ack = await ada_ws.request(frame)
+        await ada_ws.next("stream.delta")
+
+        (taken,) = await taker.claim_orphans(server.container.extras["node_id"])
+
+        assert taken.stream_id == ack["stream_id"]
+        assert await fake_openrouter.wait_disconnect(2.0)  # it stopped asking
+        generation = server.container.extras["assistant"].running.get(ack["stream_id"])
+        if generation is not None:
+            await asyncio.wait_for(generation.done.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert ada_ws.unread("stream.end") == []  # the taker ends it, not this node
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            page = await http.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+        assert [m["role"] for m in page.json()["data"]["messages"]] == ["user"]
+    finally:
+        await ada_ws.close()
+        await taker.close()

@@ -4,8 +4,11 @@ import asyncio
 import uuid
 
 import httpx
+import pytest
 
+from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
+from realtime.stream_log import StreamSnapshot
 from tests.conftest import LiveServer, TestUser
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.stream.conftest import collect_stream
@@ -251,3 +254,47 @@ async def test_a_cancelled_streams_usage_is_recovered_from_the_generation_endpoi
     assert events[0].outcome == "cancelled"
     assert events[0].completion_tokens == upstream["tokens_completion"]
     assert events[0].prompt_tokens == upstream["tokens_prompt"]
+
+
+async def test_a_taken_over_stream_whose_answer_was_stored_sends_that_answer(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+    live_server: LiveServer,
+    live_client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dead node got as far as storing its answer, not as far as stream.end.
+    ada, _, session_id = room
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    frame = {"type": "message", "session_id": session_id, "content": "go", "reply": "none"}
+    ack = await ada_ws.request(frame)
+    database = live_server.container.database
+    async with database.transaction() as db:
+        appended = await messages_repo.append_answer(
+            db,
+            session_id=uuid.UUID(session_id),
+            content="stored in full",
+            status="complete",
+            model="openai/gpt-4o-mini",
+            reply_to=uuid.UUID(ack["message"]["id"]),
+        )
+    stored_id = str(appended.message.id)
+    start = {"type": "stream.start", "session_id": session_id, "stream_id": "gone-1"}
+    start |= {"model": "openai/gpt-4o-mini", "reply_to": ack["message"]["id"]}
+    orphan = StreamSnapshot("gone-1", session_id, [(0, "stored ")], None, start)
+
+    async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
+        return [orphan] if node_id == "dead-node" else []
+
+    container = live_server.container
+    monkeypatch.setattr(container.extras["stream_log"], "claim_orphans", claim_orphans)
+    await container.extras["presence"].on_node_gone("dead-node")
+
+    end = await ada_ws.next("stream.end", lambda f: f["stream_id"] == "gone-1")
+    assert end["finish_reason"] == "error" and end["error"]["code"] == "unavailable"
+    assert end["message"]["id"] == stored_id
+    assert end["message"]["content"] == "stored in full"
+    history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    assert [m["role"] for m in history.json()["data"]["messages"]] == ["user", "assistant"]
