@@ -106,17 +106,35 @@ def deltas_of(events: list[tuple[str, dict[str, Any], str]]) -> list[tuple[int, 
     return [(frame["index"], frame["text"]) for name, frame, _ in events if name == "stream.delta"]
 
 
+async def ask_and_break_off(
+    client: httpx.AsyncClient,
+    user: TestUser,
+    session_id: str,
+    fake: FakeOpenRouter,
+    client_msg_id: str,
+    after_deltas: int,
+    delay_s: float = 0.02,
+) -> tuple[str, dict[str, Any], int, list[tuple[str, dict[str, Any], str]]]:
+    """A question whose answer streams slowly, and a connection dropped after
+    ``after_deltas`` deltas: (url, body, status, the events before the drop)."""
+    fake.enqueue(Stream([f"t{i} " for i in range(40)], delay_s=delay_s))
+    url = f"/v1/sessions/{session_id}/messages"
+    body = {"content": "tell me slowly", "client_msg_id": client_msg_id}
+    status, events = await sse_events(
+        client, url, body, user.headers, break_after_deltas=after_deltas
+    )
+    return url, body, status, events
+
+
 async def test_an_sse_answer_that_broke_off_goes_on_from_its_last_event_id(
     live_client: httpx.AsyncClient,
     room: tuple[TestUser, TestUser, str],
     fake_openrouter: FakeOpenRouter,
 ) -> None:
     ada, _, session_id = room
-    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(30)], delay_s=0.02))
-    url = f"/v1/sessions/{session_id}/messages"
-    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-1"}
-
-    status, before = await sse_events(live_client, url, body, ada.headers, break_after_deltas=3)
+    url, body, status, before = await ask_and_break_off(
+        live_client, ada, session_id, fake_openrouter, "sse-retry-1", after_deltas=3
+    )
     stream_id = next(frame["stream_id"] for name, frame, _ in before if name == "stream.start")
     last_id = before[-1][2]
     status_again, after = await sse_events(
@@ -141,11 +159,9 @@ async def test_an_sse_retry_without_an_event_id_gets_the_running_answer_from_its
     fake_openrouter: FakeOpenRouter,
 ) -> None:
     ada, _, session_id = room
-    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(30)], delay_s=0.02))
-    url = f"/v1/sessions/{session_id}/messages"
-    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-2"}
-
-    await sse_events(live_client, url, body, ada.headers, break_after_deltas=2)
+    url, body, _, _ = await ask_and_break_off(
+        live_client, ada, session_id, fake_openrouter, "sse-retry-2", after_deltas=2
+    )
     status, events = await sse_events(live_client, url, body, ada.headers)
 
     names = [name for name, _, _ in events]
@@ -190,10 +206,9 @@ async def test_deltas_arriving_while_an_sse_retry_is_stored_come_once_and_in_ord
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ada, _, session_id = room
-    fake_openrouter.enqueue(Stream([f"t{i} " for i in range(40)], delay_s=0.01))
-    url = f"/v1/sessions/{session_id}/messages"
-    body = {"content": "tell me slowly", "client_msg_id": "sse-retry-4"}
-    _, before = await sse_events(live_client, url, body, ada.headers, break_after_deltas=2)
+    url, body, _, before = await ask_and_break_off(
+        live_client, ada, session_id, fake_openrouter, "sse-retry-4", after_deltas=2, delay_s=0.01
+    )
     messages = live_server.container.messages
     real_post = messages.post
 
