@@ -17,6 +17,7 @@ it), so no usage event is recorded for these answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -34,6 +35,7 @@ from server.services.wire import message_to_wire
 log = logging.getLogger("parley.takeover")
 
 NODE_GONE_MESSAGE = "the server answering this stopped before it finished"
+STORE_TIMEOUT_S = 10.0
 
 
 class StreamTakeover:
@@ -62,7 +64,10 @@ class StreamTakeover:
         stored: dict[str, Any] | None = None
         seq: int | None = None
         try:
-            stored, seq = await self._store(snapshot, text, model, reply_to)
+            # Bounded: a hung database must not hold the reaper, nor leave the room
+            # waiting for an end.
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                stored, seq = await self._store(snapshot, text, model, reply_to)
         except Exception:
             # The room still hears that the stream ended; the text stays in the stream
             # log until its TTL.

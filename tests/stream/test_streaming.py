@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
 from realtime.stream_log import StreamSnapshot
+from server.services import takeover
 from tests.conftest import LiveServer, TestUser
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.stream.conftest import collect_stream
@@ -298,3 +300,34 @@ async def test_a_taken_over_stream_whose_answer_was_stored_sends_that_answer(
     assert end["message"]["content"] == "stored in full"
     history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
     assert [m["role"] for m in history.json()["data"]["messages"]] == ["user", "assistant"]
+
+
+async def test_a_taken_over_stream_ends_even_when_its_answer_cannot_be_stored(
+    connect: Connect,
+    room: tuple[TestUser, TestUser, str],
+    live_server: LiveServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ada, _, session_id = room
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+    frame = {"type": "message", "session_id": session_id, "content": "go", "reply": "none"}
+    ack = await ada_ws.request(frame)
+    start = {"type": "stream.start", "session_id": session_id, "stream_id": "gone-2"}
+    start |= {"model": "openai/gpt-4o-mini", "reply_to": ack["message"]["id"]}
+    orphan = StreamSnapshot("gone-2", session_id, [(0, "half an ")], None, start)
+
+    async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
+        return [orphan]
+
+    async def hung_database(*args: Any, **kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+    container = live_server.container
+    monkeypatch.setattr(container.extras["stream_log"], "claim_orphans", claim_orphans)
+    monkeypatch.setattr(messages_repo, "find_answer", hung_database)
+    monkeypatch.setattr(takeover, "STORE_TIMEOUT_S", 0.2)
+    await container.extras["presence"].on_node_gone("dead-node")
+
+    end = await ada_ws.next("stream.end", lambda f: f["stream_id"] == "gone-2")
+    assert end["finish_reason"] == "error" and end["message"] is None
