@@ -21,7 +21,7 @@ client falls back to the stored message.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -164,21 +164,27 @@ class RedisStreamLog:
         await self._batcher.execute(*commands)
 
     async def read(self, stream_id: str, offset: int) -> StreamSnapshot | None:
+        snapshot, broken = await self._snapshot(stream_id, offset)
+        return None if broken else snapshot
+
+    async def _snapshot(self, stream_id: str, offset: int) -> tuple[StreamSnapshot | None, bool]:
+        """The stream from ``offset`` (None once expired), and whether its log broke."""
         start = max(0, offset)
         meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
         (session_id, start_frame, end_frame, broken), texts = await self._batcher.execute(
             ("HMGET", meta, "session_id", "start", "end", "broken"),
             ("LRANGE", deltas, start, -1),
         )
-        if session_id is None or broken is not None:
-            return None
-        return StreamSnapshot(
+        if session_id is None:
+            return None, False
+        snapshot = StreamSnapshot(
             stream_id,
             session_id,
             [(start + i, text) for i, text in enumerate(texts)],
             orjson.loads(end_frame) if end_frame is not None else None,
             orjson.loads(start_frame) if start_frame is not None else None,
         )
+        return snapshot, broken is not None
 
     async def running(self, session_id: str) -> list[tuple[str, int]]:
         streams = self._keys.session_streams(session_id)
@@ -225,27 +231,11 @@ class RedisStreamLog:
             (won,) = await self._batcher.execute(claim)
             if not won:
                 continue  # its writer got to its end, or another node took it
-            snapshot = await self._read_claimed(stream_id)
+            snapshot, broken = await self._snapshot(stream_id, 0)
             if snapshot is not None and snapshot.end is None:
-                claimed.append(snapshot)
+                # A broken log's text cannot be trusted: the stream ends without it.
+                claimed.append(replace(snapshot, deltas=[]) if broken else snapshot)
         return claimed
-
-    async def _read_claimed(self, stream_id: str) -> StreamSnapshot | None:
-        """As ``read``, but a broken log gives its frames and no deltas."""
-        meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
-        (session_id, start_frame, end_frame, broken), texts = await self._batcher.execute(
-            ("HMGET", meta, "session_id", "start", "end", "broken"),
-            ("LRANGE", deltas, 0, -1),
-        )
-        if session_id is None:
-            return None
-        return StreamSnapshot(
-            stream_id,
-            session_id,
-            [] if broken is not None else list(enumerate(texts)),
-            orjson.loads(end_frame) if end_frame is not None else None,
-            orjson.loads(start_frame) if start_frame is not None else None,
-        )
 
     async def close(self) -> None:
         await self._batcher.close()
