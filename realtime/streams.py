@@ -126,8 +126,7 @@ class StreamPublisher:
                 await self._log.append(self.stream_id, index, text)
             except StreamTakenOver:
                 # Another node ended this stream for the room: publish nothing more.
-                self._stopping = True
-                self._buffer.clear()
+                self._fall_silent()
                 if self._on_taken_over is not None:
                     self._on_taken_over()
                 return
@@ -141,11 +140,14 @@ class StreamPublisher:
 
     async def stop(self) -> None:
         """Publish nothing more: another node ended this stream."""
-        self._stopping = True
-        self._buffer.clear()
+        self._fall_silent()
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+    def _fall_silent(self) -> None:
+        self._stopping = True
+        self._buffer.clear()
 
     async def end(self, frame: dict[str, Any], seq: int | None) -> None:
         """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""
