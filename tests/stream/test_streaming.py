@@ -15,6 +15,7 @@ from tests.conftest import LiveServer, TestUser
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.stream.conftest import collect_stream
 from tests.ws.conftest import Connect
+from tests.wsclient import WSClient
 
 
 async def test_every_member_receives_the_whole_stream_and_it_equals_the_stored_answer(
@@ -258,41 +259,57 @@ async def test_a_cancelled_streams_usage_is_recovered_from_the_generation_endpoi
     assert events[0].prompt_tokens == upstream["tokens_prompt"]
 
 
+async def question_without_answer(
+    connect: Connect, user: TestUser, session_id: str
+) -> tuple[WSClient, str]:
+    """``user`` joined and asked with ``reply: "none"``: (their socket, the question's id)."""
+    ws = await connect(user)
+    await ws.request({"type": "join", "session_id": session_id})
+    frame = {"type": "message", "session_id": session_id, "content": "go", "reply": "none"}
+    return ws, (await ws.request(frame))["message"]["id"]
+
+
+async def node_dies_leaving(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, orphan: StreamSnapshot
+) -> None:
+    """This node finds a dead node that was writing ``orphan`` (presence's report)."""
+
+    async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
+        return [orphan] if node_id == "dead-node" else []
+
+    monkeypatch.setattr(server.container.extras["stream_log"], "claim_orphans", claim_orphans)
+    await server.container.extras["presence"].on_node_gone("dead-node")
+
+
+def orphan_stream(session_id: str, stream_id: str, question_id: str, text: str) -> StreamSnapshot:
+    start = {"type": "stream.start", "session_id": session_id, "stream_id": stream_id}
+    start |= {"model": "openai/gpt-4o-mini", "reply_to": question_id}
+    return StreamSnapshot(stream_id, session_id, [(0, text)], None, start)
+
+
 async def test_a_taken_over_stream_whose_answer_was_stored_sends_that_answer(
     connect: Connect,
     room: tuple[TestUser, TestUser, str],
-    fake_openrouter: FakeOpenRouter,
     live_server: LiveServer,
     live_client: httpx.AsyncClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The dead node got as far as storing its answer, not as far as stream.end.
     ada, _, session_id = room
-    ada_ws = await connect(ada)
-    await ada_ws.request({"type": "join", "session_id": session_id})
-    frame = {"type": "message", "session_id": session_id, "content": "go", "reply": "none"}
-    ack = await ada_ws.request(frame)
-    database = live_server.container.database
-    async with database.transaction() as db:
+    ada_ws, question_id = await question_without_answer(connect, ada, session_id)
+    async with live_server.container.database.transaction() as db:
         appended = await messages_repo.append_answer(
             db,
             session_id=uuid.UUID(session_id),
             content="stored in full",
             status="complete",
             model="openai/gpt-4o-mini",
-            reply_to=uuid.UUID(ack["message"]["id"]),
+            reply_to=uuid.UUID(question_id),
         )
     stored_id = str(appended.message.id)
-    start = {"type": "stream.start", "session_id": session_id, "stream_id": "gone-1"}
-    start |= {"model": "openai/gpt-4o-mini", "reply_to": ack["message"]["id"]}
-    orphan = StreamSnapshot("gone-1", session_id, [(0, "stored ")], None, start)
 
-    async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
-        return [orphan] if node_id == "dead-node" else []
-
-    container = live_server.container
-    monkeypatch.setattr(container.extras["stream_log"], "claim_orphans", claim_orphans)
-    await container.extras["presence"].on_node_gone("dead-node")
+    orphan = orphan_stream(session_id, "gone-1", question_id, "stored ")
+    await node_dies_leaving(live_server, monkeypatch, orphan)
 
     end = await ada_ws.next("stream.end", lambda f: f["stream_id"] == "gone-1")
     assert end["finish_reason"] == "error" and end["error"]["code"] == "unavailable"
@@ -309,25 +326,15 @@ async def test_a_taken_over_stream_ends_even_when_its_answer_cannot_be_stored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ada, _, session_id = room
-    ada_ws = await connect(ada)
-    await ada_ws.request({"type": "join", "session_id": session_id})
-    frame = {"type": "message", "session_id": session_id, "content": "go", "reply": "none"}
-    ack = await ada_ws.request(frame)
-    start = {"type": "stream.start", "session_id": session_id, "stream_id": "gone-2"}
-    start |= {"model": "openai/gpt-4o-mini", "reply_to": ack["message"]["id"]}
-    orphan = StreamSnapshot("gone-2", session_id, [(0, "half an ")], None, start)
-
-    async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
-        return [orphan]
+    ada_ws, question_id = await question_without_answer(connect, ada, session_id)
 
     async def hung_database(*args: Any, **kwargs: Any) -> None:
         await asyncio.Event().wait()
 
-    container = live_server.container
-    monkeypatch.setattr(container.extras["stream_log"], "claim_orphans", claim_orphans)
     monkeypatch.setattr(messages_repo, "find_answer", hung_database)
     monkeypatch.setattr(takeover, "STORE_TIMEOUT_S", 0.2)
-    await container.extras["presence"].on_node_gone("dead-node")
+    orphan = orphan_stream(session_id, "gone-2", question_id, "half an ")
+    await node_dies_leaving(live_server, monkeypatch, orphan)
 
     end = await ada_ws.next("stream.end", lambda f: f["stream_id"] == "gone-2")
     assert end["finish_reason"] == "error" and end["message"] is None
