@@ -156,7 +156,7 @@ async def test_a_passage_from_a_markdown_file_that_opens_with_a_heading_is_quote
         [
             "You are Parley's assistant.",
             "Relevant excerpts (from this session's documents and earlier messages):"
-            "\n\n[document “guide.md” › Backups]\n# Operations guide\n\n## Backups\n\n"
+            "\n\n[document “guide.md” > Backups]\n# Operations guide\n\n## Backups\n\n"
             "The nightly backup runs at 02:30 UTC.",
         ]
     )
