@@ -170,6 +170,18 @@ class Settings(BaseSettings):
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
 
+    def model_for(self, asked: str | None) -> str:
+        """The model that answers when ``asked`` (a session's choice, or None) is asked.
+
+        Without a key it is the offline model whatever was asked, and answers, labels
+        and stored messages say so rather than name a model that never ran.
+        """
+        if self.offline_model:
+            from llm.offline import OFFLINE_MODEL
+
+            return OFFLINE_MODEL
+        return asked or self.llm_model
+
 
 class ConfigError(Exception):
     """A setting is wrong; the message is one line meant for the operator."""
