@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)
+    # Before the first token, every attempt together (retries, their backoff, the
+    # fallback models) gets this long; then the user hears the model is unavailable.
+    llm_first_token_deadline_s: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0)
     llm_breaker_fail_max: int = Field(5, ge=1)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
