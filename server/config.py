@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"
     search_cache_ttl_s: int = Field(3600, ge=0)
+    # What a web search may cost an answer, every attempt included; then it goes on
+    # without results. And the most of Tavily's answer that is read.
+    search_deadline_s: float = Field(3.0, gt=0)
+    search_max_body_bytes: int = Field(1_048_576, ge=1024)
     embeddings_url: str | None = None
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
