@@ -36,6 +36,7 @@ import orjson
 import pybreaker
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential,
@@ -199,9 +200,18 @@ class TavilyClient:
             self._breaker.call(fail)
 
     async def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._deadline_s
+        attempts = stop_after_attempt(self._max_retries + 1)
+
+        def stop(state: RetryCallState) -> bool:
+            # A retry that could only start after the deadline is not made: the last
+            # real failure says more than "timed out".
+            return bool(attempts(state)) or loop.time() + state.upcoming_sleep >= give_up_at
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda exc: isinstance(exc, _Transient) and exc.retryable),
-            stop=stop_after_attempt(self._max_retries + 1),
+            stop=stop,
             wait=wait_exponential(multiplier=self._backoff_s, max=4.0)
             + wait_random(0, self._backoff_s),
             reraise=True,

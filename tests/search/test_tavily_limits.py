@@ -108,3 +108,16 @@ async def test_a_slow_search_lets_the_answer_go_on_without_results(
     assert outcome.results == []
     assert outcome.reason == "unavailable"
     assert "answer from what you know" in (outcome.note() or "")
+
+
+async def test_no_backoff_outlasts_the_deadline_and_the_last_failure_is_reported(
+    http: httpx.AsyncClient, fake_tavily: FakeTavily
+) -> None:
+    fake_tavily.mode = "down"
+    client = TavilyClient(http, fake_tavily.base_url, API_KEY, backoff_s=5.0, deadline_s=1.0)
+
+    with pytest.raises(Unavailable) as caught:
+        await search(client)
+
+    assert caught.value.details["reason"] == "down"
+    assert len(fake_tavily.requests) == 1
