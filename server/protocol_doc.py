@@ -59,7 +59,8 @@ def render(document: str) -> str:
         )
         if not pattern.search(document):
             raise ValueError(f"docs/protocol.md has no generated:{name} section")
-        document = pattern.sub(lambda m, t=table: m.group(1) + t() + "\n" + m.group(2), document)
+        text = table()
+        document = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), document)
     return document
 
 
