@@ -57,10 +57,11 @@ def render(document: str) -> str:
         pattern = re.compile(
             rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.DOTALL
         )
-        if not pattern.search(document):
+        match = pattern.search(document)
+        if match is None:
             raise ValueError(f"docs/protocol.md has no generated:{name} section")
-        text = table()
-        document = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), document)
+        start, end = match.span()
+        document = document[:start] + match.group(1) + table() + "\n" + match.group(2) + document[end:]
     return document
 
 
