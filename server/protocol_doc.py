@@ -61,7 +61,8 @@ def render(document: str) -> str:
         if match is None:
             raise ValueError(f"docs/protocol.md has no generated:{name} section")
         start, end = match.span()
-        document = document[:start] + match.group(1) + table() + "\n" + match.group(2) + document[end:]
+        section = match.group(1) + table() + "\n" + match.group(2)
+        document = document[:start] + section + document[end:]
     return document
 
 
