@@ -172,6 +172,14 @@ async def claim_refresh_token(
     ).scalar_one_or_none()
     if token is None:
         return None, False
+    # Every transaction that changes a family takes its row first (revoke_family's
+    # UPDATE does too): with the token's row taken first here, a refresh and a
+    # concurrent reuse's revocation locked the two rows in opposite orders and
+    # PostgreSQL broke the deadlock by failing one of them. SQLite ignores FOR UPDATE;
+    # its writers are serialised anyway.
+    await session.execute(
+        select(RefreshFamily.id).where(RefreshFamily.id == token.family_id).with_for_update()
+    )
     family_alive = exists().where(
         RefreshFamily.id == RefreshToken.family_id,
         RefreshFamily.revoked_at.is_(None),
