@@ -7,6 +7,7 @@ import the driver.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,15 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 CONNECT_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
+
+# A connection with no read timeout (the bus's subscriber) learns of a peer that
+# vanished without a reset from TCP keepalive: probed after 30 s of silence, given up
+# after three unanswered probes 10 s apart. Linux names; elsewhere the OS defaults.
+KEEPALIVE_OPTIONS: dict[int, int] = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
 
 Command = Sequence[Any]
 
