@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_FIRST_DELAY_S = 0.05
 RECONNECT_MAX_DELAY_S = 5.0
+_REDIS_ERRORS_OR_TIMEOUT: tuple[type[BaseException], ...] = (*_redis.REDIS_ERRORS, TimeoutError)
 
 
 class RedisBus:
@@ -235,7 +236,7 @@ class RedisBus:
                 # Messages may come between the confirmations; dispatched as usual.
                 while any(wire in self._unconfirmed for wire in wires):
                     self._dispatch(await conn.read_response())
-        except (*_redis.REDIS_ERRORS, TimeoutError) as exc:
+        except _REDIS_ERRORS_OR_TIMEOUT as exc:
             await conn.disconnect(nowait=True)
             raise Unavailable("cannot connect the bus to redis") from exc
         except BaseException:
