@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from realtime import _redis
-from realtime.bus import GapHandler, MessageHandler
+from realtime.bus import GapHandler, LostHandler, MessageHandler
 from realtime.keys import DEFAULT_PREFIX, Keys
 from server.errors import Unavailable
 
@@ -65,6 +65,7 @@ class RedisBus:
         )
         self._on_message = on_message
         self._on_gap = on_gap
+        self.on_lost: LostHandler | None = None
         self._keys = Keys(prefix)
         self._redis = _redis.connect(redis_url)
         self._batcher = _redis.PipelineBatcher(self._redis, "bus publish")
@@ -274,6 +275,11 @@ class RedisBus:
                     return
                 log.warning("bus lost its redis connection: %s", exc)
             self._healthy = False
+            if self.on_lost is not None:
+                try:
+                    self.on_lost()
+                except Exception:
+                    log.exception("bus on_lost handler failed")
             await self._drop_connection()
             lost = frozenset(self._channels)
             await self._reconnect()
@@ -281,9 +287,10 @@ class RedisBus:
                 return
             self.reconnects += 1
             self._healthy = True
-            # Only channels still wanted: those unsubscribed during the outage need no catch-up.
+            # Only channels still wanted: those unsubscribed during the outage need no
+            # catch-up. Reported even when empty: it also says the bus is back.
             gap = lost & frozenset(self._channels)
-            if gap and self._on_gap is not None:
+            if self._on_gap is not None:
                 task = asyncio.create_task(self._report_gap(gap), name="redis-bus-gap")
                 self._gap_tasks.add(task)
                 task.add_done_callback(self._gap_tasks.discard)
