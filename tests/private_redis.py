@@ -104,3 +104,75 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
     await server.start()
     yield server
     server.stop()
+
+
+class CuttableProxy:
+    """A TCP proxy in front of a Redis: ``cut`` drops every connection through it and
+    refuses new ones (accepted, then closed at once) until ``restore``.
+
+    Puts one node, and only that node, out of Redis's reach while its peers stay.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.cut_off = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()  # one side gone: both go, as a cut would
+
+
+@pytest.fixture
+async def redis_proxy(private_redis: PrivateRedis) -> AsyncIterator[CuttableProxy]:
+    proxy = CuttableProxy(private_redis.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()

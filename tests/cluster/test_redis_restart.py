@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import shared_room
-from tests.private_redis import PrivateRedis
+from tests.private_redis import CuttableProxy, PrivateRedis
 from tests.wsclient import WSClient
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,46 @@ async def test_members_catch_up_after_redis_restarts_under_a_live_room(
         ]
         assert contents == ["during", "after"]
         assert bob_ws.unread("message") == []
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
+async def test_a_message_sent_through_a_node_cut_off_from_redis_reaches_the_other_node(
+    cluster: Callable[..., Any],
+    private_redis: PrivateRedis,
+    redis_proxy: CuttableProxy,
+) -> None:
+    # Uneven reconnects, made certain: node a reaches Redis through a proxy that the
+    # test cuts, node b directly. The room is quiet afterwards: no later message may
+    # be what brings "during" to Bob.
+    node_a = await cluster("a", redis_url=redis_proxy.url)
+    node_b = await cluster("b", redis_url=private_redis.url)
+    ada, bob, session_id = await shared_room(node_a, "uneven")
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "before", "reply": "none"}
+        )
+        assert (await bob_ws.next("message"))["message"]["content"] == "before"
+
+        redis_proxy.cut()
+        assert await ada_ws.next("bus", timeout=10) == {"type": "bus", "status": "degraded"}
+        during = await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "during", "reply": "none"},
+            timeout=10,
+        )
+        assert during["type"] == "ack"
+        assert (await ada_ws.next("message", timeout=10))["message"]["content"] == "before"
+        assert (await ada_ws.next("message", timeout=10))["message"]["content"] == "during"
+        redis_proxy.restore()
+
+        assert (await bob_ws.next("message", timeout=20))["message"]["content"] == "during"
+        assert await ada_ws.next("bus", timeout=20) == {"type": "bus", "status": "restored"}
+        assert bob_ws.unread("bus") == []  # b's bus never went down
     finally:
         await ada_ws.close()
         await bob_ws.close()
