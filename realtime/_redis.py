@@ -35,6 +35,19 @@ KEEPALIVE_OPTIONS: dict[int, int] = {
 
 Command = Sequence[Any]
 
+# Recent redis-py (8 here) listens for Redis "maintenance notifications" by default, and
+# while it does, its pool no longer checks a connection it hands out: the first command
+# after a Redis restart went out on the dead connection and failed. Parley needs none.
+NO_MAINTENANCE_NOTIFICATIONS: dict[str, Any]
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older redis-py: no such thing, the check always runs
+    NO_MAINTENANCE_NOTIFICATIONS = {}
+else:
+    NO_MAINTENANCE_NOTIFICATIONS = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+    }
+
 
 def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
     """A pooled client that fails fast instead of retrying.
@@ -49,6 +62,7 @@ def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
         socket_timeout=COMMAND_TIMEOUT_S,
         socket_keepalive=True,
         decode_responses=decode_responses,
+        **NO_MAINTENANCE_NOTIFICATIONS,
     )
 
 
