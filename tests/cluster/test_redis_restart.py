@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +89,44 @@ async def test_a_message_sent_through_a_node_cut_off_from_redis_reaches_the_othe
         assert (await bob_ws.next("message", timeout=20))["message"]["content"] == "during"
         assert await ada_ws.next("bus", timeout=20) == {"type": "bus", "status": "restored"}
         assert bob_ws.unread("bus") == []  # b's bus never went down
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
+async def test_a_node_paused_past_the_driver_timeout_still_delivers_the_stream_end(
+    cluster: Callable[..., Any],
+    private_redis: PrivateRedis,
+) -> None:
+    # The answer runs on node a and ends while node b stands still (SIGSTOP) for longer
+    # than redis-py 8's default 5 s socket timeout. The stream.end waits in b's socket;
+    # a read that inherited the timeout gave up on resuming and threw it away.
+    node_a = await cluster("a", redis_url=private_redis.url, presence_ttl_s="60")
+    node_b = await cluster("b", redis_url=private_redis.url, presence_ttl_s="60")
+    ada, bob, session_id = await shared_room(node_a, "paused")
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        ack = await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "Tell me a story."}
+        )
+        stream_id = ack["stream_id"]
+        await bob_ws.next("stream.start", where=lambda f: f["stream_id"] == stream_id)
+
+        assert node_b.process is not None
+        node_b.process.send_signal(signal.SIGSTOP)
+        try:
+            await ada_ws.next("stream.end", where=lambda f: f["stream_id"] == stream_id)
+            await asyncio.sleep(6.5)  # b stays paused past the driver's 5 s
+        finally:
+            node_b.process.send_signal(signal.SIGCONT)
+
+        end = await bob_ws.next(
+            "stream.end", where=lambda f: f["stream_id"] == stream_id, timeout=15
+        )
+        assert end["message"]["role"] == "assistant"
     finally:
         await ada_ws.close()
         await bob_ws.close()
