@@ -242,8 +242,7 @@ class Hub:
             # (the resync notice, once publishing works again) or when their own
             # subscription comes back and reports the gap.
             log.warning("bus publish failed (%s); delivering locally only", exc.message)
-            if env.kind != kinds.CONTROL:
-                self._owe(env.session_id)
+            self._owe(None if env.kind == kinds.CONTROL else env.session_id)
             self._set_degraded(True)
             self._on_bus_message(channel, data)
 
@@ -490,7 +489,7 @@ class Hub:
             [room for room in self.rooms.values() if room.channel in channels], "a bus gap"
         )
         self._bus_back.set()
-        if self._owed is not None and not self._owed and self._resync_task is None:
+        if self._resync_task is None:  # else it says "restored" once it got through
             self._set_degraded(False)
 
     async def _recover_rooms(self, rooms: list[Room], why: str) -> None:
@@ -524,8 +523,10 @@ class Hub:
         for conn in list(self.connections.values()):
             conn.send(frame)
 
-    def _owe(self, session_id: str) -> None:
-        if self._owed is not None:
+    def _owe(self, session_id: str | None) -> None:
+        """A publish failed (for ``session_id``'s room, or a control message): tell the
+        peers which rooms to re-read as soon as publishing works again."""
+        if self._owed is not None and session_id is not None:
             self._owed.add(session_id)
             if len(self._owed) > RESYNC_MAX_ROOMS:
                 self._owed = None
@@ -533,10 +534,15 @@ class Hub:
             self._resync_task = self._spawn(self._resync())
 
     async def _resync(self) -> None:
-        """Until the peers have been told which rooms to re-read, keep telling them."""
+        """Publish a resync notice until one goes through, then until none is owed.
+
+        It is also the probe that ends a degraded spell: a publish can fail while the
+        subscription stands (a paused Redis), and then nothing else would say when
+        publishing works again. A notice naming no room is harmless.
+        """
         delay = 0.0
         try:
-            while self._owed is None or self._owed:
+            while True:
                 await self._bus_back.wait()
                 owed, self._owed = self._owed, set()
                 action = {
@@ -552,6 +558,8 @@ class Hub:
                     delay = min(RESYNC_MAX_DELAY_S, max(RESYNC_FIRST_DELAY_S, delay * 2))
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                     continue
+                if self._owed is not None and not self._owed:
+                    break
                 delay = 0.0
         finally:
             self._resync_task = None

@@ -125,3 +125,30 @@ async def test_members_are_told_when_the_bus_degrades_and_when_it_is_restored(
 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == [], [f"{r.name}: {r.getMessage()}" for r in errors]
+
+
+async def test_a_paused_redis_degrades_publishing_until_it_answers_again(
+    server: LiveServer, private_redis: PrivateRedis, sockets: list[WSClient]
+) -> None:
+    # The subscription stands through a pause (it has no read timeout), so nothing but
+    # the publishes says that the bus is degraded, and nothing but a publish that goes
+    # through again can say that it is restored.
+    ada, _, session_id = await pair(server)
+    ada_ws, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    sockets.append(ada_ws)
+    await ada_ws.request({"type": "join", "session_id": session_id})
+
+    private_redis.pause()
+    try:
+        sent = await ada_ws.request(
+            {"type": "message", "session_id": session_id, "content": "paused", "reply": "none"},
+            timeout=15,
+        )
+        assert sent["type"] == "ack"
+        assert await ada_ws.next("bus", timeout=15) == {"type": "bus", "status": "degraded"}
+    finally:
+        private_redis.resume()
+
+    assert await ada_ws.next("bus", timeout=15) == {"type": "bus", "status": "restored"}
+    assert (await ada_ws.next("message"))["message"]["content"] == "paused"
+    assert bus_of(server).reconnects == 0
