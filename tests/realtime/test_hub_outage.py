@@ -115,8 +115,14 @@ async def test_members_are_told_when_the_bus_degrades_and_when_it_is_restored(
         late.append(bob_ws)
         assert await bob_ws.next("bus") == {"type": "bus", "status": "degraded"}
         assert bob_ws.seen[0]["type"] == "welcome"
-    pong = await late[-1].request({"type": "ping"})  # the server has dealt with them all
-    assert pong["type"] == "pong"
+    refused = await late[-1].request({"type": "join", "session_id": session_id}, timeout=15)
+    assert refused["code"] == "unavailable"
+    sent = await ada_ws.request(
+        {"type": "message", "session_id": session_id, "content": "still here", "reply": "none"},
+        timeout=15,
+    )
+    assert sent["type"] == "ack"
+    assert (await ada_ws.next("message"))["message"]["content"] == "still here"
 
     await private_redis.start()
     assert await ada_ws.next("bus", timeout=15) == {"type": "bus", "status": "restored"}
