@@ -93,10 +93,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     )
     conn_id_var.set(conn.conn_id)
     handler = ConnectionHandler(container, hub, conn)
-    hub.register(conn)
     conn.send(
         encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
     )
+    hub.register(conn)  # after the welcome: it may queue a notice (the bus is down)
     writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
     writer.add_done_callback(life.stop)
     expiry = _expiry_timers().watch(conn)
