@@ -45,6 +45,7 @@ export class ChatView {
     this.ended = new Set();
     this.typingActive = false;
     this.unseen = 0; // messages that arrived while the reader was scrolled up
+    this.unseenStreams = new Set(); // answers that started then and are still being written
     this.stopTyping = debounce(() => this.sendTyping(false), TYPING_IDLE_MS);
     this.joined = false; // typing and resume need the room joined on this connection
     this.onWelcome = () => {
@@ -164,8 +165,12 @@ export class ChatView {
         break;
       case "stream.start": {
         const atEnd = this.nearEnd();
-        this.ensureStream(frame.stream_id, frame.model, frame.reply_to);
+        if (!this.ensureStream(frame.stream_id, frame.model, frame.reply_to)) break;
         if (atEnd) this.scrollToEnd(true);
+        else {
+          this.unseenStreams.add(frame.stream_id);
+          this.renderUnseen();
+        }
         break;
       }
       case "stream.status":
@@ -279,6 +284,8 @@ export class ChatView {
       stream.el.remove();
       this.streams.delete(streamId);
     }
+    // Its message (if any) is counted as it arrives.
+    if (this.unseenStreams.delete(streamId)) this.renderUnseen();
     this.updateStop();
   }
 
@@ -357,12 +364,20 @@ export class ChatView {
       return;
     }
     this.unseen += 1;
-    this.newMessagesEl.textContent = `${this.unseen} new message${this.unseen === 1 ? "" : "s"} ↓`;
-    this.newMessagesEl.hidden = false;
+    this.renderUnseen();
+  }
+
+  renderUnseen() {
+    const parts = [];
+    if (this.unseen > 0) parts.push(`${this.unseen} new message${this.unseen === 1 ? "" : "s"}`);
+    if (this.unseenStreams.size > 0) parts.push(this.unseen > 0 ? "an answer coming" : "New answer being written");
+    this.newMessagesEl.textContent = `${parts.join(" · ")} ↓`;
+    this.newMessagesEl.hidden = parts.length === 0;
   }
 
   clearUnseen() {
     this.unseen = 0;
+    this.unseenStreams.clear();
     this.newMessagesEl.hidden = true;
   }
 

@@ -193,6 +193,31 @@ async def test_a_new_messages_pill_counts_what_arrives_while_scrolled_up(
     await expect(pill).to_be_hidden()
 
 
+@pytest.mark.parametrize("token_delay_s", [0.1])
+async def test_the_pill_says_when_an_answer_is_being_written_out_of_sight(
+    browser: Any, page_server: PageServer, watch: Watch
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    bob = await Person.sign_up(browser, page_server, watch, "Bob")
+    session_id = await ada.create_session("Slow answers")
+    await ada.add_member(bob.email)
+    await post(page_server, ada, session_id, *(f"line {n}\n\nmore" for n in range(1, 31)))
+    await ada.open_session(session_id)
+    await bob.open_session(session_id)
+    await expect(ada.messages("user")).to_have_count(30)
+    await ada.tid("timeline").evaluate("t => { t.scrollTop = 0; }")
+    pill = ada.tid("new-messages")
+
+    await bob.send("What comes next?")
+
+    await expect(pill).to_have_text("1 new message · an answer coming ↓")
+    await expect(ada.messages("assistant")).to_have_count(1, timeout=30_000)
+    await expect(pill).to_have_text("2 new messages ↓")
+    await pill.click()
+    await expect(pill).to_be_hidden()
+    assert await at_bottom(ada)
+
+
 async def test_the_document_picker_says_what_it_does_and_names_the_chosen_file(
     browser: Any, page_server: PageServer, watch: Watch, tmp_path: Path
 ) -> None:
