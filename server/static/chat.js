@@ -326,8 +326,8 @@ export class ChatView {
   decorate(el) {
     if (!el) return;
     const prev = previousMessage(el);
-    const at = new Date(el.dataset.createdAt);
-    const prevAt = prev ? new Date(prev.dataset.createdAt) : null;
+    const at = timeOf(el);
+    const prevAt = prev ? timeOf(prev) : null;
     const newDay = !prev || !sameDay(prevAt, at);
     if (newDay) {
       if (!el.daySeparator) {
@@ -568,6 +568,12 @@ export class ChatView {
     );
     return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), h("div", { class: "timeline-wrap" }, this.timelineEl, this.newMessagesEl), form);
   }
+}
+
+// A message without a (valid) time is placed as if it were written now.
+function timeOf(el) {
+  const at = new Date(el.dataset.createdAt);
+  return Number.isNaN(at.getTime()) ? new Date() : at;
 }
 
 function isMessage(el) {
