@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     openrouter_title: str = "Parley"
     llm_model: str = "openai/gpt-4o-mini"
     llm_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The models a session may ask for (comma-separated); empty means LLM_MODEL and
+    # LLM_FALLBACK_MODELS. Anything else is refused when a session is created or changed.
+    llm_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     llm_context_length: int | None = Field(None, ge=256)
     llm_reply_reserve_tokens: int = Field(1024, ge=16)
     llm_connect_timeout_s: float = Field(10.0, gt=0)
@@ -124,7 +127,7 @@ class Settings(BaseSettings):
     # every few seconds under load. Off for processes that start many apps (tests).
     gc_freeze: bool = True
 
-    @field_validator("allowed_origins", "llm_fallback_models", mode="before")
+    @field_validator("allowed_origins", "llm_fallback_models", "llm_models", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -158,6 +161,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def allowed_models(self) -> list[str]:
+        """What a session's ``model`` may name (null always means ``llm_model``)."""
+        return self.llm_models or list(dict.fromkeys([self.llm_model, *self.llm_fallback_models]))
 
     @cached_property
     def offline_model(self) -> bool:
