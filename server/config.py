@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(1_048_576, ge=1)
     max_memory_chars: int = Field(1000, ge=1)
 
+    # Metrics: unset, /metrics is open to whoever reaches the port (bind to a private
+    # address or filter it at the proxy); set, it needs "Authorization: Bearer <token>".
+    metrics_token: SecretStr | None = None
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True

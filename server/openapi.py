@@ -153,9 +153,10 @@ class Doc:
     raw: dict[int, tuple[str, Schema]] = field(default_factory=dict)
 
 
+INT64: Schema = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 PAGE_QUERY = (
-    Query("before_seq", {"type": "integer"}, "the page just before this seq (default: newest)"),
-    Query("after_seq", {"type": "integer"}, "the page just after this seq"),
+    Query("before_seq", INT64, "the page just before this seq (default: newest)"),
+    Query("after_seq", INT64, "the page just after this seq"),
     Query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
 )
 TOKENS = obj(
@@ -182,9 +183,10 @@ ENDPOINTS: dict[str, Doc] = {
         raw={200: ("application/json", READINESS), 503: ("application/json", READINESS)},
     ),
     "GET /metrics": Doc(
-        "Prometheus metrics",
+        "Prometheus metrics (with METRICS_TOKEN set: Authorization: Bearer <METRICS_TOKEN>)",
         "operations",
         public=True,
+        errors=(401,),
         raw={200: ("text/plain", {"type": "string"})},
     ),
     "GET /openapi.json": Doc(
