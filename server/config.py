@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
     max_document_bytes: int = Field(1_048_576, ge=1)
+    # What one user may keep uploaded, over all sessions (deleting frees it): each
+    # document costs chunking CPU and its chunks' rows. Over it, an upload is a 413.
+    upload_quota_bytes: int = Field(20 * 1_048_576, ge=1)
+    upload_quota_documents: int = Field(100, ge=1)
     max_memory_chars: int = Field(1000, ge=1)
 
     # Metrics: unset, /metrics is open to whoever reaches the port (bind to a private
