@@ -99,13 +99,17 @@ async def _parley_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     mapped: ParleyError
-    if exc.status_code == 404:
+    # A GET of a POST-only API path falls through to the static files at "/", which
+    # answer 404: the path exists, so it is a 405 like any other wrong method.
+    allowed = _allowed_methods(request) if exc.status_code in (404, 405) else []
+    if exc.status_code == 404 and not allowed:
         mapped = NotFound("no such endpoint")
-    elif exc.status_code == 405:
+    elif exc.status_code in (404, 405):
         mapped = BadRequest("method not allowed on this endpoint")
         mapped.status = 405
         response = error_response(mapped)
-        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        # Not an API path: the static files, which serve GET and HEAD only.
+        response.headers["Allow"] = ", ".join(allowed or ["GET", "HEAD"])
         return response
     elif exc.status_code == 413:
         mapped = TooLarge(str(exc.detail))

@@ -509,10 +509,21 @@ def _model_schema(model: type[BaseModel], components: dict[str, Schema]) -> Sche
     return schema
 
 
+def _offered_models(document: Schema, models: list[str]) -> None:
+    """A session's ``model`` is one of the operator's (``LLM_MODELS``), or null."""
+    for name in ("SessionCreateBody", "SessionPatchBody"):
+        model = document["components"]["schemas"].get(name, {}).get("properties", {}).get("model")
+        if model is not None:
+            model["anyOf"] = [{"type": "string", "enum": list(models)}, {"type": "null"}]
+
+
 async def openapi_json(request: Request) -> Response:
     document = getattr(request.app.state, "openapi", None)
     if document is None:
         document = build_document(request.app.routes)
+        settings = getattr(request.app.state, "settings", None)
+        if settings is not None:
+            _offered_models(document, settings.allowed_models)
         request.app.state.openapi = document
     return JSONResponse(document)
 

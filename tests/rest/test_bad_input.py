@@ -125,3 +125,15 @@ async def test_a_405_names_the_allowed_methods(client: httpx.AsyncClient) -> Non
     assert response.status_code == 405
     assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "PATCH"}
     assert response.json()["error"]["request_id"] == response.headers["X-Request-ID"]
+
+
+async def test_a_get_of_a_post_only_path_is_a_405_not_the_static_files_404(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/v1/auth/logout")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json()["error"]["code"] == "bad_request"
+    missing = await client.get("/v1/no-such-thing")
+    assert missing.status_code == 404
