@@ -134,6 +134,7 @@ class Query:
     schema: Schema
     description: str = ""
     where: str = "query"
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,14 @@ ENDPOINTS: dict[str, Doc] = {
             retry_after={"type": "number"},
             required=("query", "results", "cached", "note"),
         ),
-        query=(Query("q", {"type": "string", "minLength": 1, "maxLength": 400}),),
+        # Something besides whitespace: the query is the words in it.
+        query=(
+            Query(
+                "q",
+                {"type": "string", "minLength": 1, "maxLength": 400, "pattern": r"\S"},
+                required=True,
+            ),
+        ),
         errors=(429,),
     ),
 }
@@ -442,7 +450,7 @@ def _operation(
     }
     parameters = [_path_param(name) for name in path_params]
     parameters += [
-        {"name": q.name, "in": q.where, "required": False, "schema": q.schema}
+        {"name": q.name, "in": q.where, "required": q.required, "schema": q.schema}
         | ({"description": q.description} if q.description else {})
         for q in doc.query
     ]
