@@ -130,7 +130,11 @@ class ContextAssembler:
         memory = None if copy is not None else asyncio.ensure_future(self._memory(user_id))
         try:
             header, recent = await self._history(session_id, user_id, current, copy)
+            # Only a model the operator offers goes upstream (and is billed), even for a
+            # session stored before LLM_MODELS was narrowed.
             model = header.model or self._settings.llm_model
+            if model not in self._settings.allowed_models:
+                model = self._settings.llm_model
             fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
             window = await self.window_for(model)
             budget = window - self._settings.llm_reply_reserve_tokens
