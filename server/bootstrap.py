@@ -107,7 +107,11 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             metrics=metrics,
             limiter=limiter,
             accounts=accounts,
-            sessions=SessionService(database, idle_expiry_s=settings.session_idle_expiry_s),
+            sessions=SessionService(
+                database,
+                idle_expiry_s=settings.session_idle_expiry_s,
+                allowed_models=settings.allowed_models,
+            ),
             messages=MessageService(database, max_content_chars=settings.max_content_chars),
             redis=redis,
             message_limit=Limit("message", settings.messages_per_window, settings.message_window_s),

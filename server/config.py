@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     openrouter_title: str = "Parley"
     llm_model: str = "openai/gpt-4o-mini"
     llm_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The models a session may ask for (comma-separated); empty means LLM_MODEL and
+    # LLM_FALLBACK_MODELS. Anything else is refused when a session is created or changed.
+    llm_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     llm_context_length: int | None = Field(None, ge=256)
     llm_reply_reserve_tokens: int = Field(1024, ge=16)
     llm_connect_timeout_s: float = Field(10.0, gt=0)
@@ -131,7 +134,15 @@ class Settings(BaseSettings):
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
     max_document_bytes: int = Field(1_048_576, ge=1)
+    # What one user may keep uploaded, over all sessions (deleting frees it): each
+    # document costs chunking CPU and its chunks' rows. Over it, an upload is a 413.
+    upload_quota_bytes: int = Field(20 * 1_048_576, ge=1)
+    upload_quota_documents: int = Field(100, ge=1)
     max_memory_chars: int = Field(1000, ge=1)
+
+    # Metrics: unset, /metrics is open to whoever reaches the port (bind to a private
+    # address or filter it at the proxy); set, it needs "Authorization: Bearer <token>".
+    metrics_token: SecretStr | None = None
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -145,7 +156,7 @@ class Settings(BaseSettings):
     # every few seconds under load. Off for processes that start many apps (tests).
     gc_freeze: bool = True
 
-    @field_validator("allowed_origins", "llm_fallback_models", mode="before")
+    @field_validator("allowed_origins", "llm_fallback_models", "llm_models", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -180,6 +191,11 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def allowed_models(self) -> list[str]:
+        """What a session's ``model`` may name (null always means ``llm_model``)."""
+        return self.llm_models or list(dict.fromkeys([self.llm_model, *self.llm_fallback_models]))
+
     @cached_property
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
@@ -188,13 +204,17 @@ class Settings(BaseSettings):
         """The model that answers when ``asked`` (a session's choice, or None) is asked.
 
         Without a key it is the offline model whatever was asked, and answers, labels
-        and stored messages say so rather than name a model that never ran.
+        and stored messages say so rather than name a model that never ran. A model
+        the operator no longer offers (``LLM_MODELS`` narrowed after the session chose
+        it) is never asked: the default answers instead.
         """
         if self.offline_model:
             from llm.offline import OFFLINE_MODEL
 
             return OFFLINE_MODEL
-        return asked or self.llm_model
+        if asked is None or asked not in self.allowed_models:
+            return self.llm_model
+        return asked
 
 
 class ConfigError(Exception):

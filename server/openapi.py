@@ -134,6 +134,7 @@ class Query:
     schema: Schema
     description: str = ""
     where: str = "query"
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,10 @@ class Doc:
     raw: dict[int, tuple[str, Schema]] = field(default_factory=dict)
 
 
+INT64: Schema = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 PAGE_QUERY = (
-    Query("before_seq", {"type": "integer"}, "the page just before this seq (default: newest)"),
-    Query("after_seq", {"type": "integer"}, "the page just after this seq"),
+    Query("before_seq", INT64, "the page just before this seq (default: newest)"),
+    Query("after_seq", INT64, "the page just after this seq"),
     Query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
 )
 TOKENS = obj(
@@ -189,9 +191,10 @@ ENDPOINTS: dict[str, Doc] = {
         raw={200: ("application/json", READINESS), 503: ("application/json", READINESS)},
     ),
     "GET /metrics": Doc(
-        "Prometheus metrics",
+        "Prometheus metrics (with METRICS_TOKEN set: Authorization: Bearer <METRICS_TOKEN>)",
         "operations",
         public=True,
+        errors=(401,),
         raw={200: ("text/plain", {"type": "string"})},
     ),
     "GET /openapi.json": Doc(
@@ -397,7 +400,14 @@ ENDPOINTS: dict[str, Doc] = {
             retry_after={"type": "number"},
             required=("query", "results", "cached", "note"),
         ),
-        query=(Query("q", {"type": "string", "minLength": 1, "maxLength": 400}),),
+        # Something besides whitespace: the query is the words in it.
+        query=(
+            Query(
+                "q",
+                {"type": "string", "minLength": 1, "maxLength": 400, "pattern": r"\S"},
+                required=True,
+            ),
+        ),
         errors=(429,),
     ),
 }
@@ -477,7 +487,7 @@ def _operation(
     }
     parameters = [_path_param(name) for name in path_params]
     parameters += [
-        {"name": q.name, "in": q.where, "required": False, "schema": q.schema}
+        {"name": q.name, "in": q.where, "required": q.required, "schema": q.schema}
         | ({"description": q.description} if q.description else {})
         for q in doc.query
     ]
@@ -544,10 +554,21 @@ def _model_schema(model: type[BaseModel], components: dict[str, Schema]) -> Sche
     return schema
 
 
+def _offered_models(document: Schema, models: list[str]) -> None:
+    """A session's ``model`` is one of the operator's (``LLM_MODELS``), or null."""
+    for name in ("SessionCreateBody", "SessionPatchBody"):
+        model = document["components"]["schemas"].get(name, {}).get("properties", {}).get("model")
+        if model is not None:
+            model["anyOf"] = [{"type": "string", "enum": list(models)}, {"type": "null"}]
+
+
 async def openapi_json(request: Request) -> Response:
     document = getattr(request.app.state, "openapi", None)
     if document is None:
         document = build_document(request.app.routes)
+        settings = getattr(request.app.state, "settings", None)
+        if settings is not None:
+            _offered_models(document, settings.allowed_models)
         request.app.state.openapi = document
     return JSONResponse(document)
 

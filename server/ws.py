@@ -41,6 +41,7 @@ log = logging.getLogger("parley.ws")
 CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
 EXPIRY_TIMER_SLACK_S = 0.001
+HANDSHAKE_REFUSED = "credentials missing, invalid or expired"
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -70,6 +71,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         principal = await authenticate_handshake(container, websocket)
     except ParleyError as exc:
         container.metrics.handshake_refused.labels(exc.code).inc()
+        if isinstance(exc, Unauthorized):
+            # One answer for every bad credential: telling "expired" from "bad
+            # signature" or "no such ticket" helps whoever is guessing. The log keeps why.
+            log.info("handshake refused: %s", exc.message)
+            exc = Unauthorized(HANDSHAKE_REFUSED)
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()

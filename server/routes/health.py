@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from server.container import container_of
-from server.errors import ParleyError
+from server.errors import ParleyError, Unauthorized
 from server.http import JSONResponse, ok
 
 
@@ -40,8 +42,17 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    container = container_of(request)
+    expected = container.settings.metrics_token
+    if expected is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Constant time: the token is compared byte by byte otherwise.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.get_secret_value().encode()
+        ):
+            raise Unauthorized("the metrics need 'Authorization: Bearer <METRICS_TOKEN>'")
     return Response(
-        container_of(request).metrics.render(),
+        container.metrics.render(),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )
 

@@ -198,14 +198,20 @@ class TokenService:
                 family_id = uuid.UUID(str(payload["fam"]))
             except ValueError as exc:
                 raise Unauthorized("invalid token family") from exc
+        try:
+            # PyJWT checks that they are numbers, not that a datetime can hold them.
+            issued_at = datetime.fromtimestamp(float(payload["iat"]), UTC)
+            expires_at = datetime.fromtimestamp(int(payload["exp"]), UTC)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise Unauthorized("invalid token: time claims out of range") from exc
         role = payload.get("role", "user")
         return Claims(
             user_id=user_id,
             role=role if role in ("user", "admin") else "user",
             name=payload.get("name"),
             jti=str(payload["jti"]),
-            issued_at=datetime.fromtimestamp(float(payload["iat"]), UTC),
-            expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            issued_at=issued_at,
+            expires_at=expires_at,
             external=external,
             issuer=str(payload["iss"]),
             subject=subject,

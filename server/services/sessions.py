@@ -43,9 +43,17 @@ def parse_id(value: str, what: str = "session") -> uuid.UUID:
 
 
 class SessionService:
-    def __init__(self, database: Database, *, idle_expiry_s: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        idle_expiry_s: int,
+        allowed_models: Sequence[str] | None = None,
+    ) -> None:
         self._db = database
         self._idle_expiry = timedelta(seconds=idle_expiry_s)
+        # The operator's allow-list (``LLM_MODELS``); None allows any (benchmarks).
+        self._allowed_models = frozenset(allowed_models) if allowed_models is not None else None
         # Told when a session closes or loses a member here, so that this node's copy
         # of its turns does not start an answer that the store will refuse.
         self.access_changed: Callable[[uuid.UUID], None] | None = None
@@ -53,6 +61,7 @@ class SessionService:
     async def create(
         self, principal: Principal, *, title: str, model: str | None, system_prompt: str | None
     ) -> dict[str, Any]:
+        self._check_model(model)
         async with self._db.transaction() as session:
             chat = await sessions_repo.create_session(
                 session,
@@ -62,6 +71,15 @@ class SessionService:
                 system_prompt=system_prompt,
             )
         return session_to_wire(chat)
+
+    def _check_model(self, model: str | None) -> None:
+        """A session's model is sent upstream and billed: only the operator's choices.
+        The refused name is not echoed back (it is the caller's own input anyway)."""
+        if model is None or self._allowed_models is None or model in self._allowed_models:
+            return
+        allowed = sorted(self._allowed_models)
+        message = "model is not one this server offers: " + ", ".join(allowed)
+        raise BadRequest(message, details=[{"field": "model", "problem": message}])
 
     async def list_for(
         self, principal: Principal, status: str, limit: int = 200
@@ -98,6 +116,7 @@ class SessionService:
     async def update(
         self, principal: Principal, session_id: uuid.UUID, changes: dict[str, Any]
     ) -> dict[str, Any]:
+        self._check_model(changes.get("model"))
         chat = await self._require_owner(principal, session_id)
         async with self._db.transaction() as session:
             updated = await sessions_repo.update_session(session, chat.id, **changes)
