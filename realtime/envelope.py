@@ -15,6 +15,7 @@ import orjson
 MESSAGE = "message"
 TYPING = "typing"
 PRESENCE = "presence"
+MEMBER = "member"
 STREAM = "stream"
 CONTROL = "control"
 

@@ -256,6 +256,22 @@ class Hub:
         )
         await self.publish(Envelope(kinds.TYPING, session_id, frame, user_id=user_id))
 
+    async def publish_member(
+        self, session_id: str, user_id: str, name: str | None, *, change: str
+    ) -> None:
+        """Tells the room that someone became (``added``) or stopped being (``removed``)
+        a member, so that every member's list and names follow without a reload."""
+        frame = encode(
+            {
+                "type": "member",
+                "session_id": session_id,
+                "user_id": user_id,
+                "name": name,
+                "change": change,
+            }
+        )
+        await self.publish(Envelope(kinds.MEMBER, session_id, frame, user_id=user_id))
+
     async def publish_presence(self, change: PresenceChange) -> None:
         frame = encode(
             {

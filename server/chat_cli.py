@@ -255,6 +255,12 @@ class ChatClient:
             if frame["user_id"] != self.conv.me:
                 verb = "joined" if frame["state"] == "join" else "left"
                 self.term.notice(f"{frame['name']} {verb}")
+        elif kind == "member":
+            if frame.get("name"):
+                self.conv.names[frame["user_id"]] = frame["name"]
+            if frame["user_id"] != self.conv.me:
+                verb = "joined" if frame["change"] == "added" else "left"
+                self.term.notice(f"{frame.get('name') or 'someone'} {verb} the session")
         elif kind == "stream.start":
             self._stream(frame["stream_id"])
         elif kind == "stream.status":

@@ -275,3 +275,5 @@ async def test_a_member_added_while_chatting_is_printed_with_their_name(
     assert "[Cyd] hello, new here\n" in await read_until(chat.stdout, "new here\n")
     chat.stdin.close()
     await asyncio.wait_for(chat.wait(), READ_TIMEOUT_S)
+    assert chat.stderr is not None
+    assert "* Cyd joined the session\n" in (await chat.stderr.read()).decode()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from server.container import container_of
+from server.errors import ParleyError
 from server.http import ok, query_int, read_body
 from server.schemas import MemberAddBody, MessagePostBody, SessionCreateBody, SessionPatchBody
 from server.services.sessions import DEFAULT_PAGE, parse_id
+
+log = logging.getLogger("parley.sessions")
 
 
 async def create_session(request: Request) -> Response:
@@ -67,6 +73,7 @@ async def add_member(request: Request) -> Response:
         # By email: an invitation, with one answer whether or not the address exists.
         return ok(await container.sessions.invite(principal, session_id, body.email), 202)
     member = await container.sessions.add_member(principal, session_id, user_id=body.user_id)
+    await _announce_member(container, str(session_id), member, "added")
     return ok(member, 201)
 
 
@@ -88,7 +95,24 @@ async def _answer_invitation(request: Request, *, accept: bool) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
     invitation_id = parse_id(request.path_params["id"], "invitation")
-    return ok(await container.sessions.answer_invitation(principal, invitation_id, accept=accept))
+    answer = await container.sessions.answer_invitation(principal, invitation_id, accept=accept)
+    if accept:
+        await _announce_member(container, answer["session_id"], answer, "added")
+    return ok(answer)
+
+
+async def _announce_member(
+    container: Any, session_id: str, member: dict[str, Any], change: str
+) -> None:
+    # Best effort: the change is stored; a member who misses the frame (the bus is
+    # down) sees it in GET /v1/sessions/{id} and on their next join.
+    hub = container.extras.get("hub")
+    if hub is None:
+        return
+    try:
+        await hub.publish_member(session_id, member["user_id"], member["name"], change=change)
+    except ParleyError as exc:
+        log.warning("membership change in %s not announced: %s", session_id, exc.message)
 
 
 async def remove_member(request: Request) -> Response:
@@ -96,10 +120,12 @@ async def remove_member(request: Request) -> Response:
     principal = await container.authenticate(request)
     session_id = parse_id(request.path_params["id"])
     user_id = parse_id(request.path_params["user_id"], "member")
-    await container.sessions.remove_member(principal, session_id, user_id)
+    name = await container.sessions.remove_member(principal, session_id, user_id)
     hub = container.extras.get("hub")
     if hub is not None:
         await hub.revoke_membership(str(session_id), str(user_id))
+    removed = {"user_id": str(user_id), "name": name}
+    await _announce_member(container, str(session_id), removed, "removed")
     return ok({"removed": True})
 
 

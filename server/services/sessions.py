@@ -244,13 +244,15 @@ class SessionService:
 
     async def remove_member(
         self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID
-    ) -> None:
+    ) -> str | None:
+        """Removes a member; returns their name, for the room's ``member`` frame."""
         chat = await self._require_owner(principal, session_id)
         if user_id == chat.owner_id:
             raise Conflict("the owner cannot be removed from their session")
         async with self._db.transaction() as session:
             if not await sessions_repo.remove_member(session, session_id, user_id):
                 raise NotFound("member not found")
+            removed = await users_repo.get_user(session, user_id)
             await audit_repo.record(
                 session,
                 actor_id=principal.user_id,
@@ -262,6 +264,7 @@ class SessionService:
             )
         if self.access_changed is not None:
             self.access_changed(session_id)
+        return removed.name if removed is not None else None
 
     async def history(
         self,

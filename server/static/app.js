@@ -269,7 +269,7 @@ function closeCurrent() {
 function openSession(session) {
   closeCurrent();
   history.replaceState(null, "", `#/s/${session.id}`);
-  const chat = new ChatView({ socket: state.socket, me: state.me, session, notify, onLeft: backToList });
+  const chat = new ChatView({ socket: state.socket, me: state.me, session, notify, onLeft: backToList, onMembers: () => state.current?.details.loadMembers() });
   const details = new DetailsPanel({ session, isOwner: session.owner_id === state.me.id, notify });
   state.current = { session, chat, details };
   details.el.hidden = !window.matchMedia("(min-width: 1100px)").matches;

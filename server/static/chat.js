@@ -26,13 +26,14 @@ const RENDER_EVERY_MS = 40;
 const GROUP_WITHIN_MS = 5 * 60 * 1000;
 
 export class ChatView {
-  constructor({ socket, me, session, notify, onLeft }) {
+  constructor({ socket, me, session, notify, onLeft, onMembers = () => {} }) {
     this.socket = socket;
     this.me = me;
     this.session = session;
     this.id = session.id;
     this.notify = notify;
     this.onLeft = onLeft;
+    this.onMembers = onMembers;
     this.names = new Map([[me.id, me.name]]);
     this.present = new Map();
     this.typers = new Map();
@@ -162,6 +163,16 @@ export class ChatView {
         break;
       case "typing":
         if (frame.user_id !== this.me.id) this.setTyping(frame.user_id, frame.active);
+        break;
+      case "member":
+        // Someone was added (or accepted an invitation) or removed: names and the
+        // member list follow at once, for everyone in the room.
+        if (frame.name) this.names.set(frame.user_id, frame.name);
+        if (frame.user_id !== this.me.id) {
+          const who = frame.name || "Someone";
+          this.notify(frame.change === "added" ? `${who} joined the session.` : `${who} left the session.`, "info");
+        }
+        this.onMembers();
         break;
       case "stream.start": {
         const atEnd = this.nearEnd();

@@ -1,4 +1,4 @@
-"""Stop in a shared room: it stops the answer you mean, not everyone's."""
+"""A shared room on the page: Stop stops the answer you mean; members appear live."""
 
 from __future__ import annotations
 
@@ -84,3 +84,24 @@ async def test_each_streaming_answer_has_its_own_stop(
     stored = await stored_messages(page_server, ada, session_id)
     statuses = sorted(m["status"] for m in stored if m["role"] == "assistant")
     assert statuses == ["cancelled", "complete"]
+
+
+async def test_a_member_added_while_the_page_is_open_shows_up_with_their_name(
+    browser: Any, page_server: PageServer, watch: Watch
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    bob = await Person.sign_up(browser, page_server, watch, "Bob")
+    cyd = await Person.sign_up(browser, page_server, watch, "Cyd")
+    session_id = await ada.create_session("Growing room")
+    await add_by_id(page_server, ada, session_id, bob)
+    await bob.open_session(session_id)
+    await expect(bob.tid("session-members").locator("li")).to_have_count(2)
+
+    await add_by_id(page_server, ada, session_id, cyd)
+
+    await expect(bob.tid("notice")).to_contain_text("Cyd joined the session.")
+    await expect(bob.tid("session-members").locator("li")).to_have_count(3)
+    await expect(bob.tid("session-members")).to_contain_text("Cyd")
+    await cyd.open_session(session_id)
+    await cyd.send("Hello from Cyd")
+    await expect(bob.messages("user").last.get_by_test_id("message-author")).to_have_text("Cyd")
