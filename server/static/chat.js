@@ -9,7 +9,7 @@
 // safe to overlap with what is already shown.
 
 import { get } from "./api.js";
-import { clear, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
+import { clear, copyButton, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STAGES = {
@@ -422,6 +422,7 @@ export class ChatView {
         tags,
       ),
       body,
+      message.deleted ? null : h("div", { class: "message-actions" }, copyButton(() => message.content, { testid: "copy-message", title: "Copy this message" })),
     );
   }
 

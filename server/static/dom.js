@@ -76,3 +76,18 @@ export function formatDay(date, now = new Date()) {
   if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
   return date.toLocaleDateString([], options);
 }
+
+/** A button that copies `text()` to the clipboard and says so for a moment. */
+export function copyButton(text, { testid = "copy", label = "Copy", title = "Copy" } = {}) {
+  const button = h("button", { type: "button", class: "link copy", testid, title }, label);
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text());
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => (button.textContent = label), 1500);
+  });
+  return button;
+}

@@ -10,6 +10,8 @@
 // is what a half-streamed answer looks like), bullet and numbered lists, headings
 // (#, ##, ###) and block quotes. Inline: `code`, **strong**, *em* / _em_, [text](url).
 
+import { copyButton } from "./dom.js";
+
 const FENCE = /^\s*(```|~~~)\s*([\w+-]*)\s*$/;
 const BULLET = /^\s*[-*+]\s+(.*)$/;
 const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
@@ -103,7 +105,10 @@ function codeBlock(code, language) {
   if (language) el.dataset.language = language;
   el.textContent = code;
   pre.append(el);
-  return pre;
+  const block = document.createElement("div");
+  block.className = "code-block";
+  block.append(copyButton(() => code, { testid: "copy-code", title: "Copy this code" }), pre);
+  return block;
 }
 
 /** Appends `text` to `parent`, turning the inline syntax into nodes. */
