@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import NullPool
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from server.errors import Unavailable
 
@@ -202,7 +202,9 @@ async def _close_quietly(session: AsyncSession) -> None:
 
 
 @contextmanager
-def _unavailable_when_cut(retry_after_s: float, *, every_dbapi_error: bool = False) -> Iterator[None]:
+def _unavailable_when_cut(
+    retry_after_s: float, *, every_dbapi_error: bool = False
+) -> Iterator[None]:
     """The database out of reach is ``Unavailable``, with a retry hint: a connection
     refused, lost or timed out (``OSError`` and ``TimeoutError`` come through
     SQLAlchemy untranslated from asyncpg's connect and its ``command_timeout``), a

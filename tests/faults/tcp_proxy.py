@@ -89,8 +89,8 @@ class TcpProxy:
             return
         self._writers.add(upstream_w)
         pipes = [
-            asyncio.create_task(self._pipe(client_r, upstream_w, client_w)),
-            asyncio.create_task(self._pipe(upstream_r, client_w, upstream_w)),
+            asyncio.create_task(self._pipe(client_r, upstream_w)),
+            asyncio.create_task(self._pipe(upstream_r, client_w)),
         ]
         self._pipes.update(pipes)
         try:
@@ -104,9 +104,7 @@ class TcpProxy:
                 writer.transport.abort()
                 self._writers.discard(writer)
 
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: asyncio.StreamWriter
-    ) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
