@@ -1,0 +1,85 @@
+"""The database out of reach, seen on a WebSocket: a frame that needs it answers
+``unavailable`` with ``retry_after`` in bounded time, and holds no other frame (``ping``)
+on its connection meanwhile."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from server.app import create_app
+from tests.conftest import LiveServer, create_session, make_settings, register_user
+from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, through
+from tests.faults.tcp_proxy import TcpProxy
+from tests.wsclient import WSClient
+
+__all__ = ["pg_proxy"]
+
+
+@pytest.fixture
+async def server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[LiveServer]:
+    # Statements may wait 3 s: the window in which the ping must be answered.
+    timeouts = FAULT_TIMEOUTS | {"db_statement_timeout_s": 3.0, "db_connect_timeout_s": 3.0}
+    live = LiveServer(create_app(make_settings(through(pg_proxy, postgres_database), **timeouts)))
+    await live.start()
+    try:
+        yield live
+    finally:
+        await pg_proxy.restore()
+        await live.stop()
+
+
+async def test_ping_is_answered_while_a_message_waits_on_a_partitioned_database(
+    server: LiveServer, pg_proxy: TcpProxy
+) -> None:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    try:
+        await client.request({"type": "join", "session_id": session_id})
+        pg_proxy.blackhole()
+
+        await client.send(
+            {"type": "message", "id": "m1", "session_id": session_id, "content": "hello?"}
+        )
+        pong = await client.request({"type": "ping"}, timeout=BOUND_S)
+
+        assert pong["type"] == "pong"
+        assert [f for f in client.seen if f.get("id") == "m1"] == []  # still waiting
+        error = await client.next("error", lambda f: f.get("id") == "m1", timeout=BOUND_S)
+        assert error["code"] == "unavailable"
+        assert error["retry_after"] > 0
+
+        await pg_proxy.restore()
+        ack = await client.request(
+            {"type": "message", "session_id": session_id, "content": "back", "reply": "none"},
+            timeout=BOUND_S,
+        )
+        assert ack["type"] == "ack"
+    finally:
+        await client.close()
+
+
+async def test_a_frame_refused_by_the_database_is_unavailable_not_internal(
+    server: LiveServer, pg_proxy: TcpProxy
+) -> None:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    try:
+        await pg_proxy.refuse()
+
+        for frame in (
+            {"type": "join", "session_id": session_id},
+            {"type": "message", "session_id": session_id, "content": "hi", "reply": "none"},
+        ):
+            reply = await client.request(frame, timeout=BOUND_S)
+            assert reply["type"] == "error", reply
+            assert reply["code"] == "unavailable"
+            assert reply["retry_after"] > 0
+    finally:
+        await client.close()
