@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # The longest /readyz waits for any one check (database, Redis) before it reports
     # that check as not answering.
     readiness_timeout_s: float = Field(1.0, gt=0)
+    # An answer whose store failed on an unreachable database is retried (and sent to
+    # the room once stored) with backoff from 0.5 s up to this between tries.
+    db_store_retry_max_s: float = Field(30.0, gt=0)
 
     # Tokens
     jwt_secret: SecretStr | None = None
