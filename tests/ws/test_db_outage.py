@@ -4,6 +4,7 @@ on its connection meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -83,3 +84,29 @@ async def test_a_frame_refused_by_the_database_is_unavailable_not_internal(
             assert reply["retry_after"] > 0
     finally:
         await client.close()
+
+
+async def test_a_join_on_a_slow_database_answers_in_bounded_time(
+    server: LiveServer, pg_proxy: TcpProxy
+) -> None:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    try:
+        # Every round trip takes 4 s, over the 3 s statement timeout: a join of several
+        # statements took their sum (35 s at 5 s latency) before the timeout.
+        pg_proxy.latency_s = 2.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await client.request({"type": "join", "session_id": session_id}, timeout=BOUND_S)
+        took = loop.time() - started
+
+        assert reply["type"] == "error", reply
+        assert reply["code"] == "unavailable"
+        pong = await client.request({"type": "ping"}, timeout=BOUND_S)
+        assert pong["type"] == "pong"
+    finally:
+        pg_proxy.latency_s = 0.0
+        await client.close()
+    print(f"join answered in {took:.1f} s")
