@@ -366,7 +366,7 @@ class Assistant:
                     outcome=result.outcome,
                 )
                 event_id = event.id
-        except Unavailable:
+        except Unavailable as exc:
             # The room must not wait on the database: the stream ends now, with the
             # error, and the answer is stored (and sent as a message) once it is back.
             stored, seq = None, None
@@ -385,7 +385,11 @@ class Assistant:
                     outcome=result.outcome,
                 )
             )
-            result.outcome, result.error = "error", Unavailable(STORED_LATER)
+            if text:
+                result.error = Unavailable(STORED_LATER, retry_after=exc.retry_after)
+            elif result.error is None:
+                result.error = exc  # only the usage event waits: nothing will follow
+            result.outcome = "error"
         except Exception:
             # Not an outage: storing it again would fail again. The stream still ends.
             log.exception("storing the answer of stream %s failed", generation.stream_id)
