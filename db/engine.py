@@ -73,10 +73,15 @@ class Database:
             }
         else:
             # Reset by ``_configure_sqlite``'s listener, only when a transaction is open.
-            kwargs |= {"connect_args": {"timeout": 30}, "pool_reset_on_return": None}
+            # The busy timeout (a writer of another process holds the lock) is the
+            # statement timeout here.
+            kwargs |= {
+                "connect_args": {"timeout": statement_timeout_s},
+                "pool_reset_on_return": None,
+            }
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, busy_timeout_ms=round(statement_timeout_s * 1000))
         else:
             _ping_when_idle(self.engine, ping_after_idle_s)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -239,7 +244,10 @@ def _is_connection_failure(exc: DBAPIError) -> bool:
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
         getattr(orig, "__cause__", None), "sqlstate", None
     )
-    return sqlstate in _UNAVAILABLE_SQLSTATES
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    # SQLite: another process held the write lock past the busy timeout.
+    return str(orig).startswith("database is locked")
 
 
 def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
@@ -269,7 +277,7 @@ def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
             raise DisconnectionError("a pooled connection did not answer") from exc
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE for transactions that write.
 
     pysqlite's default deferred BEGIN lets two transactions both read and then both try
@@ -286,7 +294,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

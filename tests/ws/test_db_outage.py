@@ -5,7 +5,9 @@ on its connection meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,3 +112,55 @@ async def test_a_join_on_a_slow_database_answers_in_bounded_time(
         pg_proxy.latency_s = 0.0
         await client.close()
     print(f"join answered in {took:.1f} s")
+
+
+@pytest.fixture
+async def sqlite_server(tmp_path: Path) -> AsyncIterator[tuple[LiveServer, Path]]:
+    path = tmp_path / "parley.db"
+    settings = make_settings(f"sqlite+aiosqlite:///{path}", db_statement_timeout_s=2.0)
+    live = LiveServer(create_app(settings))
+    await live.start()
+    try:
+        yield live, path
+    finally:
+        await live.stop()
+
+
+async def test_on_sqlite_a_message_behind_another_process_s_lock_is_unavailable_and_holds_no_ping(
+    sqlite_server: tuple[LiveServer, Path],
+) -> None:
+    server, path = sqlite_server
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ada = await register_user(http, "Ada")
+        session_id = await create_session(http, ada)
+    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+    other_process = sqlite3.connect(path, isolation_level=None)
+    try:
+        await client.request({"type": "join", "session_id": session_id})
+        other_process.execute("BEGIN IMMEDIATE")  # the write lock, held
+
+        await client.send(
+            {
+                "type": "message",
+                "id": "m1",
+                "session_id": session_id,
+                "content": "hello?",
+                "reply": "none",
+            }
+        )
+        pong = await client.request({"type": "ping"}, timeout=BOUND_S)
+        assert pong["type"] == "pong"
+        assert [f for f in client.seen if f.get("id") == "m1"] == []  # still waiting
+        # Past the busy timeout (the statement timeout): unavailable, not internal.
+        error = await client.next("error", lambda f: f.get("id") == "m1", timeout=BOUND_S)
+        assert error["code"] == "unavailable"
+        assert error["retry_after"] > 0
+
+        other_process.execute("ROLLBACK")
+        ack = await client.request(
+            {"type": "message", "session_id": session_id, "content": "now", "reply": "none"}
+        )
+        assert ack["type"] == "ack"
+    finally:
+        other_process.close()
+        await client.close()
