@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     # Bounded waits on the database, so that an outage or a partition answers
     # ``unavailable`` (HTTP 503, with Retry-After) instead of hanging the request: opening
-    # a connection, each statement (PostgreSQL; client side, so it holds in a partition
-    # too), and waiting for a free pooled connection.
+    # a connection, each statement (PostgreSQL: client side, so it holds in a partition
+    # too; SQLite: the busy timeout), and waiting for a free pooled connection.
     db_connect_timeout_s: float = Field(5.0, gt=0)
     db_statement_timeout_s: float = Field(10.0, gt=0)
     db_pool_timeout_s: float = Field(5.0, gt=0)
