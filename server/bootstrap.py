@@ -57,7 +57,14 @@ def resolve_jwt_secret(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator[Container]:
     async with contextlib.AsyncExitStack() as stack:
-        database = Database(settings.database_url, pool_size=settings.db_pool_size)
+        database = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            retry_after_s=settings.db_retry_after_s,
+        )
         stack.push_async_callback(database.dispose)
         if settings.migrate_on_start:
             await migrate.upgrade(database)

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     migrate_on_start: bool = True
     db_pool_size: int = Field(10, ge=1)
+    # Bounded waits on the database, so that an outage or a partition answers
+    # ``unavailable`` (HTTP 503, with Retry-After) instead of hanging the request: opening
+    # a connection, each statement (PostgreSQL: client side, so it holds in a partition
+    # too; SQLite: the busy timeout), and waiting for a free pooled connection.
+    db_connect_timeout_s: float = Field(5.0, gt=0)
+    db_statement_timeout_s: float = Field(10.0, gt=0)
+    db_pool_timeout_s: float = Field(5.0, gt=0)
+    # The retry hint (``retry_after``, the Retry-After header) while it is unreachable.
+    db_retry_after_s: float = Field(5.0, gt=0)
+    # The longest /readyz waits for any one check (database, Redis) before it reports
+    # that check as not answering.
+    readiness_timeout_s: float = Field(1.0, gt=0)
+    # An answer whose store failed on an unreachable database is retried (and sent to
+    # the room once stored) with backoff from 0.5 s up to this between tries.
+    db_store_retry_max_s: float = Field(30.0, gt=0)
 
     # Tokens
     jwt_secret: SecretStr | None = None

@@ -119,11 +119,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if expiry is not None:
             expiry[2] = None  # the timers drop the entry when it comes due
         life.disarm_abandon()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        if not writer.cancelled() and writer.exception() is not None:
-            log.error("connection writer failed", exc_info=writer.exception())
-        await hub.unregister(conn)
+        try:
+            await handler.stop()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if not writer.cancelled() and writer.exception() is not None:
+                log.error("connection writer failed", exc_info=writer.exception())
+            await hub.unregister(conn)
 
 
 async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
@@ -133,7 +136,7 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
             return
         text = message.get("text")
         if text is not None:
-            await handler.handle_text(text)
+            await handler.receive_text(text)
         else:
             handler.handle_binary()
         if handler.conn.closing is not None:
