@@ -137,11 +137,7 @@ class ConnectionHandler:
 
     async def message(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
-        await self.container.limiter.hit(
-            self.container.message_limit,
-            self.conn.user_id,
-            "too many messages, slow down",
-        )
+        # The message quota is charged by ``messages.post``, one for every way in.
         posted = await self.container.messages.post(
             self._principal(),
             session_id,

@@ -14,6 +14,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             login_limit=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
             callers=CallerCache(settings.caller_cache_ttl_s),
         )
+        message_limit = Limit("message", settings.messages_per_window, settings.message_window_s)
         container = Container(
             settings=settings,
             database=database,
@@ -97,9 +99,13 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             limiter=limiter,
             accounts=accounts,
             sessions=SessionService(database, idle_expiry_s=settings.session_idle_expiry_s),
-            messages=MessageService(database, max_content_chars=settings.max_content_chars),
+            messages=MessageService(
+                database,
+                max_content_chars=settings.max_content_chars,
+                quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
+            ),
             redis=redis,
-            message_limit=Limit("message", settings.messages_per_window, settings.message_window_s),
+            message_limit=message_limit,
             typing_limit=Limit("typing", settings.typing_per_window, settings.typing_window_s),
         )
         container.extras["node_id"] = uuid.uuid4().hex[:12]

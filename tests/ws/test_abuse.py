@@ -41,3 +41,54 @@ async def test_cancel_with_own_session_and_another_rooms_stream_is_not_found(
         finally:
             await ada_ws.close()
             await bob_ws.close()
+
+
+# One message quota every way in ---------------------------------------------------------
+
+
+async def test_rest_posts_plain_and_streamed_share_the_websocket_message_quota(
+    database_url: str,
+) -> None:
+    async with serve(database_url, messages_per_window=3, message_window_s=60) as server:
+        ada, _, session_id = await pair(server)
+        url = f"/v1/sessions/{session_id}/messages"
+        ws, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        try:
+            await ws.request({"type": "join", "session_id": session_id})
+            ack = await ws.request(
+                {"type": "message", "session_id": session_id, "content": "ws", "reply": "none"}
+            )
+            assert ack["type"] == "ack"
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                plain = await http.post(
+                    url, json={"content": "rest", "reply": "none"}, headers=ada.headers
+                )
+                assert plain.status_code == 201, plain.text
+                streamed = await http.post(
+                    url,
+                    json={"content": "sse"},
+                    headers={**ada.headers, "Accept": "text/event-stream"},
+                )
+                assert streamed.status_code == 201, streamed.text
+                # The quota (3) is spent across the three ways in: each now refuses.
+                refused_plain = await http.post(
+                    url, json={"content": "one more", "reply": "none"}, headers=ada.headers
+                )
+                refused_sse = await http.post(
+                    url,
+                    json={"content": "and another"},
+                    headers={**ada.headers, "Accept": "text/event-stream"},
+                )
+                refused_ws = await ws.request(
+                    {"type": "message", "session_id": session_id, "content": "ws again"}
+                )
+                history = await http.get(url, headers=ada.headers)
+        finally:
+            await ws.close()
+    for response in (refused_plain, refused_sse):
+        assert response.status_code == 429, response.text
+        assert response.json()["error"]["code"] == "rate_limited"
+        assert int(response.headers["Retry-After"]) >= 1
+    assert refused_ws["code"] == "rate_limited"
+    users = [m["content"] for m in history.json()["data"]["messages"] if m["role"] == "user"]
+    assert users == ["ws", "rest", "sse"]
