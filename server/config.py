@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
     send_queue_frames: int = Field(1024, ge=8)
+    # What may wait for one slow reader, in bytes of encoded frames; past it the
+    # connection is closed with 1013 (docs/security.md).
+    send_queue_bytes: int = Field(1_048_576, ge=65_536)
     heartbeat_s: float = Field(25.0, gt=0)
     presence_ttl_s: int = Field(30, ge=2)
     session_idle_expiry_s: int = Field(1800, ge=1)

@@ -17,6 +17,15 @@ HEARTBEAT_CLOSE_CODE = 4408
 # ASGI scope extension: ``await send_texts(list_of_str)`` sends text frames with one
 # socket write. The writer (server/ws.py) falls back to ``websocket.send`` without it.
 SEND_TEXTS_EXTENSION = "parley.send_texts"
+# ``await wait_writable()``: returns once the transport's buffer is below its high-water
+# mark, so that the writer leaves a backlog in the bounded outbox, not in the transport.
+WAIT_WRITABLE_EXTENSION = "parley.wait_writable"
+# ``close_now(code, reason)``: write a close frame at once, past the writer (which may be
+# waiting for a peer that stopped reading), for a connection dropped as too slow.
+CLOSE_NOW_EXTENSION = "parley.close_now"
+# After the app ends, how long a peer has to take what is still buffered for it (the
+# close frame last) before the socket is aborted.
+ABORT_AFTER_S = 2.0
 
 
 class _ReceiveQueue:
@@ -103,7 +112,10 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         event.headers.clear()
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"][SEND_TEXTS_EXTENSION] = self.send_texts
+            extensions = scope["extensions"]
+            extensions[SEND_TEXTS_EXTENSION] = self.send_texts
+            extensions[WAIT_WRITABLE_EXTENSION] = self.writable.wait
+            extensions[CLOSE_NOW_EXTENSION] = self.close_now
 
     def start_keepalive(self) -> None:
         # Called by uvicorn once the 101 response has been written: the handshake is
@@ -133,6 +145,21 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_text(text.encode())
         self.transport.write(b"".join(self.conn.data_to_send()))
 
+    def close_now(self, code: int, reason: str) -> None:
+        """Queue a close frame behind what the transport holds, and end the app's reads.
+
+        The peer gets it once it reads what was written before (at most the transport's
+        high-water mark and one write); ``run_asgi`` aborts the socket if it does not.
+        """
+        if self.close_sent or self.disconnected or not self.handshake_complete:
+            return
+        if self.transport.is_closing():
+            return
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+
     def keepalive_timeout(self) -> None:
         self.pong_timer = None
         self.pending_ping_payload = None
@@ -145,9 +172,19 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
+        if self.transport.get_write_buffer_size() == 0:
+            return
         # The app gave up on a peer that stopped reading (server/ws.py ``_abandon``):
         # what is still buffered would never drain, and close() would wait for it.
-        if not self.close_sent and self.transport.get_write_buffer_size() > 0:
+        if not self.close_sent:
+            self.transport.abort()
+            return
+        # A close frame went out behind a backlog: give the peer a moment to read it,
+        # then let go (close() alone would hold the socket until the peer reads).
+        self.loop.call_later(ABORT_AFTER_S, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
             self.transport.abort()
 
 

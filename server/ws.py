@@ -15,7 +15,7 @@ import logging
 import math
 import uuid
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from server.http import error_response
 from server.logging import conn_id_var
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
-from server.serving import SEND_TEXTS_EXTENSION
+from server.serving import CLOSE_NOW_EXTENSION, SEND_TEXTS_EXTENSION, WAIT_WRITABLE_EXTENSION
 
 log = logging.getLogger("parley.ws")
 
@@ -41,6 +41,10 @@ log = logging.getLogger("parley.ws")
 CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
 EXPIRY_TIMER_SLACK_S = 0.001
+# At most this much of the outbox goes into one socket write (at least one frame): with
+# writes only while the transport is below its high-water mark, the transport holds at
+# most that mark plus this, and the rest of a backlog stays in the bounded outbox.
+WRITE_CHUNK_BYTES = 65_536
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -87,9 +91,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         role=principal.role,
         expires_at=principal.expires_at,
         max_outbox=container.settings.send_queue_frames,
+        max_outbox_bytes=container.settings.send_queue_bytes,
         on_overflow=life.overflowed,
         on_close=life.arm_abandon,
     )
+    life.close_now = websocket.scope["extensions"].get(CLOSE_NOW_EXTENSION)
     conn_id_var.set(conn.conn_id)
     handler = ConnectionHandler(container, hub, conn)
     hub.register(conn)
@@ -136,10 +142,17 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
     # One socket write per queued batch where the server offers it (server/serving.py).
-    send_texts = websocket.scope.get("extensions", {}).get(SEND_TEXTS_EXTENSION)
+    extensions = websocket.scope.get("extensions", {})
+    send_texts = extensions.get(SEND_TEXTS_EXTENSION)
+    wait_writable = extensions.get(WAIT_WRITABLE_EXTENSION)
     try:
         while True:
-            batch, closing = await conn.next_batch()
+            await conn.wait_ready()
+            if wait_writable is not None and conn.closing is None:
+                # A peer that stops reading stops us here, with its backlog still in
+                # the outbox where its bound (in frames and bytes) applies.
+                await wait_writable()
+            batch, closing = conn.take(WRITE_CHUNK_BYTES if send_texts is not None else 0)
             if send_texts is not None and batch:
                 await send_texts(batch)
             else:
@@ -167,21 +180,28 @@ class _Lifecycle:
     future or closure is kept per connection either.
     """
 
-    __slots__ = ("_container", "_endpoint", "_handle", "stopping")
+    __slots__ = ("_container", "_endpoint", "_handle", "close_now", "stopping")
 
     def __init__(self, endpoint: asyncio.Task[Any], container: Container) -> None:
         self._endpoint = endpoint
         self._container = container
         self._handle: asyncio.TimerHandle | None = None
         self.stopping = False
+        # The server's way to send a close past a writer stuck on a peer that stopped
+        # reading (server/serving.py); None when the server offers none.
+        self.close_now: Callable[[int, str], None] | None = None
 
     def stop(self, _: object = None) -> None:
         if not self.stopping:
             self.stopping = True
             self._endpoint.cancel()
 
-    def overflowed(self, _: Connection) -> None:
+    def overflowed(self, conn: Connection) -> None:
         self._container.metrics.slow_clients_dropped.inc()
+        # The writer waits for the peer to read; the 1013 goes out now, behind what
+        # the transport holds (a bounded amount), not behind the dropped backlog.
+        if self.close_now is not None and conn.closing is not None:
+            self.close_now(*conn.closing)
 
     def arm_abandon(self) -> None:
         if self._handle is None and not self.stopping:

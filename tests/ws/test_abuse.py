@@ -4,10 +4,14 @@ and caps on connections (docs/security.md, "Connections and frames")."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+import pytest
 
 from tests.conftest import create_session
-from tests.ws.test_limits import pair, serve
+from tests.ws.rawws import RawWebSocket
+from tests.ws.test_limits import eventually, pair, serve
 from tests.wsclient import WSClient
 
 
@@ -92,3 +96,59 @@ async def test_rest_posts_plain_and_streamed_share_the_websocket_message_quota(
     assert refused_ws["code"] == "rate_limited"
     users = [m["content"] for m in history.json()["data"]["messages"] if m["role"] == "user"]
     assert users == ["ws", "rest", "sse"]
+
+
+# A byte-bounded outbox ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_reader_that_stops_is_closed_1013_once_its_backlog_passes_the_byte_bound(
+    database_url: str,
+) -> None:
+    bound = 65_536
+    async with serve(
+        database_url,
+        send_queue_bytes=bound,
+        send_queue_frames=100_000,  # only the byte bound can fire
+        messages_per_window=10_000,
+    ) as server:
+        hub = server.container.extras["hub"]
+        ada, bob, session_id = await pair(server)
+        sender, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        slow = await RawWebSocket.connect(server.port, bob.access_token, receive_buffer=4096)
+        try:
+            await sender.request({"type": "join", "session_id": session_id})
+            await slow.recv_json("welcome")
+            await slow.send_json({"type": "join", "session_id": session_id, "id": "j"})
+            await slow.recv_json("joined")
+            (conn,) = [c for c in hub.connections.values() if c.user_id == bob.id]
+            # From here on the slow client reads nothing (not even into its stream
+            # reader's buffer). Small frames, many of them.
+            slow.writer.transport.pause_reading()
+            sent = 0
+            while conn.conn_id in hub.connections and sent < 2_000:
+                ack = await sender.request(
+                    {
+                        "type": "message",
+                        "session_id": session_id,
+                        "content": f"{sent:05d} " + "x" * 2_000,
+                        "reply": "none",
+                    }
+                )
+                assert ack["type"] == "ack"
+                sent += 1
+                # Never more than the bound waits in the outbox.
+                assert sum(len(text) for text in conn._outbox) <= bound
+            await eventually(lambda: conn.conn_id not in hub.connections)
+            # What reached the socket before the drop is bounded too: about the
+            # transport's high-water mark plus one write, not the whole backlog.
+            assert sent * 2_000 > 4 * bound
+            # The client reads again: what was on its way, then the 1013.
+            slow.writer.transport.resume_reading()
+            code = await asyncio.wait_for(slow.recv_close(), 10)
+            assert code == 1013
+            pong = await sender.request({"type": "ping"})
+            assert pong["type"] == "pong"
+        finally:
+            slow.close()
+            await sender.close()
