@@ -59,8 +59,14 @@ class ConnectionHandler:
     async def handle_text(self, text: str) -> None:
         frame_id: str | None = None
         try:
-            frame = parse_client_frame(text)
+            try:
+                frame = parse_client_frame(text)
+            except FrameError as exc:
+                frame_id = exc.frame_id
+                await self._charge_frame()  # a bad frame costs its sender too
+                raise
             frame_id = frame.id
+            await self._charge_frame()
             self.container.metrics.frames_in.labels(frame.type).inc()
             method: FrameMethod = getattr(self, self.FRAME_METHODS[frame.type])
             reply = await method(frame)
@@ -84,6 +90,22 @@ class ConnectionHandler:
     def _send_error(self, exc: ParleyError, frame_id: str | None) -> None:
         self.conn.send(encode(error_frame(exc, frame_id)))
 
+    async def _charge_frame(self) -> None:
+        """Every frame, of any type, counts against its connection's frame limit."""
+        container = self.container
+        await container.limiter.hit(
+            container.frame_limit,
+            self.conn.conn_id,
+            "too many frames, slow down",
+            local=True,
+        )
+
+    async def _charge_join(self) -> None:
+        container = self.container
+        await container.limiter.hit(
+            container.join_limit, self.conn.user_id, "too many joins, slow down"
+        )
+
     def _strike(self) -> None:
         self.conn.strikes += 1
         if self.conn.strikes >= self.container.settings.abuse_strikes_before_close:
@@ -94,11 +116,15 @@ class ConnectionHandler:
     async def join(self, frame: ClientFrame) -> None:
         session_id = parse_id(frame["session_id"])
         sid = str(session_id)
+        await self._charge_join()
         await self.container.sessions.require_member(self._principal(), session_id)
         fresh = await self.hub.begin_join(self.conn, sid)
         try:
             last_seq, history, recovered = await self.container.sessions.join_state(
-                session_id, frame["since_seq"], self.container.settings.replay_limit
+                session_id,
+                frame["since_seq"],
+                self.container.settings.replay_limit,
+                self.container.settings.replay_max_chars,
             )
             members = await self.hub.presence.members(sid)
             running = await self.hub.stream_log.running(sid)
@@ -130,6 +156,7 @@ class ConnectionHandler:
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
+        await self._charge_join()
         if not await self.hub.leave(self.conn, str(session_id)):
             raise NotFound("not in this session")
         await self.container.sessions.touch([session_id])

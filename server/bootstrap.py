@@ -107,6 +107,8 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             redis=redis,
             message_limit=message_limit,
             typing_limit=Limit("typing", settings.typing_per_window, settings.typing_window_s),
+            join_limit=Limit("join", settings.joins_per_window, settings.join_window_s),
+            frame_limit=Limit("frame", settings.frames_per_window, settings.frame_window_s),
         )
         container.extras["node_id"] = uuid.uuid4().hex[:12]
         await _start_layers(container, stack)

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     message_window_s: int = Field(10, ge=1)
     typing_per_window: int = Field(10, ge=1)
     typing_window_s: int = Field(5, ge=1)
+    # ``join`` and ``leave`` frames, per user (each join reads the database and may
+    # replay history).
+    joins_per_window: int = Field(30, ge=1)
+    join_window_s: int = Field(10, ge=1)
+    # Every frame a connection sends, whatever its type (bad ones too), per connection.
+    frames_per_window: int = Field(120, ge=1)
+    frame_window_s: int = Field(10, ge=1)
     login_attempts_per_window: int = Field(10, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
@@ -74,7 +81,10 @@ class Settings(BaseSettings):
     session_idle_expiry_s: int = Field(1800, ge=1)
     sweep_interval_s: float = Field(30.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
-    replay_limit: int = Field(500, ge=1)
+    # A ``joined`` replays at most this many messages and (past the first) this many
+    # characters of them; the rest is paged over REST (docs/protocol.md).
+    replay_limit: int = Field(100, ge=1)
+    replay_max_chars: int = Field(262_144, ge=1024)
 
     # Assistant
     openrouter_api_key: SecretStr | None = None

@@ -152,3 +152,89 @@ async def test_a_reader_that_stops_is_closed_1013_once_its_backlog_passes_the_by
         finally:
             slow.close()
             await sender.close()
+
+
+# Every frame type is rate limited -------------------------------------------------------
+
+
+async def test_join_and_leave_are_rate_limited_per_user(database_url: str) -> None:
+    async with serve(database_url, joins_per_window=4, join_window_s=60) as server:
+        ada, _, session_id = await pair(server)
+        client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        try:
+            replies = []
+            for _ in range(3):
+                replies.append(await client.request({"type": "join", "session_id": session_id}))
+                replies.append(await client.request({"type": "leave", "session_id": session_id}))
+            pong = await client.request({"type": "ping"})
+        finally:
+            await client.close()
+    assert [r["type"] for r in replies] == ["joined", "left", "joined", "left", "error", "error"]
+    assert {r["code"] for r in replies[4:]} == {"rate_limited"}
+    assert all(0 < r["retry_after"] <= 60 for r in replies[4:])
+    assert pong["type"] == "pong"
+
+
+async def test_every_frame_type_counts_against_the_connections_frame_limit(
+    database_url: str,
+) -> None:
+    async with serve(database_url, frames_per_window=5, frame_window_s=60) as server:
+        ada, _, session_id = await pair(server)
+        client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        try:
+            frames: list[dict[str, object]] = [
+                {"type": "ping"},
+                {"type": "join", "session_id": session_id},
+                {"type": "typing", "session_id": session_id, "active": True},
+                {"type": "cancel", "session_id": session_id, "stream_id": "nope"},
+                {"type": "no-such-type"},  # bad frames cost their sender too
+                {"type": "ping"},
+                {"type": "resume", "session_id": session_id, "stream_id": "s", "offset": 0},
+                {"type": "refresh", "token": ada.access_token},
+            ]
+            replies = [await client.request(frame) for frame in frames]
+        finally:
+            await client.close()
+    codes = [r.get("code", r["type"]) for r in replies]
+    assert codes[:5] == ["pong", "joined", "ack", "not_found", "bad_request"]
+    assert codes[5:] == ["rate_limited"] * 3
+    assert all(r["retry_after"] > 0 for r in replies[5:])
+
+
+# Paged replays --------------------------------------------------------------------------
+
+
+async def test_a_join_replays_a_bounded_page_and_the_rest_pages_over_rest(
+    database_url: str,
+) -> None:
+    size = 3_000
+    async with serve(
+        database_url, replay_limit=100, replay_max_chars=10_000, messages_per_window=100
+    ) as server:
+        ada, _, session_id = await pair(server)
+        url = f"/v1/sessions/{session_id}/messages"
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            for n in range(12):
+                response = await http.post(
+                    url,
+                    json={"content": f"{n:02d}" + "y" * size, "reply": "none"},
+                    headers=ada.headers,
+                )
+                assert response.status_code == 201, response.text
+            client, _ = await WSClient.connect(server.ws_url, ada.access_token)
+            try:
+                joined = await client.request(
+                    {"type": "join", "session_id": session_id, "since_seq": 0}
+                )
+            finally:
+                await client.close()
+            history = joined["history"]
+            # 10,000 characters' worth: three messages, and a flag to page the rest.
+            assert [m["seq"] for m in history] == [1, 2, 3]
+            assert joined["recovered"] is False
+            assert joined["last_seq"] == 12
+            rest = await http.get(
+                url, params={"after_seq": history[-1]["seq"], "limit": 200}, headers=ada.headers
+            )
+        seqs = [m["seq"] for m in rest.json()["data"]["messages"]]
+        assert seqs == list(range(4, 13))
