@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     login_attempts_per_window: int = Field(10, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
+    # Connections, per node (docs/security.md); 0 turns a cap off. Per address: every
+    # open socket, half-open ones included (behind TRUST_PROXY_HEADERS: WebSocket
+    # connections by the forwarded address, the proxy caps sockets).
+    max_connections_per_ip: int = Field(256, ge=0)
+    max_connections_per_user: int = Field(16, ge=0)  # WebSocket connections
+    # From a socket's first byte (or its opening) to the end of a request's headers.
+    header_timeout_s: float = Field(10.0, gt=0)
     send_queue_frames: int = Field(1024, ge=8)
     # What may wait for one slow reader, in bytes of encoded frames; past it the
     # connection is closed with 1013 (docs/security.md).

@@ -27,8 +27,9 @@ from realtime.connection import Connection
 from realtime.frames import encode, welcome
 from realtime.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
 from realtime.hub import Hub
+from server.config import Settings
 from server.container import Container, container_of
-from server.errors import Forbidden, ParleyError, Unauthorized
+from server.errors import Forbidden, ParleyError, RateLimited, Unauthorized
 from server.http import error_response
 from server.logging import conn_id_var
 from server.security.origins import origin_allowed
@@ -41,6 +42,8 @@ log = logging.getLogger("parley.ws")
 CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
 EXPIRY_TIMER_SLACK_S = 0.001
+# The Retry-After of a handshake refused for a connection cap.
+CAP_RETRY_AFTER_S = 5.0
 # At most this much of the outbox goes into one socket write (at least one frame): with
 # writes only while the transport is below its high-water mark, the transport holds at
 # most that mark plus this, and the rest of a backlog stays in the bounded outbox.
@@ -76,53 +79,67 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         container.metrics.handshake_refused.labels(exc.code).inc()
         await websocket.send_denial_response(error_response(exc))
         return
-    await websocket.accept()
-    # The reader runs in this task and the writer in its own; when the writer ends (a
-    # close went out, the peer went away) or the close is abandoned, the reader is
-    # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
-    # bookkeeping: ~2 KiB per idle connection.
-    endpoint = asyncio.current_task()
-    assert endpoint is not None
-    life = _Lifecycle(endpoint, container)
-    conn = Connection(
-        conn_id=uuid.uuid4().hex,
-        user_id=str(principal.user_id),
-        name=principal.name,
-        role=principal.role,
-        expires_at=principal.expires_at,
-        max_outbox=container.settings.send_queue_frames,
-        max_outbox_bytes=container.settings.send_queue_bytes,
-        on_overflow=life.overflowed,
-        on_close=life.arm_abandon,
+    caps = _connection_caps(container)
+    address = (
+        websocket.client.host
+        if container.settings.trust_proxy_headers and websocket.client is not None
+        else None
     )
-    life.close_now = websocket.scope["extensions"].get(CLOSE_NOW_EXTENSION)
-    conn_id_var.set(conn.conn_id)
-    handler = ConnectionHandler(container, hub, conn)
-    hub.register(conn)
-    conn.send(
-        encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
-    )
-    writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
-    writer.add_done_callback(life.stop)
-    expiry = _expiry_timers().watch(conn)
+    refusal = caps.admit(container.settings, str(principal.user_id), address)
+    if refusal is not None:
+        container.metrics.handshake_refused.labels(refusal.code).inc()
+        await websocket.send_denial_response(error_response(refusal))
+        return
     try:
-        await _read(websocket, handler)
-    except asyncio.CancelledError:
-        if not life.stopping or endpoint.cancelling() > 1:
-            raise  # cancelled from outside (shutdown): not ours to swallow
-        endpoint.uncancel()
-    except Exception:
-        log.exception("connection reader failed")
+        await websocket.accept()
+        # The reader runs in this task and the writer in its own; when the writer ends (a
+        # close went out, the peer went away) or the close is abandoned, the reader is
+        # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
+        # bookkeeping: ~2 KiB per idle connection.
+        endpoint = asyncio.current_task()
+        assert endpoint is not None
+        life = _Lifecycle(endpoint, container)
+        conn = Connection(
+            conn_id=uuid.uuid4().hex,
+            user_id=str(principal.user_id),
+            name=principal.name,
+            role=principal.role,
+            expires_at=principal.expires_at,
+            max_outbox=container.settings.send_queue_frames,
+            max_outbox_bytes=container.settings.send_queue_bytes,
+            on_overflow=life.overflowed,
+            on_close=life.arm_abandon,
+        )
+        life.close_now = websocket.scope["extensions"].get(CLOSE_NOW_EXTENSION)
+        conn_id_var.set(conn.conn_id)
+        handler = ConnectionHandler(container, hub, conn)
+        hub.register(conn)
+        conn.send(
+            encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
+        )
+        writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
+        writer.add_done_callback(life.stop)
+        expiry = _expiry_timers().watch(conn)
+        try:
+            await _read(websocket, handler)
+        except asyncio.CancelledError:
+            if not life.stopping or endpoint.cancelling() > 1:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            endpoint.uncancel()
+        except Exception:
+            log.exception("connection reader failed")
+        finally:
+            life.stopping = True
+            if expiry is not None:
+                expiry[2] = None  # the timers drop the entry when it comes due
+            life.disarm_abandon()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if not writer.cancelled() and writer.exception() is not None:
+                log.error("connection writer failed", exc_info=writer.exception())
+            await hub.unregister(conn)
     finally:
-        life.stopping = True
-        if expiry is not None:
-            expiry[2] = None  # the timers drop the entry when it comes due
-        life.disarm_abandon()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        if not writer.cancelled() and writer.exception() is not None:
-            log.error("connection writer failed", exc_info=writer.exception())
-        await hub.unregister(conn)
+        caps.release(str(principal.user_id), address)
 
 
 async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
@@ -306,6 +323,52 @@ def _expiry_timers() -> _ExpiryTimers:
     if timers is None:
         timers = _timers_by_loop[loop] = _ExpiryTimers()
     return timers
+
+
+class _ConnectionCaps:
+    """WebSocket connections open on this node, per user and (behind a trusted proxy,
+    where sockets all come from the proxy) per forwarded client address. Without a
+    proxy, sockets per address are capped below the app (server/serving.py)."""
+
+    __slots__ = ("by_address", "by_user")
+
+    def __init__(self) -> None:
+        self.by_user: dict[str, int] = {}
+        self.by_address: dict[str, int] = {}
+
+    def admit(self, settings: Settings, user_id: str, address: str | None) -> RateLimited | None:
+        user_cap = settings.max_connections_per_user
+        if user_cap and self.by_user.get(user_id, 0) >= user_cap:
+            return RateLimited(
+                f"at most {user_cap} connections per user; close one first",
+                retry_after=CAP_RETRY_AFTER_S,
+            )
+        address_cap = settings.max_connections_per_ip
+        if address is not None and address_cap and self.by_address.get(address, 0) >= address_cap:
+            return RateLimited(
+                "too many connections from this address", retry_after=CAP_RETRY_AFTER_S
+            )
+        self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
+        if address is not None:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, user_id: str, address: str | None) -> None:
+        for counts, key in ((self.by_user, user_id), (self.by_address, address)):
+            if key is None:
+                continue
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+
+def _connection_caps(container: Container) -> _ConnectionCaps:
+    caps = container.extras.get("ws_connection_caps")
+    if caps is None:
+        caps = container.extras["ws_connection_caps"] = _ConnectionCaps()
+    return caps  # type: ignore[no-any-return]
 
 
 class _WebSocketApp:

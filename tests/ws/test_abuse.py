@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import create_session
 from tests.ws.rawws import RawWebSocket
@@ -238,3 +240,83 @@ async def test_a_join_replays_a_bounded_page_and_the_rest_pages_over_rest(
             )
         seqs = [m["seq"] for m in rest.json()["data"]["messages"]]
         assert seqs == list(range(4, 13))
+
+
+# Connection caps and the header deadline ------------------------------------------------
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_closed(database_url: str) -> None:
+    async with serve(database_url, header_timeout_s=0.5) as server:
+        silent_reader, silent = await _open(server.port)
+        partial_reader, partial = await _open(server.port)
+        try:
+            partial.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            await partial.drain()
+            for reader in (silent_reader, partial_reader):
+                answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: closed
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+            # A request that completes its headers in time is served as before.
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                assert (await http.get("/healthz")).status_code == 200
+        finally:
+            silent.close()
+            partial.close()
+
+
+async def test_sockets_per_client_address_are_capped(database_url: str) -> None:
+    async with serve(database_url, max_connections_per_ip=3) as server:
+        held = [await _open(server.port) for _ in range(3)]
+        reader, writer = await _open(server.port)
+        try:
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer.startswith(b"HTTP/1.1 429"), answer
+            assert b"rate_limited" in answer
+            # One let go: there is room again.
+            held.pop()[1].close()
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+
+                async def served() -> bool:
+                    try:
+                        return (await http.get("/healthz")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                deadline = asyncio.get_running_loop().time() + 5
+                while not await served():
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+        finally:
+            writer.close()
+            for _, held_writer in held:
+                held_writer.close()
+
+
+async def test_websocket_connections_per_user_are_capped_with_429_at_the_handshake(
+    database_url: str,
+) -> None:
+    async with serve(database_url, max_connections_per_user=2) as server:
+        hub = server.container.extras["hub"]
+        ada, bob, _ = await pair(server)
+        first, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        second, _ = await WSClient.connect(server.ws_url, ada.access_token)
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await WSClient.connect(server.ws_url, ada.access_token)
+            response = refused.value.response
+            assert response.status_code == 429
+            assert orjson.loads(response.body)["error"]["code"] == "rate_limited"
+            assert int(response.headers["Retry-After"]) >= 1
+            # Another user is not affected, and a closed connection frees its place.
+            other, _ = await WSClient.connect(server.ws_url, bob.access_token)
+            await other.close()
+            await first.close()
+            await eventually(lambda: sum(c.user_id == ada.id for c in hub.connections.values()) < 2)
+            third, _ = await WSClient.connect(server.ws_url, ada.access_token)
+            await third.close()
+        finally:
+            await first.close()
+            await second.close()
