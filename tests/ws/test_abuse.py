@@ -320,3 +320,31 @@ async def test_websocket_connections_per_user_are_capped_with_429_at_the_handsha
         finally:
             await first.close()
             await second.close()
+
+
+async def test_behind_a_trusted_proxy_websockets_are_capped_per_forwarded_address(
+    database_url: str,
+) -> None:
+    async with serve(database_url, trust_proxy_headers=True, max_connections_per_ip=1) as server:
+        ada, bob, _ = await pair(server)
+        first, _ = await WSClient.connect(
+            server.ws_url, ada.access_token, additional_headers={"X-Forwarded-For": "203.0.113.7"}
+        )
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await WSClient.connect(
+                    server.ws_url,
+                    bob.access_token,
+                    additional_headers={"X-Forwarded-For": "203.0.113.7"},
+                )
+            assert refused.value.response.status_code == 429
+            # Every socket comes from the proxy (127.0.0.1): another client behind it
+            # is not refused for the proxy's count.
+            other, _ = await WSClient.connect(
+                server.ws_url,
+                bob.access_token,
+                additional_headers={"X-Forwarded-For": "198.51.100.2"},
+            )
+            await other.close()
+        finally:
+            await first.close()
