@@ -113,6 +113,7 @@ async def test_a_reader_that_stops_is_closed_1013_once_its_backlog_passes_the_by
         send_queue_bytes=bound,
         send_queue_frames=100_000,  # only the byte bound can fire
         messages_per_window=10_000,
+        frames_per_window=10_000,
     ) as server:
         hub = server.container.extras["hub"]
         ada, bob, session_id = await pair(server)
