@@ -5,6 +5,7 @@ and caps on connections (docs/security.md, "Connections and frames")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import orjson
@@ -266,6 +267,41 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(database_u
         finally:
             silent.close()
             partial.close()
+
+
+async def test_a_keep_alive_connection_trickling_its_next_request_is_closed(
+    database_url: str,
+) -> None:
+    async with serve(database_url, header_timeout_s=0.5) as server:
+        reader, writer = await _open(server.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            # The next request starts and its headers trickle in, a byte at a time.
+            next_request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+            async def trickle() -> None:
+                for byte in next_request:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.05)
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                answer = await asyncio.wait_for(reader.read(), 10)
+            finally:
+                trickling.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await trickling
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+        finally:
+            writer.close()
 
 
 async def test_sockets_per_client_address_are_capped(database_url: str) -> None:
