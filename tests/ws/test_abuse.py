@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import create_session
+from tests.conftest import TEST_JWT_SECRET, create_session
 from tests.ws.rawws import RawWebSocket
 from tests.ws.test_limits import eventually, pair, serve
 from tests.wsclient import WSClient
@@ -385,3 +389,56 @@ async def test_behind_a_trusted_proxy_websockets_are_capped_per_forwarded_addres
             await other.close()
         finally:
             await first.close()
+
+
+async def test_parley_serve_applies_the_header_deadline_and_the_address_cap(
+    tmp_path: Path,
+) -> None:
+    # ``parley serve`` builds its own uvicorn options: the guards must survive them.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "JWT_"))}
+    env = keep | {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "LOG_JSON": "false",
+        "REDIS_URL": "",
+        "OPENROUTER_API_KEY": "",
+        "HEADER_TIMEOUT_S": "0.5",
+        "MAX_CONNECTIONS_PER_IP": "2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "parley"),
+        "serve",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            line = b""
+            while b"Application startup complete" not in line:
+                line = await process.stderr.readline()
+                assert line, "the server exited before starting"
+            while True:  # the socket is bound just after the startup line
+                try:
+                    first = await _open(port)
+                    break
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.05)
+        second = await _open(port)
+        third_reader, third = await _open(port)
+        assert (await asyncio.wait_for(third_reader.read(), 10)).startswith(b"HTTP/1.1 429")
+        for reader, _ in (first, second):
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+        for _, writer in (first, second, (third_reader, third)):
+            writer.close()
+    finally:
+        process.kill()
+        await process.wait()
