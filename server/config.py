@@ -22,8 +22,14 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
+    # An empty variable means unset: compose files and shells pass `KEY=` for a value
+    # nobody gave, and an empty OPENROUTER_API_KEY must choose the offline model.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     # Network
@@ -48,6 +54,8 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(10.0, ge=0)
     access_token_ttl_s: int = Field(900, ge=10)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # A refresh family's absolute lifetime from its login: rotation never extends it.
+    refresh_family_max_age_s: int = Field(90 * 24 * 3600, ge=60)
     ws_ticket_ttl_s: int = Field(60, ge=1)
     # How long a node may authenticate from its cached copy of a user's row (name, role,
     # disabled, token revocation) without reading the database; 0 reads it every time.
@@ -69,7 +77,12 @@ class Settings(BaseSettings):
     # Every frame a connection sends, whatever its type (bad ones too), per connection.
     frames_per_window: int = Field(120, ge=1)
     frame_window_s: int = Field(10, ge=1)
+    # Failed logins per window: for one account from one address (login_attempts_...),
+    # for one account from anywhere (devices that signed in to it before are exempt),
+    # and for one address over any accounts. Successful logins are not counted.
     login_attempts_per_window: int = Field(10, ge=1)
+    login_account_failures_per_window: int = Field(20, ge=1)
+    login_ip_failures_per_window: int = Field(100, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
     # Connections, per node (docs/security.md); 0 turns a cap off. Per address: every
@@ -113,6 +126,9 @@ class Settings(BaseSettings):
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)
+    # Before the first token, every attempt together (retries, their backoff, the
+    # fallback models) gets this long; then the user hears the model is unavailable.
+    llm_first_token_deadline_s: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0)
     llm_breaker_fail_max: int = Field(5, ge=1)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
@@ -127,6 +143,10 @@ class Settings(BaseSettings):
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"
     search_cache_ttl_s: int = Field(3600, ge=0)
+    # What a web search may cost an answer, every attempt included; then it goes on
+    # without results. And the most of Tavily's answer that is read.
+    search_deadline_s: float = Field(3.0, gt=0)
+    search_max_body_bytes: int = Field(1_048_576, ge=1024)
     embeddings_url: str | None = None
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
@@ -135,7 +155,8 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    # Unset: JSON lines when stderr is not a terminal, human lines when it is.
+    log_json: bool | None = None
 
     # Process
     # Once started, move everything allocated so far (modules, the ORM's mappers, the
@@ -182,6 +203,18 @@ class Settings(BaseSettings):
     @cached_property
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
+
+    def model_for(self, asked: str | None) -> str:
+        """The model that answers when ``asked`` (a session's choice, or None) is asked.
+
+        Without a key it is the offline model whatever was asked, and answers, labels
+        and stored messages say so rather than name a model that never ran.
+        """
+        if self.offline_model:
+            from llm.offline import OFFLINE_MODEL
+
+            return OFFLINE_MODEL
+        return asked or self.llm_model
 
 
 class ConfigError(Exception):

@@ -109,6 +109,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             max_outbox_bytes=container.settings.send_queue_bytes,
             on_overflow=life.overflowed,
             on_close=life.arm_abandon,
+            family=str(principal.family_id) if principal.family_id else None,
         )
         life.close_now = websocket.scope["extensions"].get(CLOSE_NOW_EXTENSION)
         conn_id_var.set(conn.conn_id)
