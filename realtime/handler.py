@@ -73,7 +73,7 @@ class ConnectionHandler:
         neither the reader nor the ``ping`` behind it. A ``pong`` may thus overtake
         the replies of frames sent before its ``ping``; each reply carries its ``id``.
         Returns at once unless ``MAX_QUEUED_FRAMES`` wait already."""
-        frame = self._parse(text)
+        frame = await self._parse(text)
         if frame is None:
             return
         if frame.type == "ping":
@@ -109,18 +109,33 @@ class ConnectionHandler:
 
     async def handle_text(self, text: str) -> None:
         """One frame, from parsing to its reply, in the caller's task."""
-        frame = self._parse(text)
+        frame = await self._parse(text)
         if frame is not None:
             await self._dispatch(frame)
 
-    def _parse(self, text: str) -> ClientFrame | None:
+    async def _parse(self, text: str) -> ClientFrame | None:
         try:
             frame = parse_client_frame(text)
         except FrameError as exc:
-            self._send_error(exc, exc.frame_id)
+            # A bad frame costs its sender too; over the limit, that is what it hears.
+            if await self._charged(exc.frame_id):
+                self._send_error(exc, exc.frame_id)
+            return None
+        if not await self._charged(frame.id):
             return None
         self.container.metrics.frames_in.labels(frame.type).inc()
         return frame
+
+    async def _charged(self, frame_id: str | None) -> bool:
+        """Counts a frame against its connection's limit; False (and the client told)
+        when it is over."""
+        try:
+            await self._charge_frame()
+        except RateLimited as exc:
+            self._send_error(exc, frame_id)
+            self._strike()
+            return False
+        return True
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         frame_id = frame.id
@@ -147,6 +162,22 @@ class ConnectionHandler:
     def _send_error(self, exc: ParleyError, frame_id: str | None) -> None:
         self.conn.send(encode(error_frame(exc, frame_id)))
 
+    async def _charge_frame(self) -> None:
+        """Every frame, of any type, counts against its connection's frame limit."""
+        container = self.container
+        await container.limiter.hit(
+            container.frame_limit,
+            self.conn.conn_id,
+            "too many frames, slow down",
+            local=True,
+        )
+
+    async def _charge_join(self) -> None:
+        container = self.container
+        await container.limiter.hit(
+            container.join_limit, self.conn.user_id, "too many joins, slow down"
+        )
+
     def _strike(self) -> None:
         self.conn.strikes += 1
         if self.conn.strikes >= self.container.settings.abuse_strikes_before_close:
@@ -157,11 +188,15 @@ class ConnectionHandler:
     async def join(self, frame: ClientFrame) -> None:
         session_id = parse_id(frame["session_id"])
         sid = str(session_id)
+        await self._charge_join()
         await self.container.sessions.require_member(self._principal(), session_id)
         fresh = await self.hub.begin_join(self.conn, sid)
         try:
             last_seq, history, recovered = await self.container.sessions.join_state(
-                session_id, frame["since_seq"], self.container.settings.replay_limit
+                session_id,
+                frame["since_seq"],
+                self.container.settings.replay_limit,
+                self.container.settings.replay_max_chars,
             )
             members = await self.hub.presence.members(sid)
             running = await self.hub.stream_log.running(sid)
@@ -193,6 +228,7 @@ class ConnectionHandler:
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
+        await self._charge_join()
         if not await self.hub.leave(self.conn, str(session_id)):
             raise NotFound("not in this session")
         await self.container.sessions.touch([session_id])
@@ -200,11 +236,7 @@ class ConnectionHandler:
 
     async def message(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
-        await self.container.limiter.hit(
-            self.container.message_limit,
-            self.conn.user_id,
-            "too many messages, slow down",
-        )
+        # The message quota is charged by ``messages.post``, one for every way in.
         posted = await self.container.messages.post(
             self._principal(),
             session_id,

@@ -14,6 +14,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             family_max_age_s=settings.refresh_family_max_age_s,
             callers=CallerCache(settings.caller_cache_ttl_s),
         )
+        message_limit = Limit("message", settings.messages_per_window, settings.message_window_s)
         container = Container(
             settings=settings,
             database=database,
@@ -119,10 +121,16 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
                 idle_expiry_s=settings.session_idle_expiry_s,
                 allowed_models=settings.allowed_models,
             ),
-            messages=MessageService(database, max_content_chars=settings.max_content_chars),
+            messages=MessageService(
+                database,
+                max_content_chars=settings.max_content_chars,
+                quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
+            ),
             redis=redis,
-            message_limit=Limit("message", settings.messages_per_window, settings.message_window_s),
+            message_limit=message_limit,
             typing_limit=Limit("typing", settings.typing_per_window, settings.typing_window_s),
+            join_limit=Limit("join", settings.joins_per_window, settings.join_window_s),
+            frame_limit=Limit("frame", settings.frames_per_window, settings.frame_window_s),
         )
         container.extras["node_id"] = uuid.uuid4().hex[:12]
         await _start_layers(container, stack)

@@ -161,14 +161,27 @@ class Assistant:
 
     async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
         """Stop a generation wherever it runs; ``not_found`` if none is running."""
-        running = await self._hub.stream_log.running(session_id)
-        if stream_id not in {sid for sid, _ in running} and stream_id not in self.running:
-            raise NotFound("no such running stream in this session")
-        await self._hub.send_control({"op": "cancel_stream", "stream_id": stream_id, "by": by_user})
+        # The stream must belong to the session the caller is a member of: a stream id
+        # from another room is not found (one running here is checked by its session,
+        # since the stream log may not list it yet).
+        local = self.running.get(stream_id)
+        if local is None or local.session_id != session_id:
+            running = await self._hub.stream_log.running(session_id)
+            if stream_id not in {sid for sid, _ in running}:
+                raise NotFound("no such running stream in this session")
+        await self._hub.send_control(
+            {"op": "cancel_stream", "stream_id": stream_id, "session_id": session_id, "by": by_user}
+        )
 
     def _on_cancel_control(self, action: dict[str, Any]) -> None:
         generation = self.running.get(str(action.get("stream_id")))
-        if generation is not None and generation.task is not None:
+        # Checked again where the generation runs: a control from another node must
+        # name the session the stream belongs to.
+        if (
+            generation is not None
+            and generation.task is not None
+            and generation.session_id == str(action.get("session_id"))
+        ):
             generation.cancelled_by = str(action.get("by"))
             generation.task.cancel()
 
