@@ -37,7 +37,7 @@ from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.config import Settings
-from server.errors import NotFound, ParleyError
+from server.errors import NotFound, ParleyError, Unavailable
 from server.metrics import Metrics
 from server.services.accounts import Principal
 from server.services.context import ContextAssembler, TurnContext
@@ -319,8 +319,15 @@ class Assistant:
             await generation.announcements.settled()
         if not publisher.started:
             await publisher.start(result.model_asked, generation.reply_to["id"])
-        # After the start: opening a stream's log starts it afresh.
-        if not await self._settle(generation.stream_id):
+        # Every delta goes to the log and the room before the stream is settled: the
+        # writer publishes nothing after its own settle, and the log holds the text
+        # that is stored (what a node taking the stream over would store).
+        await publisher.drain()
+        # After the start: opening a stream's log starts it afresh. Only losing the
+        # settle means another node ended the stream: then, and only then, this node
+        # sends no stream.end (it must not send two, and must never send none).
+        ended_elsewhere = not await self._settle(generation.stream_id)
+        if ended_elsewhere:
             # This node was taken for dead (a pause longer than the node TTL) and
             # another one ended the stream and stored its text: storing it again would
             # answer the question twice. What the upstream was paid for is recorded.
@@ -330,35 +337,48 @@ class Assistant:
         stored: dict[str, Any] | None = None
         seq: int | None = None
         revision = 0
+        event_id: uuid.UUID | None = None
         session_uuid = uuid.UUID(generation.session_id)
         duration = time.perf_counter() - result.started
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
-        async with self._db.transaction() as session:
-            if text:
-                status = {"stop": "complete", "length": "complete"}.get(
-                    result.outcome, result.outcome
-                )
-                message = await messages_repo.append_answer(
+        try:
+            async with self._db.transaction() as session:
+                if text:
+                    status = {"stop": "complete", "length": "complete"}.get(
+                        result.outcome, result.outcome
+                    )
+                    message = await messages_repo.append_answer(
+                        session,
+                        session_id=session_uuid,
+                        content=text,
+                        status=status,
+                        model=answered_by,
+                        reply_to=uuid.UUID(generation.reply_to["id"]),
+                    )
+                    stored, seq = message_to_wire(message.message), message.message.seq
+                    revision = message.history_revision
+                event = await usage_repo.record_usage(
                     session,
+                    user_id=uuid.UUID(generation.user_id),
                     session_id=session_uuid,
-                    content=text,
-                    status=status,
+                    message_id=uuid.UUID(stored["id"]) if stored else None,
                     model=answered_by,
-                    reply_to=uuid.UUID(generation.reply_to["id"]),
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                    duration_ms=round(duration * 1000),
+                    outcome=result.outcome,
                 )
-                stored, seq = message_to_wire(message.message), message.message.seq
-                revision = message.history_revision
-            event = await usage_repo.record_usage(
-                session,
-                user_id=uuid.UUID(generation.user_id),
-                session_id=session_uuid,
-                message_id=uuid.UUID(stored["id"]) if stored else None,
-                model=answered_by,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                ttft_ms=round(ttft * 1000) if ttft is not None else None,
-                duration_ms=round(duration * 1000),
-                outcome=result.outcome,
+                event_id = event.id
+        except Exception as exc:
+            # The room still hears that the stream ended (a stream left without its
+            # end stays "running" for every member); the text stays in the stream log
+            # until its TTL, so a resume still replays it.
+            log.exception("could not store the answer of stream %s", generation.stream_id)
+            stored, seq = None, None
+            result.outcome = "error"
+            result.error = (
+                exc if isinstance(exc, ParleyError) else Unavailable("the answer was not stored")
             )
         if stored is not None:
             # Committed: only now may this node's copy of the history hold it.
@@ -378,12 +398,12 @@ class Assistant:
         }
         if result.error is not None:
             end["error"] = {"code": result.error.code, "message": result.error.message}
-        if not generation.taken_over:
+        if not ended_elsewhere:
             await publisher.end(end, seq)
         self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
         reported = finish is not None and finish.usage is not None
-        if not reported and generation.trace.get("generation_id"):
-            self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
+        if not reported and event_id is not None and generation.trace.get("generation_id"):
+            self._recover_usage_later(event_id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
 
