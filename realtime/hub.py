@@ -285,6 +285,15 @@ class Hub:
             room.early.append(env)
             return
         assert env.seq is not None
+        if env.stream_end and env.seq <= room.reorder.last_seq:
+            # A stream.end that came after its answer was filled in from the database
+            # (a gap that outlasted GAP_WAIT_S: the end goes out after the store's
+            # commit, and a later message can overtake it). Whoever is watching the
+            # stream still gets its end; the cursor goes with it, so only once.
+            for conn in tuple(room.connections):
+                if env.stream_id in conn.cursors:
+                    self._deliver(conn, env)
+            return
         for ready in room.reorder.offer(env.seq, env):
             self._release(room, ready)
         if room.reorder.missing() is not None and room.gap_task is None:
