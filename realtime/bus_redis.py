@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from typing import Any
 
@@ -253,7 +254,7 @@ class RedisBus:
             assert conn is not None
             try:
                 while True:
-                    self._dispatch(await conn.read_response(timeout=None))
+                    self._dispatch(await conn.read_response(timeout=math.inf))
             except _redis.REDIS_ERRORS as exc:
                 if self._closing:
                     return
