@@ -344,7 +344,7 @@ class Hub:
             conn.send(env.frame)
             return
         if cursor is None:
-            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1)
+            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1, first=env.index)
             conn.send(env.frame)
         elif env.index == cursor.next_index:
             cursor.next_index += 1
@@ -364,12 +364,14 @@ class Hub:
     ) -> bool:
         """Send the stream from ``offset`` out of the log, then continue live.
 
+        Each index goes to a connection once: what it was sent already (live deltas
+        that reached a member who joined mid-stream, before its resume) is skipped.
         Returns False when the log no longer holds the stream. ``before_replay`` runs
         just before the first replayed frame is queued (the resume ``ack``).
         """
         cursor = conn.cursors.get(stream_id)
         if cursor is None:
-            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset)
+            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset, first=offset)
         if cursor.pending is None:
             cursor.pending = []
         snapshot = await self.stream_log.read(stream_id, offset)
@@ -378,10 +380,14 @@ class Hub:
             return False
         if before_replay is not None:
             before_replay()
-        next_index = offset
+        # Read after the log: another replay may have moved the cursor meanwhile.
+        if offset > cursor.next_index:
+            # The client holds everything before ``offset`` (from an earlier connection).
+            cursor.first = cursor.next_index = offset
+        sent_from, next_index = cursor.first, cursor.next_index
         for index, text in snapshot.deltas:
-            if index < next_index:
-                continue
+            if sent_from <= index < next_index:
+                continue  # sent to this connection already
             conn.send(
                 encode(
                     {
@@ -393,12 +399,13 @@ class Hub:
                     }
                 )
             )
-            next_index = index + 1
+            next_index = max(next_index, index + 1)
         if snapshot.end is not None:
             conn.cursors.pop(stream_id, None)
             conn.send(encode(snapshot.end))
             return True
-        pending, cursor.pending, cursor.next_index = cursor.pending, None, next_index
+        cursor.first, cursor.next_index = min(offset, sent_from), next_index
+        pending, cursor.pending = cursor.pending or [], None
         for env in pending:
             self._deliver_stream(conn, env)
         return True

@@ -105,3 +105,52 @@ async def test_a_stream_end_overtaken_by_its_answer_from_the_database_still_ends
 
     assert [f["type"] for f in await frames(conn, "stream.end")] == ["stream.end"]
     assert STREAM not in conn.cursors
+
+
+async def joined_mid_stream(room: Room) -> Connection:
+    """Ada joins after deltas 0-6; 7, 8 and 9 reach her live before she resumes."""
+    for index in range(7):
+        await room.delta(index, f"d{index} ", log_only=True)
+    conn = await room.member()
+    for index in range(7, 10):
+        await room.delta(index, f"d{index} ")
+    assert deltas(await frames(conn, "stream.delta")) == [7, 8, 9]
+    return conn
+
+
+async def resume_and_finish(room: Room, conn: Connection, offset: int) -> list[dict[str, Any]]:
+    assert await room.hub.replay_stream(conn, SESSION, STREAM, offset)
+    await room.delta(10, "d10 ")
+    await room.end(seq=1)
+    return await frames(conn, "stream.end")
+
+
+async def test_resuming_at_the_joined_offset_does_not_repeat_the_live_deltas(room: Room) -> None:
+    conn = await joined_mid_stream(room)
+
+    # joined.streams said offset 7: the resume docs/protocol.md asks for.
+    seen = await resume_and_finish(room, conn, 7)
+
+    assert deltas(seen) == [10]
+
+
+async def test_resuming_from_zero_after_live_deltas_sends_only_the_ones_not_sent(
+    room: Room,
+) -> None:
+    conn = await joined_mid_stream(room)
+
+    seen = await resume_and_finish(room, conn, 0)
+
+    assert deltas(seen) == [0, 1, 2, 3, 4, 5, 6, 10]
+    assert "".join(f["text"] for f in seen if f["type"] == "stream.delta").startswith("d0 d1 ")
+
+
+async def test_a_resume_past_what_was_sent_replays_from_its_offset(room: Room) -> None:
+    conn = await joined_mid_stream(room)
+    await room.delta(10, "d10 ", log_only=True)  # a delta this connection never got
+
+    assert await room.hub.replay_stream(conn, SESSION, STREAM, 11)
+    await room.delta(11, "d11 ")
+    await room.end(seq=1)
+
+    assert deltas(await frames(conn, "stream.end")) == [11]
