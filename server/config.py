@@ -22,8 +22,14 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
+    # An empty variable means unset: compose files and shells pass `KEY=` for a value
+    # nobody gave, and an empty OPENROUTER_API_KEY must choose the offline model.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     # Network
@@ -93,6 +99,9 @@ class Settings(BaseSettings):
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)
+    # Before the first token, every attempt together (retries, their backoff, the
+    # fallback models) gets this long; then the user hears the model is unavailable.
+    llm_first_token_deadline_s: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0)
     llm_breaker_fail_max: int = Field(5, ge=1)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
@@ -107,6 +116,10 @@ class Settings(BaseSettings):
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"
     search_cache_ttl_s: int = Field(3600, ge=0)
+    # What a web search may cost an answer, every attempt included; then it goes on
+    # without results. And the most of Tavily's answer that is read.
+    search_deadline_s: float = Field(3.0, gt=0)
+    search_max_body_bytes: int = Field(1_048_576, ge=1024)
     embeddings_url: str | None = None
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
@@ -115,7 +128,8 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    # Unset: JSON lines when stderr is not a terminal, human lines when it is.
+    log_json: bool | None = None
 
     # Process
     # Once started, move everything allocated so far (modules, the ORM's mappers, the
@@ -162,6 +176,18 @@ class Settings(BaseSettings):
     @cached_property
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
+
+    def model_for(self, asked: str | None) -> str:
+        """The model that answers when ``asked`` (a session's choice, or None) is asked.
+
+        Without a key it is the offline model whatever was asked, and answers, labels
+        and stored messages say so rather than name a model that never ran.
+        """
+        if self.offline_model:
+            from llm.offline import OFFLINE_MODEL
+
+            return OFFLINE_MODEL
+        return asked or self.llm_model
 
 
 class ConfigError(Exception):
