@@ -377,6 +377,11 @@ class Hub:
         snapshot = await self.stream_log.read(stream_id, offset)
         if snapshot is None or snapshot.session_id != session_id:
             conn.cursors.pop(stream_id, None)
+            # What waited for the log goes on as it is: a hole the log cannot fill
+            # must not also swallow the rest of the stream and its end.
+            for env in cursor.pending:
+                self._deliver_stream(conn, env)
+            cursor.pending = None
             return False
         if before_replay is not None:
             before_replay()

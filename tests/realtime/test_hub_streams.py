@@ -154,3 +154,26 @@ async def test_a_resume_past_what_was_sent_replays_from_its_offset(room: Room) -
     await room.end(seq=1)
 
     assert deltas(await frames(conn, "stream.end")) == [11]
+
+
+async def test_a_gap_the_log_can_no_longer_fill_still_lets_the_end_through() -> None:
+    now = [0.0]
+    room = Room()
+    room.log = room.hub.stream_log = MemoryStreamLog(60, clock=lambda: now[0])
+    await room.hub.start()
+    try:
+        await room.log.open(STREAM, SESSION, {"type": "stream.start", "stream_id": STREAM})
+        conn = await room.member()
+        await room.delta(0, "a ")
+        assert deltas(await frames(conn, "stream.delta")) == [0]
+        now[0] = 61.0  # the log is gone (expired, or broken: it reads as unknown)
+
+        # Delta 1 was lost on the way: 2 opens a gap, and the end waits behind its fill.
+        await room.hub.publish_stream(SESSION, STREAM, _delta(2, "c "), index=2)
+        end = {"type": "stream.end", "session_id": SESSION, "stream_id": STREAM}
+        await room.hub.publish_stream(SESSION, STREAM, end, is_end=True)
+
+        seen = await frames(conn, "stream.end")
+        assert deltas(seen) == [2] and seen[-1]["type"] == "stream.end"
+    finally:
+        await room.hub.close()
