@@ -7,6 +7,7 @@ import the driver.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,29 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 CONNECT_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
 
+# A connection with no read timeout (the bus's subscriber) learns of a peer that
+# vanished without a reset from TCP keepalive: probed after 30 s of silence, given up
+# after three unanswered probes 10 s apart. Linux names; elsewhere the OS defaults.
+KEEPALIVE_OPTIONS: dict[int, int] = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
+
 Command = Sequence[Any]
+
+# Recent redis-py (8 here) listens for Redis "maintenance notifications" by default, and
+# while it does, its pool no longer checks a connection it hands out: the first command
+# after a Redis restart went out on the dead connection and failed. Parley needs none.
+NO_MAINTENANCE_NOTIFICATIONS: dict[str, Any]
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older redis-py: no such thing, the check always runs
+    NO_MAINTENANCE_NOTIFICATIONS = {}
+else:
+    NO_MAINTENANCE_NOTIFICATIONS = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+    }
 
 
 def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
@@ -39,6 +62,7 @@ def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
         socket_timeout=COMMAND_TIMEOUT_S,
         socket_keepalive=True,
         decode_responses=decode_responses,
+        **NO_MAINTENANCE_NOTIFICATIONS,
     )
 
 

@@ -21,10 +21,17 @@ MessageHandler = Callable[[str, bytes], None]
 """``(channel, data)``; synchronous, called in publish order per channel, must not block."""
 
 GapHandler = Callable[[frozenset[str]], Awaitable[None]]
-"""Channels whose subscription was lost and restored: messages may have been missed."""
+"""Called after every restored connection, with the channels whose subscription was
+lost and restored (messages may have been missed); possibly none."""
+
+LostHandler = Callable[[], None]
+"""The connection to the broker was lost; ``healthy`` is False until ``on_gap`` comes."""
 
 
 class Bus(Protocol):
+    on_lost: LostHandler | None
+    """Set by the user of the bus; synchronous, must not block."""
+
     async def start(self) -> None:
         """Connects; raises ``Unavailable`` when the broker cannot be reached."""
 

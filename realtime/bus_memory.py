@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from realtime.bus import GapHandler, MessageHandler
+from realtime.bus import GapHandler, LostHandler, MessageHandler
 
 
 class MemoryBus:
@@ -11,6 +11,7 @@ class MemoryBus:
     def __init__(self, on_message: MessageHandler, on_gap: GapHandler | None = None) -> None:
         self._on_message = on_message
         self._on_gap = on_gap
+        self.on_lost: LostHandler | None = None  # never lost
         self._channels: set[str] = set()
         self._closed = False
 

@@ -11,8 +11,8 @@ to ``on_gap``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import random
 from typing import Any
 
@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from realtime import _redis
-from realtime.bus import GapHandler, MessageHandler
+from realtime.bus import GapHandler, LostHandler, MessageHandler
 from realtime.keys import DEFAULT_PREFIX, Keys
 from server.errors import Unavailable
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_FIRST_DELAY_S = 0.05
 RECONNECT_MAX_DELAY_S = 5.0
+_REDIS_ERRORS_OR_TIMEOUT: tuple[type[BaseException], ...] = (*_redis.REDIS_ERRORS, TimeoutError)
 
 
 class RedisBus:
@@ -46,12 +47,17 @@ class RedisBus:
         *,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
-        # Only used to build the subscriber connection from the URL; no socket timeout,
-        # since a quiet channel is not a dead one (TCP keepalive finds those).
+        # Only used to build the subscriber connection from the URL. No socket timeout,
+        # said explicitly: redis-py 8 defaults to 5 s, and the reader's read falls back
+        # to it, so a quiet channel was dropped every 5 s and a node paused for longer
+        # threw away the messages waiting in its socket. A quiet channel is not a dead
+        # one; TCP keepalive finds dead peers, the handshake has its own deadline.
         self._subscriber_pool = ConnectionPool.from_url(
             redis_url,
+            socket_timeout=None,
             socket_connect_timeout=_redis.CONNECT_TIMEOUT_S,
             socket_keepalive=True,
+            socket_keepalive_options=_redis.KEEPALIVE_OPTIONS,
             retry=Retry(NoBackoff(), 0),  # the reader's loop is the one that retries
             # RESP2: pub/sub replies come back from read_response as plain arrays
             # (under RESP3 redis-py diverts them to a push handler).
@@ -59,6 +65,7 @@ class RedisBus:
         )
         self._on_message = on_message
         self._on_gap = on_gap
+        self.on_lost: LostHandler | None = None
         self._keys = Keys(prefix)
         self._redis = _redis.connect(redis_url)
         self._batcher = _redis.PipelineBatcher(self._redis, "bus publish")
@@ -74,6 +81,8 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._gap_tasks: set[asyncio.Task[None]] = set()
+        # Connections lost and made again since start (diagnostics and tests).
+        self.reconnects = 0
 
     # Lifecycle
 
@@ -146,6 +155,9 @@ class RedisBus:
             await asyncio.wait_for(asyncio.shield(future), _redis.COMMAND_TIMEOUT_S)
         except TimeoutError as exc:
             self._forget(channel)
+            # A slow (paused) Redis may still act on it later: take it back, in order.
+            with contextlib.suppress(*_redis.REDIS_ERRORS):
+                await conn.send_command("UNSUBSCRIBE", wire)
             raise Unavailable(f"redis did not confirm the subscription to {channel}") from exc
 
     async def unsubscribe(self, channel: str) -> None:
@@ -208,21 +220,24 @@ class RedisBus:
         """Opens the subscriber connection and (re)subscribes every wanted channel."""
         conn: Connection = self._subscriber_pool.make_connection()
         try:
-            await conn.connect()
-            await conn.send_command("CLIENT", "SETNAME", f"{self._keys.prefix}-bus")
-            await conn.read_response()
-            await conn.send_command("CLIENT", "ID")
-            connection_id = int(await conn.read_response())
-            self._unconfirmed.clear()
-            wires = list(self._channels.values())
-            for wire in wires:
-                self._count_subscribe(wire)
-            if wires:
-                await conn.send_command("SUBSCRIBE", *wires)
-            # Messages may come between the confirmations; they are dispatched as usual.
-            while any(wire in self._unconfirmed for wire in wires):
-                self._dispatch(await conn.read_response())
-        except _redis.REDIS_ERRORS as exc:
+            # The connection has no read timeout (see __init__), so the handshake gets a
+            # deadline of its own: a paused Redis accepts connections and answers nothing.
+            async with asyncio.timeout(_redis.CONNECT_TIMEOUT_S + _redis.COMMAND_TIMEOUT_S):
+                await conn.connect()
+                await conn.send_command("CLIENT", "SETNAME", f"{self._keys.prefix}-bus")
+                await conn.read_response()
+                await conn.send_command("CLIENT", "ID")
+                connection_id = int(await conn.read_response())
+                self._unconfirmed.clear()
+                wires = list(self._channels.values())
+                for wire in wires:
+                    self._count_subscribe(wire)
+                if wires:
+                    await conn.send_command("SUBSCRIBE", *wires)
+                # Messages may come between the confirmations; dispatched as usual.
+                while any(wire in self._unconfirmed for wire in wires):
+                    self._dispatch(await conn.read_response())
+        except _REDIS_ERRORS_OR_TIMEOUT as exc:
             await conn.disconnect(nowait=True)
             raise Unavailable("cannot connect the bus to redis") from exc
         except BaseException:
@@ -254,21 +269,28 @@ class RedisBus:
             assert conn is not None
             try:
                 while True:
-                    self._dispatch(await conn.read_response(timeout=math.inf))
+                    self._dispatch(await conn.read_response(timeout=None))
             except _redis.REDIS_ERRORS as exc:
                 if self._closing:
                     return
                 log.warning("bus lost its redis connection: %s", exc)
             self._healthy = False
+            if self.on_lost is not None:
+                try:
+                    self.on_lost()
+                except Exception:
+                    log.exception("bus on_lost handler failed")
             await self._drop_connection()
             lost = frozenset(self._channels)
             await self._reconnect()
             if self._closing:
                 return
+            self.reconnects += 1
             self._healthy = True
-            # Only channels still wanted: those unsubscribed during the outage need no catch-up.
+            # Only channels still wanted: those unsubscribed during the outage need no
+            # catch-up. Reported even when empty: it also says the bus is back.
             gap = lost & frozenset(self._channels)
-            if gap and self._on_gap is not None:
+            if self._on_gap is not None:
                 task = asyncio.create_task(self._report_gap(gap), name="redis-bus-gap")
                 self._gap_tasks.add(task)
                 task.add_done_callback(self._gap_tasks.discard)

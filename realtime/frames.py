@@ -131,3 +131,13 @@ def with_id(frame: dict[str, Any], frame_id: str | None) -> dict[str, Any]:
     if frame_id is not None:
         frame["id"] = frame_id
     return frame
+
+
+BUS_DEGRADED = "degraded"
+BUS_RESTORED = "restored"
+
+
+def bus_notice(status: str) -> dict[str, Any]:
+    """Unasked: ``degraded`` while events from members on other servers may be late (the
+    server's bus is down), ``restored`` once it is back and missed messages were sent."""
+    return {"type": "bus", "status": status}

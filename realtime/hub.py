@@ -11,6 +11,13 @@ each room releases them through a ``SeqReorderer``. A gap that does not close wi
 source of truth. Deltas carry an index; each connection keeps a cursor per stream
 and fills a gap in it from the stream log, so a client sees every index once, in
 order.
+
+Outages: while the bus is down, or a publish fails, this node's members get events
+from here only; they are told (a ``bus`` frame, ``degraded`` then ``restored``). Rooms
+whose events reached no other node are owed to the peers: once a publish goes through
+again, a ``resync`` control message names them, and every node re-reads them from the
+database. A node whose own subscription was restored re-reads its rooms itself. So a
+message sent in an outage reaches everyone without waiting for a later one.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +36,7 @@ from realtime import envelope as kinds
 from realtime.bus import Bus
 from realtime.connection import Connection, Membership, StreamCursor
 from realtime.envelope import Envelope, pack, unpack
-from realtime.frames import encode
+from realtime.frames import BUS_DEGRADED, BUS_RESTORED, bus_notice, encode
 from realtime.keys import Keys
 from realtime.presence import Presence, PresenceChange
 from realtime.reorder import SeqReorderer
@@ -38,6 +47,10 @@ from server.metrics import Metrics
 log = logging.getLogger("parley.hub")
 
 GAP_WAIT_S = 0.15
+# Rooms named in one resync notice; past this the notice says "every room".
+RESYNC_MAX_ROOMS = 1000
+RESYNC_FIRST_DELAY_S = 0.05
+RESYNC_MAX_DELAY_S = 5.0
 FetchMessagesAfter = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -65,6 +78,14 @@ class Hub:
         keys: Keys,
     ) -> None:
         self.bus = bus_factory(self._on_bus_message, self._on_bus_gap)
+        self.bus.on_lost = self._on_bus_lost
+        # Tells this hub's own resync notices apart from its peers'.
+        self._hub_id = uuid.uuid4().hex
+        self._degraded = False
+        # Rooms whose events went out to this node only (None: too many to name).
+        self._owed: set[str] | None = set()
+        self._resync_task: asyncio.Task[None] | None = None
+        self._bus_back = asyncio.Event()
         self.presence = presence
         self.stream_log = stream_log
         self._fetch_after = fetch_messages_after
@@ -77,6 +98,7 @@ class Hub:
         self.control_handlers: dict[str, ControlHandler] = {
             "disconnect_user": self._control_disconnect_user,
             "remove_member": self._control_remove_member,
+            "resync": self._control_resync,
         }
         # Told of each stored message of a room with members here (``message`` and
         # ``stream.end`` envelopes), in seq order, whichever node stored it.
@@ -86,6 +108,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.bus.start()
+        self._bus_back.set()
         await self.bus.subscribe(self._keys.control_channel())
         await self.presence.start()
 
@@ -102,9 +125,18 @@ class Hub:
     def register(self, conn: Connection) -> None:
         self.connections[conn.conn_id] = conn
         self._metrics.ws_connections.inc()
+        if self._degraded:
+            conn.send(encode(bus_notice(BUS_DEGRADED)))
         # "Online anywhere" (online:{user_id}); presence heartbeats keep it fresh
         # while the user is in a room.
-        self._spawn(self.presence.touch_online(conn.user_id))
+        self._spawn(self._touch_online(conn.user_id))
+
+    async def _touch_online(self, user_id: str) -> None:
+        try:
+            await self.presence.touch_online(user_id)
+        except ParleyError as exc:
+            # Redis is down: expected, and said once by the bus; no traceback per socket.
+            log.debug("online mark for %s not recorded: %s", user_id, exc.message)
 
     async def unregister(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)
@@ -126,12 +158,24 @@ class Hub:
             self._metrics.rooms.set(len(self.rooms))
         room.connections.add(conn)
         conn.rooms[session_id] = Membership(floor=0, pending=[])
-        async with self._lock(room.channel):
-            await self.bus.subscribe(room.channel)
-        if presence:
-            change = await self.presence.add(session_id, conn.conn_id, conn.user_id, conn.name)
-            if change is not None:
-                await self.publish_presence(change)
+        shown = False
+        try:
+            async with self._lock(room.channel):
+                await self.bus.subscribe(room.channel)
+            if presence:
+                shown = True
+                change = await self.presence.add(session_id, conn.conn_id, conn.user_id, conn.name)
+                if change is not None:
+                    await self.publish_presence(change)
+        except BaseException:
+            # Undone whole: a connection left in the room with its events queued for a
+            # joined reply that never comes would be answered "joined" by a retry and
+            # then sent nothing, its queue growing.
+            await self.leave(conn, session_id, presence=False)
+            if shown:  # perhaps recorded before the reply was lost
+                with contextlib.suppress(Exception):
+                    await self.presence.remove(session_id, conn.conn_id)
+            raise
         return True
 
     def finish_join(self, conn: Connection, session_id: str, last_seq: int) -> None:
@@ -194,9 +238,12 @@ class Hub:
             await self.bus.publish(channel, data)
         except ParleyError as exc:
             # The bus is down. What was stored stays stored; this node's members get
-            # the event directly, other nodes catch up from the database (and the
-            # stream log) when their subscription comes back and reports the gap.
+            # the event directly. Other nodes catch up from the database when told
+            # (the resync notice, once publishing works again) or when their own
+            # subscription comes back and reports the gap.
             log.warning("bus publish failed (%s); delivering locally only", exc.message)
+            self._owe(None if env.kind == kinds.CONTROL else env.session_id)
+            self._set_degraded(True)
             self._on_bus_message(channel, data)
 
     async def publish_message(self, session_id: str, message: dict[str, Any]) -> None:
@@ -252,10 +299,15 @@ class Hub:
     async def send_control(self, action: dict[str, Any]) -> None:
         await self.publish(Envelope(kinds.CONTROL, "", "{}", action=action))
 
-    async def disconnect_user(self, user_id: str, code: int, reason: str) -> None:
-        await self.send_control(
-            {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
-        )
+    async def disconnect_user(
+        self, user_id: str, code: int, reason: str, *, family: str | None = None
+    ) -> None:
+        """Close the user's connections on every node; with ``family``, only those
+        opened with that refresh family's credentials."""
+        action = {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
+        if family is not None:
+            action["family"] = family
+        await self.send_control(action)
 
     async def revoke_membership(self, session_id: str, user_id: str) -> None:
         await self.send_control(
@@ -458,12 +510,98 @@ class Hub:
 
     async def _on_bus_gap(self, channels: frozenset[str]) -> None:
         """The subscription was lost for a while: catch every room up from the truth."""
-        for room in list(self.rooms.values()):
-            if room.channel in channels and room.reorder is not None:
+        self._metrics.bus_reconnects.inc()
+        await self._recover_rooms(
+            [room for room in self.rooms.values() if room.channel in channels], "a bus gap"
+        )
+        self._bus_back.set()
+        if self._resync_task is None:  # else it says "restored" once it got through
+            self._set_degraded(False)
+
+    async def _recover_rooms(self, rooms: list[Room], why: str) -> None:
+        for room in rooms:
+            if room.reorder is None or self.rooms.get(room.session_id) is not room:
+                continue
+            try:
+                await self._recover_from_database(room)
+            except ParleyError as exc:
+                log.warning("recovering room %s after %s failed: %s", room.session_id, why, exc)
+            except Exception:
+                log.exception("recovering room %s after %s failed", room.session_id, why)
+
+    # Outages -------------------------------------------------------------------------
+
+    def _on_bus_lost(self) -> None:
+        self._bus_back.clear()
+        self._set_degraded(True)
+
+    def _set_degraded(self, degraded: bool) -> None:
+        """Tell this node's connections, once per change, whether delivery is degraded."""
+        if degraded == self._degraded:
+            return
+        self._degraded = degraded
+        self._metrics.bus_degraded.set(1 if degraded else 0)
+        if degraded:
+            log.warning("bus degraded: members here get events from this node only")
+        else:
+            log.info("bus restored")
+        frame = encode(bus_notice(BUS_DEGRADED if degraded else BUS_RESTORED))
+        for conn in list(self.connections.values()):
+            conn.send(frame)
+
+    def _owe(self, session_id: str | None) -> None:
+        """A publish failed (for ``session_id``'s room, or a control message): tell the
+        peers which rooms to re-read as soon as publishing works again."""
+        if self._owed is not None and session_id is not None:
+            self._owed.add(session_id)
+            if len(self._owed) > RESYNC_MAX_ROOMS:
+                self._owed = None
+        if self._resync_task is None:
+            self._resync_task = self._spawn(self._resync())
+
+    async def _resync(self) -> None:
+        """Publish a resync notice until one goes through, then until none is owed.
+
+        It is also the probe that ends a degraded spell: a publish can fail while the
+        subscription stands (a paused Redis), and then nothing else would say when
+        publishing works again. A notice naming no room is harmless.
+        """
+        delay = 0.0
+        try:
+            while True:
+                await self._bus_back.wait()
+                owed, self._owed = self._owed, set()
+                action = {
+                    "op": "resync",
+                    "from": self._hub_id,
+                    "sessions": None if owed is None else sorted(owed),
+                }
+                env = Envelope(kinds.CONTROL, "", "{}", action=action, sent_at=time.time())
                 try:
-                    await self._recover_from_database(room)
-                except Exception:
-                    log.exception("recovering room %s after a bus gap failed", room.session_id)
+                    await self.bus.publish(self._keys.control_channel(), pack(env))
+                except ParleyError:
+                    self._owed = None if owed is None or self._owed is None else owed | self._owed
+                    delay = min(RESYNC_MAX_DELAY_S, max(RESYNC_FIRST_DELAY_S, delay * 2))
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
+                if self._owed is not None and not self._owed:
+                    break
+                delay = 0.0
+        finally:
+            self._resync_task = None
+        if self.bus.healthy:
+            self._set_degraded(False)
+
+    async def _control_resync(self, action: dict[str, Any]) -> None:
+        """A peer's events for these rooms reached nobody else: re-read them."""
+        if action.get("from") == self._hub_id:
+            return
+        sessions = action.get("sessions")
+        if sessions is None:
+            rooms = list(self.rooms.values())
+        else:
+            rooms = [self.rooms[s] for s in sessions if s in self.rooms]
+        await self._recover_rooms(rooms, "a peer's outage")
 
     # Control ------------------------------------------------------------------------
 
@@ -476,8 +614,9 @@ class Hub:
             self._spawn(result)
 
     def _control_disconnect_user(self, action: dict[str, Any]) -> None:
+        family = action.get("family")
         for conn in list(self.connections.values()):
-            if conn.user_id == action.get("user_id"):
+            if conn.user_id == action.get("user_id") and (family is None or conn.family == family):
                 conn.close(int(action.get("code", 4401)), str(action.get("reason", "")))
 
     async def _control_remove_member(self, action: dict[str, Any]) -> None:

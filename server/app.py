@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from server.bootstrap import build_container
 from server.config import Settings, load_settings
@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=_routes(),
         middleware=[
-            Middleware(RequestContextMiddleware, metrics=metrics_holder),
+            # Outermost, so that the 500 the request-id middleware answers carries them too.
             Middleware(SecurityHeadersMiddleware, hsts=True),
+            Middleware(RequestContextMiddleware, metrics=metrics_holder),
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.allowed_origins,
@@ -98,17 +99,35 @@ async def _parley_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     mapped: ParleyError
-    if exc.status_code == 404:
+    # A GET of a POST-only API path falls through to the static files at "/", which
+    # answer 404: the path exists, so it is a 405 like any other wrong method.
+    allowed = _allowed_methods(request) if exc.status_code in (404, 405) else []
+    if exc.status_code == 404 and not allowed:
         mapped = NotFound("no such endpoint")
-    elif exc.status_code == 405:
+    elif exc.status_code in (404, 405):
         mapped = BadRequest("method not allowed on this endpoint")
         mapped.status = 405
+        response = error_response(mapped)
+        # Not an API path: the static files, which serve GET and HEAD only.
+        response.headers["Allow"] = ", ".join(allowed or ["GET", "HEAD"])
+        return response
     elif exc.status_code == 413:
         mapped = TooLarge(str(exc.detail))
     else:
         mapped = BadRequest(str(exc.detail))
         mapped.status = exc.status_code
     return error_response(mapped)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path: one path is often several routes
+    (``GET`` and ``PATCH`` of a session), and Starlette's own ``Allow`` names only the
+    first route that matched the path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

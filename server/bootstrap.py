@@ -28,7 +28,7 @@ from server.ratelimit import Limit, RateLimiter
 from server.security.callers import CallerCache
 from server.security.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
 from server.security.tokens import TokenService
-from server.services.accounts import AccountService
+from server.services.accounts import AccountService, LoginLimits
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
 
@@ -57,7 +57,14 @@ def resolve_jwt_secret(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator[Container]:
     async with contextlib.AsyncExitStack() as stack:
-        database = Database(settings.database_url, pool_size=settings.db_pool_size)
+        database = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            retry_after_s=settings.db_retry_after_s,
+        )
         stack.push_async_callback(database.dispose)
         if settings.migrate_on_start:
             await migrate.upgrade(database)
@@ -87,7 +94,18 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             limiter,
             refresh_ttl_s=settings.refresh_token_ttl_s,
             ticket_ttl_s=settings.ws_ticket_ttl_s,
-            login_limit=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
+            login_limit=LoginLimits(
+                pair=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
+                account=Limit(
+                    "login-account",
+                    settings.login_account_failures_per_window,
+                    settings.login_window_s,
+                ),
+                ip=Limit(
+                    "login-ip", settings.login_ip_failures_per_window, settings.login_window_s
+                ),
+            ),
+            family_max_age_s=settings.refresh_family_max_age_s,
             callers=CallerCache(settings.caller_cache_ttl_s),
         )
         container = Container(
@@ -96,7 +114,11 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             metrics=metrics,
             limiter=limiter,
             accounts=accounts,
-            sessions=SessionService(database, idle_expiry_s=settings.session_idle_expiry_s),
+            sessions=SessionService(
+                database,
+                idle_expiry_s=settings.session_idle_expiry_s,
+                allowed_models=settings.allowed_models,
+            ),
             messages=MessageService(database, max_content_chars=settings.max_content_chars),
             redis=redis,
             message_limit=Limit("message", settings.messages_per_window, settings.message_window_s),

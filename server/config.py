@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     migrate_on_start: bool = True
     db_pool_size: int = Field(10, ge=1)
+    # Bounded waits on the database, so that an outage or a partition answers
+    # ``unavailable`` (HTTP 503, with Retry-After) instead of hanging the request: opening
+    # a connection, each statement (PostgreSQL: client side, so it holds in a partition
+    # too; SQLite: the busy timeout), and waiting for a free pooled connection.
+    db_connect_timeout_s: float = Field(5.0, gt=0)
+    db_statement_timeout_s: float = Field(10.0, gt=0)
+    db_pool_timeout_s: float = Field(5.0, gt=0)
+    # The retry hint (``retry_after``, the Retry-After header) while it is unreachable.
+    db_retry_after_s: float = Field(5.0, gt=0)
+    # The longest /readyz waits for any one check (database, Redis) before it reports
+    # that check as not answering.
+    readiness_timeout_s: float = Field(1.0, gt=0)
+    # An answer whose store failed on an unreachable database is retried (and sent to
+    # the room once stored) with backoff from 0.5 s up to this between tries.
+    db_store_retry_max_s: float = Field(30.0, gt=0)
 
     # Tokens
     jwt_secret: SecretStr | None = None
@@ -54,6 +69,8 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(10.0, ge=0)
     access_token_ttl_s: int = Field(900, ge=10)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # A refresh family's absolute lifetime from its login: rotation never extends it.
+    refresh_family_max_age_s: int = Field(90 * 24 * 3600, ge=60)
     ws_ticket_ttl_s: int = Field(60, ge=1)
     # How long a node may authenticate from its cached copy of a user's row (name, role,
     # disabled, token revocation) without reading the database; 0 reads it every time.
@@ -68,7 +85,12 @@ class Settings(BaseSettings):
     message_window_s: int = Field(10, ge=1)
     typing_per_window: int = Field(10, ge=1)
     typing_window_s: int = Field(5, ge=1)
+    # Failed logins per window: for one account from one address (login_attempts_...),
+    # for one account from anywhere (devices that signed in to it before are exempt),
+    # and for one address over any accounts. Successful logins are not counted.
     login_attempts_per_window: int = Field(10, ge=1)
+    login_account_failures_per_window: int = Field(20, ge=1)
+    login_ip_failures_per_window: int = Field(100, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
     send_queue_frames: int = Field(1024, ge=8)
@@ -86,6 +108,9 @@ class Settings(BaseSettings):
     openrouter_title: str = "Parley"
     llm_model: str = "openai/gpt-4o-mini"
     llm_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The models a session may ask for (comma-separated); empty means LLM_MODEL and
+    # LLM_FALLBACK_MODELS. Anything else is refused when a session is created or changed.
+    llm_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     llm_context_length: int | None = Field(None, ge=256)
     llm_reply_reserve_tokens: int = Field(1024, ge=16)
     llm_connect_timeout_s: float = Field(10.0, gt=0)
@@ -124,7 +149,15 @@ class Settings(BaseSettings):
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"
     max_document_bytes: int = Field(1_048_576, ge=1)
+    # What one user may keep uploaded, over all sessions (deleting frees it): each
+    # document costs chunking CPU and its chunks' rows. Over it, an upload is a 413.
+    upload_quota_bytes: int = Field(20 * 1_048_576, ge=1)
+    upload_quota_documents: int = Field(100, ge=1)
     max_memory_chars: int = Field(1000, ge=1)
+
+    # Metrics: unset, /metrics is open to whoever reaches the port (bind to a private
+    # address or filter it at the proxy); set, it needs "Authorization: Bearer <token>".
+    metrics_token: SecretStr | None = None
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -138,7 +171,7 @@ class Settings(BaseSettings):
     # every few seconds under load. Off for processes that start many apps (tests).
     gc_freeze: bool = True
 
-    @field_validator("allowed_origins", "llm_fallback_models", mode="before")
+    @field_validator("allowed_origins", "llm_fallback_models", "llm_models", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -173,6 +206,11 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def allowed_models(self) -> list[str]:
+        """What a session's ``model`` may name (null always means ``llm_model``)."""
+        return self.llm_models or list(dict.fromkeys([self.llm_model, *self.llm_fallback_models]))
+
     @cached_property
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
@@ -181,13 +219,17 @@ class Settings(BaseSettings):
         """The model that answers when ``asked`` (a session's choice, or None) is asked.
 
         Without a key it is the offline model whatever was asked, and answers, labels
-        and stored messages say so rather than name a model that never ran.
+        and stored messages say so rather than name a model that never ran. A model
+        the operator no longer offers (``LLM_MODELS`` narrowed after the session chose
+        it) is never asked: the default answers instead.
         """
         if self.offline_model:
             from llm.offline import OFFLINE_MODEL
 
             return OFFLINE_MODEL
-        return asked or self.llm_model
+        if asked is None or asked not in self.allowed_models:
+            return self.llm_model
+        return asked
 
 
 class ConfigError(Exception):

@@ -94,5 +94,7 @@ async def start_context(container: Container, stack: contextlib.AsyncExitStack) 
         container.sessions,
         embeddings,
         max_bytes=settings.max_document_bytes,
+        quota_bytes=settings.upload_quota_bytes,
+        quota_documents=settings.upload_quota_documents,
     )
     container.extras["retriever"] = Retriever(container.database, embeddings)

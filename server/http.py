@@ -74,14 +74,22 @@ def validate(model: type[Body], data: Any) -> Body:
         raise BadRequest(f"{first['field']}: {first['problem']}", details=details) from None
 
 
+# Query integers are stored and compared as signed 64-bit numbers (PostgreSQL BIGINT,
+# SQLite INTEGER): anything wider is refused here rather than overflowing a driver.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def query_int(request: Request, name: str, default: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise BadRequest(f"{name} must be a 64-bit integer")
+    return value
 
 
 def bearer_or_cookie(connection: HTTPConnection) -> tuple[str | None, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 
@@ -44,3 +45,37 @@ def configure_logging(level: str = "INFO", json: bool | None = True) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+# Query parameters that carry a credential: the WebSocket ``?ticket=``, and tokens a
+# client may put in a URL although the contract never asks it to.
+_SECRET_QUERY = re.compile(r"([?&](?:ticket|token|access_token|refresh_token)=)[^&\s\"']*", re.I)
+
+
+def redact_query(text: str) -> str:
+    return _SECRET_QUERY.sub(r"\1[redacted]", text)
+
+
+class RedactQueryFilter(logging.Filter):
+    """Rewrites credentials out of the URLs uvicorn logs (``"WebSocket /v1/ws?ticket=…"``
+    on ``uvicorn.error``, the request line on ``uvicorn.access``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        return True
+
+
+_REDACTION = RedactQueryFilter()
+
+
+def redact_uvicorn_logs() -> None:
+    """Idempotent: every uvicorn server of the process shares these loggers."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if _REDACTION not in logger.filters:
+            logger.addFilter(_REDACTION)

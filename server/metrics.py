@@ -25,6 +25,12 @@ class Metrics:
             "parley_ws_connections", "Open WebSocket connections", registry=r
         )
         self.rooms = Gauge("parley_rooms", "Rooms with local members on this node", registry=r)
+        self.bus_reconnects = Counter(
+            "parley_bus_reconnects", "Bus connections to Redis lost and made again", registry=r
+        )
+        self.bus_degraded = Gauge(
+            "parley_bus_degraded", "1 while this node's bus delivery is degraded", registry=r
+        )
         self.frames_in = Counter("parley_frames_in", "Client frames received", ["type"], registry=r)
         self.frames_out = Counter("parley_frames_out", "Frames sent to clients", registry=r)
         self.messages_stored = Counter(

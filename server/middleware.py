@@ -13,7 +13,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import TooLarge
+from server.errors import InternalError, TooLarge
 from server.http import error_response
 from server.logging import request_id_var
 from server.metrics import Metrics
@@ -39,16 +39,26 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 status = message["status"]
+                response_started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Starlette answers an unhandled error from its outermost middleware, outside
+            # this one: without the id in the header or the body. Answer it here, while
+            # the id is still set, and keep the traceback in the log only.
+            log.error("unhandled error on %s %s", scope.get("method"), scope["path"], exc_info=exc)
+            if scope["type"] != "http" or response_started:
+                raise
+            await error_response(InternalError("internal error"))(scope, receive, send_with_id)
         finally:
             if scope["type"] == "http":
                 elapsed = time.perf_counter() - started
@@ -73,7 +83,9 @@ def _route_name(scope: Scope) -> str:
 class SecurityHeadersMiddleware:
     CSP = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+        # 'self' covers ws:/wss: to the page's own host (CSP Level 3); "ws: wss:" let a
+        # script injected into the page talk to any host.
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; "
         "frame-ancestors 'none'; form-action 'self'"
     )
 

@@ -134,6 +134,7 @@ class Query:
     schema: Schema
     description: str = ""
     where: str = "query"
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,10 @@ class Doc:
     raw: dict[int, tuple[str, Schema]] = field(default_factory=dict)
 
 
+INT64: Schema = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 PAGE_QUERY = (
-    Query("before_seq", {"type": "integer"}, "the page just before this seq (default: newest)"),
-    Query("after_seq", {"type": "integer"}, "the page just after this seq"),
+    Query("before_seq", INT64, "the page just before this seq (default: newest)"),
+    Query("after_seq", INT64, "the page just after this seq"),
     Query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
 )
 TOKENS = obj(
@@ -164,6 +166,13 @@ TOKENS = obj(
     expires_in={"type": "integer"},
     refresh_token={"type": "string"},
     user=ref("User"),
+)
+LOGIN = extend(TOKENS, device_token={"type": "string"})
+LOGIN["required"] = [name for name in LOGIN["required"] if name != "device_token"]
+ACCEPTED = obj(status={"const": "accepted"}, message=STRING)
+INVITED = obj(status={"const": "invited"}, email=STRING, message=STRING)
+INVITATION = obj(
+    id=UUID, session_id=UUID, session_title=STRING, invited_by=nullable(STRING), created_at=TIME
 )
 DONE = obj(logged_out={"type": "boolean"})
 READINESS = obj(
@@ -182,9 +191,10 @@ ENDPOINTS: dict[str, Doc] = {
         raw={200: ("application/json", READINESS), 503: ("application/json", READINESS)},
     ),
     "GET /metrics": Doc(
-        "Prometheus metrics",
+        "Prometheus metrics (with METRICS_TOKEN set: Authorization: Bearer <METRICS_TOKEN>)",
         "operations",
         public=True,
+        errors=(401,),
         raw={200: ("text/plain", {"type": "string"})},
     ),
     "GET /openapi.json": Doc(
@@ -194,24 +204,35 @@ ENDPOINTS: dict[str, Doc] = {
         raw={200: ("application/json", {"type": "object"})},
     ),
     "POST /v1/auth/register": Doc(
-        "Create an account",
+        "Create an account. The answer is the same whether the address was free or "
+        "already has an account (then nothing changes); sign in next",
         "auth",
-        ref("User"),
+        ACCEPTED,
         201,
         schemas.RegisterBody,
         public=True,
-        errors=(409,),
     ),
     "POST /v1/auth/login": Doc(
-        "Log in: an access token, a refresh token, and the jwt and refresh cookies",
+        "Log in: an access token, a refresh token, the jwt and refresh cookies, and a "
+        "device token (also the parley_device cookie) that spares this device the "
+        "account-wide lock after failed logins elsewhere; 429 after too many failures",
         "auth",
-        TOKENS,
+        LOGIN,
         body=schemas.LoginBody,
         public=True,
         errors=(401, 403, 429),
+        query=(
+            Query(
+                "X-Parley-Device",
+                STRING,
+                "the device_token of an earlier login (or the parley_device cookie)",
+                where="header",
+            ),
+        ),
     ),
     "POST /v1/auth/refresh": Doc(
-        "Rotate the refresh token (body or cookie); reuse revokes the whole family",
+        "Rotate the refresh token (body or cookie) within the family's absolute "
+        "lifetime; reuse revokes the whole family, its access tokens and its sockets",
         "auth",
         TOKENS,
         body=schemas.RefreshBody,
@@ -219,13 +240,18 @@ ENDPOINTS: dict[str, Doc] = {
         errors=(401,),
     ),
     "POST /v1/auth/logout": Doc(
-        "Revoke this refresh family", "auth", DONE, body=schemas.RefreshBody
+        "Revoke one refresh family (the body's or cookie's refresh token, else the "
+        "access token's): its access tokens stop and its sockets close with 4401",
+        "auth",
+        DONE,
+        body=schemas.RefreshBody,
     ),
     "POST /v1/auth/logout-all": Doc(
         "Revoke every refresh family and every access token issued so far", "auth", DONE
     ),
     "POST /v1/auth/ws-ticket": Doc(
-        "A single-use WebSocket ticket",
+        "A single-use WebSocket ticket; it carries the access token's expiry and "
+        "revocation (the socket closes with 4401 when that token would expire)",
         "auth",
         obj(ticket={"type": "string"}, expires_in={"type": "integer"}),
     ),
@@ -268,12 +294,26 @@ ENDPOINTS: dict[str, Doc] = {
         errors=(403,),
     ),
     "POST /v1/sessions/{id}/members": Doc(
-        "Add a member (owner)",
+        "By email: invite (owner); 202 with the same answer whether or not the address "
+        "has an account, and the invitee joins by accepting. By user_id: add (201)",
         "sessions",
-        ref("Member"),
-        201,
+        {"anyOf": [INVITED, ref("Member")]},
+        202,
         schemas.MemberAddBody,
-        errors=(403, 409),
+        errors=(201, 403, 409),
+    ),
+    "GET /v1/me/invitations": Doc(
+        "The caller's pending invitations", "sessions", obj(invitations=array(INVITATION))
+    ),
+    "POST /v1/me/invitations/{id}/accept": Doc(
+        "Accept an invitation: the caller becomes a member",
+        "sessions",
+        extend(MEMBER, session_id=UUID),
+    ),
+    "POST /v1/me/invitations/{id}/decline": Doc(
+        "Decline an invitation",
+        "sessions",
+        obj(invitation_id=UUID, declined={"const": True}),
     ),
     "DELETE /v1/sessions/{id}/members/{user_id}": Doc(
         "Remove a member (owner)",
@@ -360,7 +400,14 @@ ENDPOINTS: dict[str, Doc] = {
             retry_after={"type": "number"},
             required=("query", "results", "cached", "note"),
         ),
-        query=(Query("q", {"type": "string", "minLength": 1, "maxLength": 400}),),
+        # Something besides whitespace: the query is the words in it.
+        query=(
+            Query(
+                "q",
+                {"type": "string", "minLength": 1, "maxLength": 400, "pattern": r"\S"},
+                required=True,
+            ),
+        ),
         errors=(429,),
     ),
 }
@@ -440,7 +487,7 @@ def _operation(
     }
     parameters = [_path_param(name) for name in path_params]
     parameters += [
-        {"name": q.name, "in": q.where, "required": False, "schema": q.schema}
+        {"name": q.name, "in": q.where, "required": q.required, "schema": q.schema}
         | ({"description": q.description} if q.description else {})
         for q in doc.query
     ]
@@ -507,10 +554,21 @@ def _model_schema(model: type[BaseModel], components: dict[str, Schema]) -> Sche
     return schema
 
 
+def _offered_models(document: Schema, models: list[str]) -> None:
+    """A session's ``model`` is one of the operator's (``LLM_MODELS``), or null."""
+    for name in ("SessionCreateBody", "SessionPatchBody"):
+        model = document["components"]["schemas"].get(name, {}).get("properties", {}).get("model")
+        if model is not None:
+            model["anyOf"] = [{"type": "string", "enum": list(models)}, {"type": "null"}]
+
+
 async def openapi_json(request: Request) -> Response:
     document = getattr(request.app.state, "openapi", None)
     if document is None:
         document = build_document(request.app.routes)
+        settings = getattr(request.app.state, "settings", None)
+        if settings is not None:
+            _offered_models(document, settings.allowed_models)
         request.app.state.openapi = document
     return JSONResponse(document)
 

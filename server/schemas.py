@@ -38,7 +38,9 @@ class SessionCreateBody(Strict):
 
 
 class SessionPatchBody(Strict):
-    title: str | None = Field(default=None, max_length=200)
+    # Not nullable: a session always has a title ("" when it has none). ``model`` and
+    # ``system_prompt`` may be null: back to the default model, no prompt.
+    title: str = Field(default="", max_length=200)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     system_prompt: str | None = Field(default=None, max_length=8000)
 

@@ -12,6 +12,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from server.config import Settings
+from server.logging import redact_uvicorn_logs
 
 HEARTBEAT_CLOSE_CODE = 4408
 # ASGI scope extension: ``await send_texts(list_of_str)`` sends text frames with one
@@ -152,6 +153,7 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    redact_uvicorn_logs()  # no ?ticket= in uvicorn's handshake and access lines
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

@@ -41,6 +41,7 @@ log = logging.getLogger("parley.ws")
 CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
 EXPIRY_TIMER_SLACK_S = 0.001
+HANDSHAKE_REFUSED = "credentials missing, invalid or expired"
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -70,6 +71,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         principal = await authenticate_handshake(container, websocket)
     except ParleyError as exc:
         container.metrics.handshake_refused.labels(exc.code).inc()
+        if isinstance(exc, Unauthorized):
+            # One answer for every bad credential: telling "expired" from "bad
+            # signature" or "no such ticket" helps whoever is guessing. The log keeps why.
+            log.info("handshake refused: %s", exc.message)
+            exc = Unauthorized(HANDSHAKE_REFUSED)
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
@@ -89,13 +95,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         max_outbox=container.settings.send_queue_frames,
         on_overflow=life.overflowed,
         on_close=life.arm_abandon,
+        family=str(principal.family_id) if principal.family_id else None,
     )
     conn_id_var.set(conn.conn_id)
     handler = ConnectionHandler(container, hub, conn)
-    hub.register(conn)
     conn.send(
         encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
     )
+    hub.register(conn)  # after the welcome: it may queue a notice (the bus is down)
     writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
     writer.add_done_callback(life.stop)
     expiry = _expiry_timers().watch(conn)
@@ -112,11 +119,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if expiry is not None:
             expiry[2] = None  # the timers drop the entry when it comes due
         life.disarm_abandon()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        if not writer.cancelled() and writer.exception() is not None:
-            log.error("connection writer failed", exc_info=writer.exception())
-        await hub.unregister(conn)
+        try:
+            await handler.stop()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if not writer.cancelled() and writer.exception() is not None:
+                log.error("connection writer failed", exc_info=writer.exception())
+            await hub.unregister(conn)
 
 
 async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
@@ -126,7 +136,7 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
             return
         text = message.get("text")
         if text is not None:
-            await handler.handle_text(text)
+            await handler.receive_text(text)
         else:
             handler.handle_binary()
         if handler.conn.closing is not None:

@@ -124,3 +124,126 @@ def test_generated_requests_get_no_5xx_and_documented_answers(database_url: str)
     assert len(statuses) >= len(labels)
     # Authenticated calls got through to the handlers, not only to the 401 gate.
     assert any(200 <= status < 300 for status in statuses)
+
+
+# Where a request the document's schemas allow may still be refused with 400: rules
+# JSON Schema cannot say, each checked by the handler. Everything else must accept
+# every schema-valid request.
+SEMANTIC_400 = {
+    # before_seq and after_seq together: give one cursor, not both.
+    "GET /v1/sessions/{id}/messages": "before_seq and after_seq are exclusive",
+    # exactly one of user_id or email.
+    "POST /v1/sessions/{id}/members": "exactly one of user_id or email",
+    # a document is UTF-8 text with something besides whitespace in it.
+    "POST /v1/sessions/{id}/documents": "a document must be non-blank UTF-8 text",
+    # an email address is checked by a validator, not by a pattern.
+    "POST /v1/auth/register": "email address syntax",
+    "POST /v1/auth/login": "email address syntax",
+    # the refresh token comes from the body or from the cookie: one of them is needed.
+    "POST /v1/auth/refresh": "a refresh token in the body or the cookie",
+}
+# It revokes every token of the fuzzing user, which would turn the rest into 401s.
+NOT_FUZZED = ["POST /v1/auth/logout-all"]
+# Bounded for CI: the whole run (coverage, fuzzing, stateful phases) stops here.
+SCHEMATHESIS_MAX_TIME_S = 90
+SCHEMATHESIS_EXAMPLES = 10
+
+
+def _schemathesis_config(path: Path) -> Path:
+    lines = []
+    for name in SEMANTIC_400:
+        lines += [
+            "[[operations]]",
+            f'include-name = "{name}"',
+            "checks.positive_data_acceptance.expected-statuses = "
+            '["2XX", "3XX", 400, 401, 403, 404, 409, 413, 429]',
+            "",
+        ]
+    config = path / "schemathesis.toml"
+    config.write_text("\n".join(lines))
+    return config
+
+
+class _ServerThread:
+    """The app under uvicorn on a loopback port, in a thread with its own event loop,
+    so that the schemathesis CLI (a subprocess) can reach it while the test waits."""
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        from server.serving import uvicorn_config
+
+        config = uvicorn_config(app, app.state.settings, host="127.0.0.1", port=0)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCHEMATHESIS_MAX_TIME_S + 180)
+def test_every_check_and_the_stateful_links_find_no_5xx_and_nothing_undocumented(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Schemathesis's own runner, as an operator would run it: every check, every phase
+    (coverage of boundaries and negative cases, fuzzing, stateful sequences along the
+    links it infers from the document), against a real uvicorn server."""
+    import subprocess
+    import sys
+
+    settings = make_settings(
+        database_url, login_attempts_per_window=100_000, messages_per_window=100_000
+    )
+    with _ServerThread(create_app(settings)) as url:
+        credentials = {"email": "fuzz@example.com", "password": "fuzz password"}
+        httpx.post(f"{url}/v1/auth/register", json=credentials | {"name": "Fuzz"})
+        login = httpx.post(f"{url}/v1/auth/login", json=credentials)
+        token = login.json()["data"]["access_token"]
+        command = [
+            str(Path(sys.executable).parent / "st"),
+            "--no-color",
+            "--config-file",
+            str(_schemathesis_config(tmp_path)),
+            "run",
+            f"{url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(SCHEMATHESIS_EXAMPLES),
+            "--max-time",
+            str(SCHEMATHESIS_MAX_TIME_S),
+            "--workers",
+            "1",
+            "--seed",
+            "20261202",
+            "--suppress-health-check",
+            "all",
+            *(arg for name in NOT_FUZZED for arg in ("--exclude-name", name)),
+        ]
+        run = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=SCHEMATHESIS_MAX_TIME_S + 120,
+            cwd=tmp_path,
+        )
+
+    assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
+    assert "Stateful" in run.stdout

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Chunk, Document
@@ -48,8 +49,10 @@ async def create_document(
     session.add(document)
     await session.flush()
     if chunks:
+        # Into the table, not through the ORM's bulk path: its per-row bookkeeping held
+        # the event loop for ~0.2 s for the ~2000 chunks of a 1 MB document.
         await session.execute(
-            insert(Chunk),
+            insert(cast(Table, Chunk.__table__)),
             [
                 {
                     "session_id": session_id,
@@ -102,3 +105,14 @@ async def count_chunks(session: AsyncSession, document_id: uuid.UUID) -> int:
         select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)
     )
     return int(count.scalar_one())
+
+
+async def uploader_usage(session: AsyncSession, user_id: uuid.UUID) -> tuple[int, int]:
+    """How many documents ``user_id`` has uploaded (all sessions), and their bytes."""
+    row = await session.execute(
+        select(func.count(), func.coalesce(func.sum(Document.size_bytes), 0)).where(
+            Document.uploaded_by == user_id
+        )
+    )
+    count, size = row.one()
+    return int(count), int(size)

@@ -37,10 +37,11 @@ from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.config import Settings
-from server.errors import NotFound, ParleyError, Unavailable
+from server.errors import InternalError, NotFound, ParleyError, Unavailable
 from server.metrics import Metrics
 from server.services.accounts import Principal
 from server.services.context import ContextAssembler, TurnContext
+from server.services.late_answers import STORED_LATER, LateAnswer, LateAnswers
 from server.services.turn_cache import turn_of
 from server.services.wire import message_to_wire
 
@@ -118,6 +119,9 @@ class Assistant:
         self._extras = extras
         self.running: dict[str, Generation] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.late_answers = LateAnswers(
+            database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
+        )
         hub.control_handlers["cancel_stream"] = self._on_cancel_control
 
     # AssistantTrigger ------------------------------------------------------------------
@@ -181,6 +185,7 @@ class Assistant:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.late_answers.close()
 
     # The generation --------------------------------------------------------------------
 
@@ -337,16 +342,14 @@ class Assistant:
         stored: dict[str, Any] | None = None
         seq: int | None = None
         revision = 0
-        event_id: uuid.UUID | None = None
         session_uuid = uuid.UUID(generation.session_id)
         duration = time.perf_counter() - result.started
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
+        status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
+        event_id: uuid.UUID | None = None
         try:
             async with self._db.transaction() as session:
                 if text:
-                    status = {"stop": "complete", "length": "complete"}.get(
-                        result.outcome, result.outcome
-                    )
                     message = await messages_repo.append_answer(
                         session,
                         session_id=session_uuid,
@@ -370,16 +373,35 @@ class Assistant:
                     outcome=result.outcome,
                 )
                 event_id = event.id
-        except Exception as exc:
-            # The room still hears that the stream ended (a stream left without its
-            # end stays "running" for every member); the text stays in the stream log
-            # until its TTL, so a resume still replays it.
-            log.exception("could not store the answer of stream %s", generation.stream_id)
+        except Unavailable as exc:
+            # The room must not wait on the database: the stream ends now, with the
+            # error, and the answer is stored (and sent as a message) once it is back.
             stored, seq = None, None
-            result.outcome = "error"
-            result.error = (
-                exc if isinstance(exc, ParleyError) else Unavailable("the answer was not stored")
+            self.late_answers.keep(
+                LateAnswer(
+                    session_id=session_uuid,
+                    user_id=uuid.UUID(generation.user_id),
+                    reply_to=uuid.UUID(generation.reply_to["id"]),
+                    text=text,
+                    status=status,
+                    model=answered_by,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                    duration_ms=round(duration * 1000),
+                    outcome=result.outcome,
+                )
             )
+            if text:
+                result.error = Unavailable(STORED_LATER, retry_after=exc.retry_after)
+            elif result.error is None:
+                result.error = exc  # only the usage event waits: nothing will follow
+            result.outcome = "error"
+        except Exception:
+            # Not an outage: storing it again would fail again. The stream still ends.
+            log.exception("storing the answer of stream %s failed", generation.stream_id)
+            stored, seq = None, None
+            result.outcome, result.error = "error", InternalError("the answer could not be stored")
         if stored is not None:
             # Committed: only now may this node's copy of the history hold it.
             self._context.turns.appended(session_uuid, turn_of(stored), revision, None)

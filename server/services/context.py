@@ -130,6 +130,8 @@ class ContextAssembler:
         memory = None if copy is not None else asyncio.ensure_future(self._memory(user_id))
         try:
             header, recent = await self._history(session_id, user_id, current, copy)
+            # Only a model the operator offers goes upstream (and is billed), even for a
+            # session stored before LLM_MODELS was narrowed (Settings.model_for).
             model = self._settings.model_for(header.model)
             fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
             window = await self.window_for(model)

@@ -5,10 +5,16 @@ within ``MAX_DOCUMENT_BYTES``, not empty), cut into chunks and, when an embeddin
 endpoint is configured, embedded, and then stored with its chunks in one
 transaction: a refused or failed upload stores nothing. An embeddings outage does
 not refuse the upload; its chunks stay findable by full-text search.
+
+Checking, chunking and tokenising a document is CPU work (a 1 MB document held the
+event loop for ~450 ms): it runs in a worker thread, two at a time per node. Each
+user may keep ``UPLOAD_QUOTA_BYTES`` / ``UPLOAD_QUOTA_DOCUMENTS`` uploaded; beyond
+either an upload is ``TooLarge`` (413) naming the quota.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import uuid
@@ -19,10 +25,11 @@ from db.engine import Database
 from db.models import Document
 from db.repositories import documents as documents_repo
 from db.repositories.documents import NewChunk
+from rag.chunking import Chunk as Piece
 from rag.chunking import chunk_document, validate_document
 from rag.embeddings import EmbeddingsClient
 from rag.vectors import pack
-from server.errors import BadRequest, Forbidden, NotFound, ParleyError
+from server.errors import BadRequest, Forbidden, NotFound, ParleyError, TooLarge
 from server.services.accounts import Principal
 from server.services.sessions import SessionService
 
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_TITLE_CHARS = 300
 MAX_HEADING_CHARS = 500
 HEADING_SEPARATOR = " > "
+# Documents prepared at once per node: each holds a core while it runs.
+PREPARE_CONCURRENCY = 2
 
 
 def document_to_wire(document: Document) -> dict[str, Any]:
@@ -50,6 +59,18 @@ def title_from_filename(filename: str | None) -> str:
     return name[:MAX_TITLE_CHARS] or "untitled"
 
 
+def _rows(pieces: list[Piece], vectors: list[list[float]] | None) -> list[NewChunk]:
+    return [
+        NewChunk(
+            ordinal=piece.ordinal,
+            heading=HEADING_SEPARATOR.join(piece.heading_path)[:MAX_HEADING_CHARS],
+            text=piece.text,
+            embedding=pack(vectors[n]) if vectors else None,
+        )
+        for n, piece in enumerate(pieces)
+    ]
+
+
 class DocumentService:
     def __init__(
         self,
@@ -58,11 +79,16 @@ class DocumentService:
         embeddings: EmbeddingsClient | None,
         *,
         max_bytes: int,
+        quota_bytes: int | None = None,
+        quota_documents: int | None = None,
     ) -> None:
         self._db = database
         self._sessions = sessions
         self._embeddings = embeddings
         self._max_bytes = max_bytes
+        self._quota_bytes = quota_bytes
+        self._quota_documents = quota_documents
+        self._preparing = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
     @property
     def max_bytes(self) -> int:
@@ -79,20 +105,22 @@ class DocumentService:
     ) -> dict[str, Any]:
         """A multipart upload; the title defaults to the file name."""
         await self._sessions.require_member(principal, session_id)
-        text = validate_document(data, max_bytes=self._max_bytes)
+        await self._check_quota(principal, len(data))
+        pieces = await self._prepare(data)
         chosen = (title or "").strip() or title_from_filename(filename)
-        return await self._store(principal, session_id, chosen, text, len(data))
+        return await self._store(principal, session_id, chosen, pieces, len(data))
 
     async def upload_text(
         self, principal: Principal, session_id: uuid.UUID, *, title: str, content: str
     ) -> dict[str, Any]:
         await self._sessions.require_member(principal, session_id)
-        text = validate_document(content, max_bytes=self._max_bytes)
         title = title.strip()
         if not title:
             raise BadRequest("title must not be empty")
         size = len(content.encode("utf-8", errors="surrogatepass"))
-        return await self._store(principal, session_id, title, text, size)
+        await self._check_quota(principal, size)
+        pieces = await self._prepare(content)
+        return await self._store(principal, session_id, title, pieces, size)
 
     async def list(self, principal: Principal, session_id: uuid.UUID) -> list[dict[str, Any]]:
         await self._sessions.require_member(principal, session_id)
@@ -118,23 +146,57 @@ class DocumentService:
                 raise Forbidden("only the uploader, the session owner or an admin may delete it")
             await documents_repo.delete_document(session, document_id)
 
-    async def _store(
-        self, principal: Principal, session_id: uuid.UUID, title: str, text: str, size: int
-    ) -> dict[str, Any]:
-        pieces = chunk_document(text)
+    async def _prepare(self, data: bytes | str) -> builtins.list[Piece]:
+        """Check and chunk the document in a worker thread (see the module docstring)."""
+        async with self._preparing:
+            pieces = await asyncio.to_thread(self._check_and_chunk, data)
         if not pieces:
             raise BadRequest("document is empty")
-        vectors = await self._embed([piece.text for piece in pieces])
-        chunks = [
-            NewChunk(
-                ordinal=piece.ordinal,
-                heading=HEADING_SEPARATOR.join(piece.heading_path)[:MAX_HEADING_CHARS],
-                text=piece.text,
-                embedding=pack(vectors[n]) if vectors else None,
+        return pieces
+
+    def _check_and_chunk(self, data: bytes | str) -> builtins.list[Piece]:
+        # Looked up at call time, so that tests can watch which thread runs it.
+        return chunk_document(validate_document(data, max_bytes=self._max_bytes))
+
+    async def _check_quota(
+        self, principal: Principal, size: int, session: Any | None = None
+    ) -> None:
+        if self._quota_bytes is None and self._quota_documents is None:
+            return
+        if session is None:
+            async with self._db.read() as reader:
+                count, used = await documents_repo.uploader_usage(reader, principal.user_id)
+        else:
+            count, used = await documents_repo.uploader_usage(session, principal.user_id)
+        over_bytes = self._quota_bytes is not None and used + size > self._quota_bytes
+        over_count = self._quota_documents is not None and count + 1 > self._quota_documents
+        if over_bytes or over_count:
+            raise TooLarge(
+                f"upload quota exceeded: {count} documents and {used} bytes uploaded, "
+                f"up to {self._quota_documents} documents and {self._quota_bytes} bytes "
+                "allowed; delete some to upload more",
+                details={
+                    "quota_bytes": self._quota_bytes,
+                    "used_bytes": used,
+                    "quota_documents": self._quota_documents,
+                    "used_documents": count,
+                },
             )
-            for n, piece in enumerate(pieces)
-        ]
+
+    async def _store(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        title: str,
+        pieces: builtins.list[Piece],
+        size: int,
+    ) -> dict[str, Any]:
+        vectors = await self._embed([piece.text for piece in pieces])
+        # Thousands of rows for a large document, packed vectors included: off the loop.
+        chunks = await asyncio.to_thread(_rows, pieces, vectors)
         async with self._db.transaction() as session:
+            # Again, next to the insert: another upload may have landed meanwhile.
+            await self._check_quota(principal, size, session)
             document = await documents_repo.create_document(
                 session,
                 session_id=session_id,

@@ -16,15 +16,18 @@ from typing import Any
 from db.engine import Database
 from db.models import ChatSession
 from db.repositories import audit as audit_repo
+from db.repositories import invitations as invitations_repo
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
 from db.types import utcnow
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
-from server.services.accounts import Principal
+from server.services.accounts import Principal, normalise_email
 from server.services.wire import message_to_wire, session_to_wire, summary_to_wire
 
 STATUSES = ("active", "expired", "closed")
+# One answer to an invitation by email, whether or not the address has an account.
+INVITED_MESSAGE = "if this address has an account, it was invited; it joins by accepting"
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
@@ -40,9 +43,17 @@ def parse_id(value: str, what: str = "session") -> uuid.UUID:
 
 
 class SessionService:
-    def __init__(self, database: Database, *, idle_expiry_s: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        idle_expiry_s: int,
+        allowed_models: Sequence[str] | None = None,
+    ) -> None:
         self._db = database
         self._idle_expiry = timedelta(seconds=idle_expiry_s)
+        # The operator's allow-list (``LLM_MODELS``); None allows any (benchmarks).
+        self._allowed_models = frozenset(allowed_models) if allowed_models is not None else None
         # Told when a session closes or loses a member here, so that this node's copy
         # of its turns does not start an answer that the store will refuse.
         self.access_changed: Callable[[uuid.UUID], None] | None = None
@@ -50,6 +61,7 @@ class SessionService:
     async def create(
         self, principal: Principal, *, title: str, model: str | None, system_prompt: str | None
     ) -> dict[str, Any]:
+        self._check_model(model)
         async with self._db.transaction() as session:
             chat = await sessions_repo.create_session(
                 session,
@@ -59,6 +71,15 @@ class SessionService:
                 system_prompt=system_prompt,
             )
         return session_to_wire(chat)
+
+    def _check_model(self, model: str | None) -> None:
+        """A session's model is sent upstream and billed: only the operator's choices.
+        The refused name is not echoed back (it is the caller's own input anyway)."""
+        if model is None or self._allowed_models is None or model in self._allowed_models:
+            return
+        allowed = sorted(self._allowed_models)
+        message = "model is not one this server offers: " + ", ".join(allowed)
+        raise BadRequest(message, details=[{"field": "model", "problem": message}])
 
     async def list_for(
         self, principal: Principal, status: str, limit: int = 200
@@ -95,6 +116,7 @@ class SessionService:
     async def update(
         self, principal: Principal, session_id: uuid.UUID, changes: dict[str, Any]
     ) -> dict[str, Any]:
+        self._check_model(changes.get("model"))
         chat = await self._require_owner(principal, session_id)
         async with self._db.transaction() as session:
             updated = await sessions_repo.update_session(session, chat.id, **changes)
@@ -156,6 +178,69 @@ class SessionService:
                 details={"user_id": str(user.id)},
             )
         return {"user_id": str(user.id), "name": user.name, "role": "member"}
+
+    async def invite(
+        self, principal: Principal, session_id: uuid.UUID, email: str
+    ) -> dict[str, Any]:
+        """Invite the account behind ``email``; it becomes a member only by accepting.
+        The answer is the same whether the address has an account, is a member or
+        invited already, so it tells the owner nothing about who is registered."""
+        await self._require_owner(principal, session_id)
+        address = normalise_email(email)
+        async with self._db.transaction() as session:
+            user = await users_repo.get_user_by_email(session, address)
+            invited = (
+                user is not None
+                and user.id != principal.user_id
+                and await invitations_repo.invite(session, session_id, user.id, principal.user_id)
+            )
+            if invited:
+                assert user is not None
+                await audit_repo.record(
+                    session,
+                    actor_id=principal.user_id,
+                    action="member.invite",
+                    target_type="session",
+                    target_id=str(session_id),
+                    session_id=session_id,
+                    details={"user_id": str(user.id)},
+                )
+        return {"status": "invited", "email": address, "message": INVITED_MESSAGE}
+
+    async def invitations(self, principal: Principal) -> list[dict[str, Any]]:
+        async with self._db.read() as session:
+            return await invitations_repo.list_for_invitee(session, principal.user_id)
+
+    async def answer_invitation(
+        self, principal: Principal, invitation_id: uuid.UUID, *, accept: bool
+    ) -> dict[str, Any]:
+        async with self._db.transaction() as session:
+            invitation = await invitations_repo.take(session, invitation_id, principal.user_id)
+            if invitation is None:
+                raise NotFound("invitation not found")
+            session_id = invitation.session_id
+            if accept and not await sessions_repo.is_member(session, session_id, principal.user_id):
+                await sessions_repo.add_member(session, session_id, principal.user_id)
+                await audit_repo.record(
+                    session,
+                    actor_id=principal.user_id,
+                    action="member.add",
+                    target_type="session",
+                    target_id=str(session_id),
+                    session_id=session_id,
+                    details={
+                        "user_id": str(principal.user_id),
+                        "invited_by": str(invitation.inviter_id),
+                    },
+                )
+        if not accept:
+            return {"invitation_id": str(invitation_id), "declined": True}
+        return {
+            "session_id": str(session_id),
+            "user_id": str(principal.user_id),
+            "name": principal.name,
+            "role": "member",
+        }
 
     async def remove_member(
         self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID

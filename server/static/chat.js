@@ -9,7 +9,7 @@
 // safe to overlap with what is already shown.
 
 import { get } from "./api.js";
-import { clear, debounce, formatTime, h } from "./dom.js";
+import { clear, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STAGES = {
@@ -22,6 +22,8 @@ const TYPING_IDLE_MS = 2500;
 const TYPING_EXPIRY_MS = 8000;
 const PAGE = 50;
 const RENDER_EVERY_MS = 40;
+// Messages by the same author this close together share one header, as in Slack.
+const GROUP_WITHIN_MS = 5 * 60 * 1000;
 
 export class ChatView {
   constructor({ socket, me, session, notify, onLeft }) {
@@ -42,6 +44,8 @@ export class ChatView {
     this.streams = new Map(); // stream id → live stream state
     this.ended = new Set();
     this.typingActive = false;
+    this.unseen = 0; // messages that arrived while the reader was scrolled up
+    this.unseenStreams = new Set(); // answers that started then and are still being written
     this.stopTyping = debounce(() => this.sendTyping(false), TYPING_IDLE_MS);
     this.joined = false; // typing and resume need the room joined on this connection
     this.onWelcome = () => {
@@ -99,7 +103,7 @@ export class ChatView {
       this.names.set(member.user_id, member.name);
     }
     this.renderPresence();
-    for (const message of joined.history || []) this.addMessage(message);
+    for (const message of joined.history || []) this.receive(message);
     if (joined.recovered === false) await this.catchUp();
     const running = new Set();
     for (const { stream_id: streamId } of joined.streams || []) {
@@ -118,7 +122,7 @@ export class ChatView {
     // More was missed than the server replays: page forward over REST until current.
     for (;;) {
       const page = await get(`/v1/sessions/${this.id}/messages?after_seq=${this.lastSeq}&limit=200`);
-      for (const message of page.messages) this.addMessage(message);
+      for (const message of page.messages) this.receive(message);
       if (page.messages.length < 200) return;
     }
   }
@@ -147,9 +151,8 @@ export class ChatView {
     if (frame.session_id !== this.id && frame.type !== "error") return;
     switch (frame.type) {
       case "message":
-        this.addMessage(frame.message);
+        this.receive(frame.message);
         this.setTyping(frame.message.user_id, false);
-        this.scrollToEnd(false);
         break;
       case "presence":
         this.names.set(frame.user_id, frame.name);
@@ -160,10 +163,16 @@ export class ChatView {
       case "typing":
         if (frame.user_id !== this.me.id) this.setTyping(frame.user_id, frame.active);
         break;
-      case "stream.start":
-        this.ensureStream(frame.stream_id, frame.model, frame.reply_to);
-        this.scrollToEnd(false);
+      case "stream.start": {
+        const atEnd = this.nearEnd();
+        if (!this.ensureStream(frame.stream_id, frame.model, frame.reply_to)) break;
+        if (atEnd) this.scrollToEnd(true);
+        else {
+          this.unseenStreams.add(frame.stream_id);
+          this.renderUnseen();
+        }
         break;
+      }
       case "stream.status":
         this.onStatus(frame);
         break;
@@ -259,7 +268,7 @@ export class ChatView {
     if (this.ended.has(frame.stream_id)) return;
     this.dropStream(frame.stream_id);
     if (frame.message) {
-      this.addMessage({ ...frame.message, status: frame.message.status || statusOf(frame) });
+      this.receive({ ...frame.message, status: frame.message.status || statusOf(frame) });
     }
     if (frame.finish_reason === "error") {
       this.notify(`The assistant failed: ${frame.error?.message || "unknown error"}`);
@@ -275,27 +284,101 @@ export class ChatView {
       stream.el.remove();
       this.streams.delete(streamId);
     }
+    // Its message (if any) is counted as it arrives.
+    if (this.unseenStreams.delete(streamId)) this.renderUnseen();
     this.updateStop();
   }
 
   // Messages ----------------------------------------------------------------------------
 
+  /** Draws a message once, in seq order; true when it was not shown before. */
   addMessage(message) {
     const existing = this.shown.get(message.id);
     if (existing) {
-      if (message.deleted && existing.dataset.deleted !== "true") existing.replaceWith(this.messageEl(message));
-      return;
+      if (message.deleted && existing.dataset.deleted !== "true") {
+        const el = this.messageEl(message);
+        existing.replaceWith(el);
+        el.daySeparator = existing.daySeparator;
+        this.shown.set(message.id, el);
+        this.decorate(el);
+        this.decorate(nextMessage(el));
+      }
+      return false;
     }
     const el = this.messageEl(message);
     this.shown.set(message.id, el);
     this.authors.set(message.id, message.user_id);
     this.lastSeq = Math.max(this.lastSeq, message.seq);
-    // Keep seq order: walk back from the end (new messages almost always go last).
+    // Keep seq order: walk back from the end (new messages almost always go last),
+    // stepping over day separators, which belong to the message after them.
     let after = this.messagesEl.lastElementChild;
-    while (after && Number(after.dataset.seq) > message.seq) after = after.previousElementSibling;
+    while (after && !(isMessage(after) && Number(after.dataset.seq) < message.seq)) after = after.previousElementSibling;
     if (after) after.after(el);
     else this.messagesEl.prepend(el);
+    // Only the new message and the one after it can change group or day.
+    this.decorate(el);
+    this.decorate(nextMessage(el));
     this.emptyEl.hidden = true;
+    return true;
+  }
+
+  /** A day separator before the first message of each day; a shared header per group. */
+  decorate(el) {
+    if (!el) return;
+    const prev = previousMessage(el);
+    const at = timeOf(el);
+    const prevAt = prev ? timeOf(prev) : null;
+    const newDay = !prev || !sameDay(prevAt, at);
+    if (newDay) {
+      if (!el.daySeparator) {
+        el.daySeparator = h("div", { class: "day-separator", testid: "day-separator", role: "separator" }, h("span", {}));
+      }
+      el.daySeparator.firstChild.textContent = formatDay(at);
+      el.daySeparator.dataset.day = at.toDateString();
+      if (el.previousElementSibling !== el.daySeparator) el.before(el.daySeparator);
+    } else if (el.daySeparator) {
+      el.daySeparator.remove();
+      el.daySeparator = null;
+    }
+    const grouped =
+      !newDay &&
+      prev.dataset.author === el.dataset.author &&
+      prev.dataset.deleted !== "true" &&
+      el.dataset.deleted !== "true" &&
+      at - prevAt >= 0 &&
+      at - prevAt < GROUP_WITHIN_MS;
+    if (grouped) el.dataset.grouped = "true";
+    else delete el.dataset.grouped;
+  }
+
+  /**
+   * A message that arrived live: follow it if the reader was at the end, otherwise count
+   * it for the "n new messages" pill. Nearness is measured before it is drawn, since a
+   * tall message would otherwise push the reader "away" from the end.
+   */
+  receive(message) {
+    const atEnd = this.nearEnd();
+    if (!this.addMessage(message) || !this.loaded) return;
+    if (atEnd) {
+      this.scrollToEnd(true);
+      return;
+    }
+    this.unseen += 1;
+    this.renderUnseen();
+  }
+
+  renderUnseen() {
+    const parts = [];
+    if (this.unseen > 0) parts.push(`${this.unseen} new message${this.unseen === 1 ? "" : "s"}`);
+    if (this.unseenStreams.size > 0) parts.push(this.unseen > 0 ? "an answer coming" : "New answer being written");
+    this.newMessagesEl.textContent = `${parts.join(" · ")} ↓`;
+    this.newMessagesEl.hidden = parts.length === 0;
+  }
+
+  clearUnseen() {
+    this.unseen = 0;
+    this.unseenStreams.clear();
+    this.newMessagesEl.hidden = true;
   }
 
   messageEl(message) {
@@ -317,12 +400,14 @@ export class ChatView {
         "data-seq": message.seq,
         "data-role": message.role,
         "data-deleted": message.deleted ? "true" : "false",
+        "data-author": message.role === "assistant" ? "assistant" : `user:${message.user_id}`,
+        "data-created-at": message.created_at,
       },
       h(
         "header",
         {},
         h("span", { class: "author", testid: "message-author", text: author }),
-        h("time", { datetime: message.created_at, text: formatTime(message.created_at) }),
+        h("time", { datetime: message.created_at, title: new Date(message.created_at).toLocaleString(), text: formatTime(message.created_at) }),
         tags,
       ),
       body,
@@ -445,6 +530,7 @@ export class ChatView {
 
   scrollToEnd(force) {
     if (force || this.nearEnd()) this.timelineEl.scrollTop = this.timelineEl.scrollHeight;
+    if (this.nearEnd()) this.clearUnseen();
   }
 
   build() {
@@ -452,7 +538,8 @@ export class ChatView {
     this.emptyEl = h("p", { class: "empty", testid: "empty", text: "No messages yet. Say hello — the assistant answers every message." });
     this.messagesEl = h("div", { class: "messages", testid: "messages" });
     this.streamsEl = h("div", { class: "streams", testid: "streams" });
-    this.timelineEl = h("div", { class: "timeline", testid: "timeline", "aria-live": "polite" }, this.olderButton, this.emptyEl, this.messagesEl, this.streamsEl);
+    this.timelineEl = h("div", { class: "timeline", testid: "timeline", "aria-live": "polite", onscroll: () => this.nearEnd() && this.clearUnseen() }, this.olderButton, this.emptyEl, this.messagesEl, this.streamsEl);
+    this.newMessagesEl = h("button", { class: "new-messages", testid: "new-messages", type: "button", hidden: true, onclick: () => this.scrollToEnd(true) });
     this.presenceEl = h("ul", { class: "presence", testid: "members", "aria-label": "Here now" });
     this.typingEl = h("div", { class: "typing", testid: "typing", "aria-live": "polite" });
     this.input = h("textarea", {
@@ -479,8 +566,30 @@ export class ChatView {
       this.stopButton,
       h("button", { class: "primary", testid: "send", type: "submit" }, "Send"),
     );
-    return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), this.timelineEl, form);
+    return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), h("div", { class: "timeline-wrap" }, this.timelineEl, this.newMessagesEl), form);
   }
+}
+
+// A message without a (valid) time is placed as if it were written now.
+function timeOf(el) {
+  const at = new Date(el.dataset.createdAt);
+  return Number.isNaN(at.getTime()) ? new Date() : at;
+}
+
+function isMessage(el) {
+  return el.dataset.testid === "message";
+}
+
+function previousMessage(el) {
+  let prev = el.previousElementSibling;
+  while (prev && !isMessage(prev)) prev = prev.previousElementSibling;
+  return prev;
+}
+
+function nextMessage(el) {
+  let next = el.nextElementSibling;
+  while (next && !isMessage(next)) next = next.nextElementSibling;
+  return next;
 }
 
 function statusOf(frame) {

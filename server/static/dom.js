@@ -60,3 +60,19 @@ export function formatTime(iso) {
   if (Number.isNaN(date.getTime())) return "";
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
+
+/** Whether two dates fall on the same day in the reader's time zone. */
+export function sameDay(a, b) {
+  return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() && a.getDate() === b.getDate();
+}
+
+/** "Today", "Yesterday", or a date (with the year only when it is not this year). */
+export function formatDay(date, now = new Date()) {
+  if (Number.isNaN(date.getTime())) return "";
+  if (sameDay(date, now)) return "Today";
+  const yesterday = new Date(now.getFullYear(), now.getMonth(), now.getDate() - 1);
+  if (sameDay(date, yesterday)) return "Yesterday";
+  const options = { weekday: "long", month: "long", day: "numeric" };
+  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}

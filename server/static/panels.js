@@ -40,12 +40,12 @@ export class DetailsPanel {
     const email = this.emailInput.value.trim();
     if (!email) return;
     try {
-      const member = await post(`/v1/sessions/${this.session.id}/members`, { email });
+      // An invitation: the same answer whether or not the address has an account.
+      await post(`/v1/sessions/${this.session.id}/members`, { email });
       this.emailInput.value = "";
-      this.notify(`${member.name} can now join this session.`, "info");
-      await this.loadMembers();
+      this.notify(`Invited ${email}: they join once they accept.`, "info");
     } catch (exc) {
-      this.notify(exc.code === "not_found" ? `No user with the email ${email}.` : exc.message);
+      this.notify(exc.message);
     }
   }
 
@@ -98,6 +98,7 @@ export class DetailsPanel {
     try {
       const doc = await post(`/v1/sessions/${this.session.id}/documents`, form);
       this.fileInput.value = "";
+      this.showChosenFile();
       this.notify(`Added “${doc.title}” (${doc.chunks} chunks).`, "info");
       await this.loadDocuments();
     } catch (exc) {
@@ -107,11 +108,22 @@ export class DetailsPanel {
     }
   }
 
+  showChosenFile() {
+    const file = this.fileInput.files[0];
+    this.fileNameEl.textContent = file ? file.name : "No file chosen · .txt or .md";
+    this.filePicker.classList.toggle("chosen", Boolean(file));
+  }
+
   build() {
     this.membersEl = h("ul", { class: "plain-list", testid: "session-members" });
-    this.emailInput = h("input", { type: "email", testid: "add-member-email", placeholder: "colleague@example.com", "aria-label": "Email of the person to add", required: true });
+    this.emailInput = h("input", { type: "email", testid: "add-member-email", placeholder: "colleague@example.com", "aria-label": "Email of the person to invite", required: true });
     this.docsEl = h("ul", { class: "plain-list", testid: "documents" });
-    this.fileInput = h("input", { type: "file", testid: "doc-file", accept: ".txt,.md,.markdown,text/plain,text/markdown", "aria-label": "Document file" });
+    this.fileInput = h("input", { type: "file", testid: "doc-file", accept: ".txt,.md,.markdown,text/plain,text/markdown", "aria-label": "Attach a document", onchange: () => this.showChosenFile() });
+    // The browser's own "Choose File / No file chosen" is unreadable in a narrow panel;
+    // the input stays (keyboard and tests use it) inside a label that says what it does.
+    this.fileNameEl = h("span", { class: "file-name", testid: "doc-file-name" });
+    this.filePicker = h("label", { class: "file-picker", testid: "doc-file-label" }, this.fileInput, h("span", { class: "file-action", text: "Attach a document" }), this.fileNameEl);
+    this.showChosenFile();
     this.uploadButton = h("button", { type: "submit", testid: "doc-upload" }, "Upload");
     return h(
       "aside",
@@ -119,17 +131,17 @@ export class DetailsPanel {
       h(
         "button",
         { type: "button", class: "link narrow-only", testid: "details-close", onclick: () => (this.el.hidden = true) },
-        "Close",
+        "‹ Back to chat",
       ),
       h("h3", { text: "Members" }),
       this.membersEl,
       this.isOwner
-        ? h("form", { class: "inline-form", testid: "add-member-form", onsubmit: (e) => this.addMember(e) }, this.emailInput, h("button", { type: "submit", testid: "add-member" }, "Add"))
+        ? h("form", { class: "inline-form", testid: "add-member-form", onsubmit: (e) => this.addMember(e) }, this.emailInput, h("button", { type: "submit", testid: "add-member" }, "Invite"))
         : h("p", { class: "muted", text: "Only the owner can add members." }),
       h("h3", { text: "Documents" }),
       h("p", { class: "muted", text: "The assistant draws on these when it answers in this session." }),
       this.docsEl,
-      h("form", { class: "inline-form", testid: "doc-form", onsubmit: (e) => this.upload(e) }, this.fileInput, this.uploadButton),
+      h("form", { class: "inline-form", testid: "doc-form", onsubmit: (e) => this.upload(e) }, this.filePicker, this.uploadButton),
     );
   }
 }

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import TEST_JWT_SECRET, TestUser, create_session, register_user
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.private_redis import private_redis, redis_proxy  # noqa: F401  (fixtures)
 from tests.services import require_redis
 from tests.wsclient import WSClient
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import threading
 import uuid
+from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select, text
 
 from db.models import Chunk
 from rag.chunking import chunk_document
+from server.services import documents as documents_module
 from tests.conftest import TestUser, create_session, register_user
 from tests.context.conftest import AppClient, container_of_app
 
@@ -219,3 +223,70 @@ async def test_only_the_uploader_or_the_owner_may_delete_a_document(
     assert allowed.status_code == 200
     again = await client.delete(url, headers=owner.headers)
     assert again.status_code == 404
+
+
+async def test_chunking_and_tokenising_run_off_the_event_loop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MB document takes the CPU for hundreds of milliseconds: not on the loop,
+    where every other request and socket of the node would wait for it."""
+    user = await register_user(client)
+    session_id = await create_session(client, user)
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+
+    def chunk_and_note(text: str) -> list[Any]:
+        ran_on.append(threading.get_ident())
+        return chunk_document(text)
+
+    monkeypatch.setattr(documents_module, "chunk_document", chunk_and_note)
+
+    response = await upload_file(client, user, session_id, GUIDE.encode())
+
+    assert response.status_code == 201, response.text
+    assert ran_on and loop_thread not in ran_on
+
+
+async def test_uploads_beyond_a_users_byte_quota_are_refused(app_with: AppClient) -> None:
+    body = ("word " * 400).encode()  # 2000 bytes
+    async with app_with(upload_quota_bytes=3000) as client:
+        user = await register_user(client)
+        other = await register_user(client, "Bob")
+        session_id = await create_session(client, user)
+        first = await upload_file(client, user, session_id, body)
+        over = await upload_file(client, user, session_id, body)
+        # The quota is the uploader's: someone else still has all of theirs.
+        theirs = await upload_file(client, other, await create_session(client, other), body)
+        await client.delete(
+            f"/v1/sessions/{session_id}/documents/{first.json()['data']['id']}",
+            headers=user.headers,
+        )
+        after_delete = await upload_file(client, user, session_id, body)
+
+    assert first.status_code == 201, first.text
+    assert over.status_code == 413, over.text
+    error = over.json()["error"]
+    assert error["code"] == "too_large"
+    assert "quota" in error["message"]
+    assert error["details"] == {
+        "quota_bytes": 3000,
+        "used_bytes": 2000,
+        "quota_documents": 100,
+        "used_documents": 1,
+    }
+    assert theirs.status_code == 201, theirs.text
+    assert after_delete.status_code == 201, after_delete.text
+
+
+async def test_uploads_beyond_a_users_document_quota_are_refused(app_with: AppClient) -> None:
+    async with app_with(upload_quota_documents=2) as client:
+        user = await register_user(client)
+        session_id = await create_session(client, user)
+        statuses = [
+            (await upload_file(client, user, session_id, GUIDE.encode())).status_code
+            for _ in range(3)
+        ]
+        listed = await documents_of(client, user, session_id)
+
+    assert statuses == [201, 201, 413]
+    assert len(listed) == 2

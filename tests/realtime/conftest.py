@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from tests.private_redis import private_redis  # noqa: F401  (a fixture)
 from tests.services import require_redis
 
 
