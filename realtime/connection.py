@@ -32,7 +32,11 @@ class Membership:
 
 @dataclass
 class StreamCursor:
+    """What this connection was sent of one stream: the indices ``first`` to
+    ``next_index - 1``, each once (a resume sends none of them again)."""
+
     next_index: int
+    first: int = 0
     # While a resume or gap fill reads the stream log, live deltas wait here.
     pending: list[Envelope] | None = None
 

@@ -337,8 +337,15 @@ class Assistant:
             await generation.announcements.settled()
         if not publisher.started:
             await publisher.start(result.model_asked, generation.reply_to["id"])
-        # After the start: opening a stream's log starts it afresh.
-        if not await self._settle(generation.stream_id):
+        # Every delta goes to the log and the room before the stream is settled: the
+        # writer publishes nothing after its own settle, and the log holds the text
+        # that is stored (what a node taking the stream over would store).
+        await publisher.drain()
+        # After the start: opening a stream's log starts it afresh. Only losing the
+        # settle means another node ended the stream: then, and only then, this node
+        # sends no stream.end (it must not send two, and must never send none).
+        ended_elsewhere = not await self._settle(generation.stream_id)
+        if ended_elsewhere:
             # This node was taken for dead (a pause longer than the node TTL) and
             # another one ended the stream and stored its text: storing it again would
             # answer the question twice. What the upstream was paid for is recorded.
@@ -426,7 +433,7 @@ class Assistant:
         }
         if result.error is not None:
             end["error"] = {"code": result.error.code, "message": result.error.message}
-        if not generation.taken_over:
+        if not ended_elsewhere:
             await publisher.end(end, seq)
         self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
         reported = finish is not None and finish.usage is not None
