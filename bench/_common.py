@@ -163,6 +163,8 @@ def server_env(database_url: str, redis_url: str | None, **extra: str) -> dict[s
         "LOG_LEVEL": "WARNING",
         "DRAIN_TIMEOUT_S": "1",
         "OPENROUTER_API_KEY": "",
+        # Every load client connects from 127.0.0.1: no cap on sockets per address.
+        "MAX_CONNECTIONS_PER_IP": "0",
     }
     env.update(extra)
     if not env["OPENROUTER_API_KEY"]:

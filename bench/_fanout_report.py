@@ -58,7 +58,8 @@ def _fanout(results: dict[str, Any]) -> str:
         " the latency from send to receipt on one monotonic clock. `typing` is not echoed"
         " to its sender (199 deliveries per event); a stored `message` goes to all 200."
         " Rate limits raised for the run: `MESSAGES_PER_WINDOW=1000000`,"
-        " `TYPING_PER_WINDOW=1000000`; `SEND_QUEUE_FRAMES=8192`. CPU is % of one core over"
+        " `TYPING_PER_WINDOW=1000000`, `FRAMES_PER_WINDOW=1000000`; `SEND_QUEUE_FRAMES=8192`,"
+        " `SEND_QUEUE_BYTES=16777216`. CPU is % of one core over"
         " the step (server process(es), and the load client).",
     ]
     for key in ("one", "two"):

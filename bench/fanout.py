@@ -51,7 +51,10 @@ LIMITS = {
     # rates the senders reach.
     "MESSAGES_PER_WINDOW": "1000000",
     "TYPING_PER_WINDOW": "1000000",
+    "FRAMES_PER_WINDOW": "1000000",
+    "JOINS_PER_WINDOW": "1000000",
     "SEND_QUEUE_FRAMES": "8192",
+    "SEND_QUEUE_BYTES": "16777216",
 }
 
 

@@ -174,6 +174,8 @@ def answering_env(database_url: str, fake: Upstream, **extra: str) -> dict[str, 
         OPENROUTER_BASE_URL=fake.base_url,
         LLM_MODEL=MODEL,
         MESSAGES_PER_WINDOW="1000000",
+        FRAMES_PER_WINDOW="1000000",
+        JOINS_PER_WINDOW="1000000",
         **extra,
     )
 

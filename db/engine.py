@@ -10,13 +10,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from server.errors import Unavailable
 
@@ -25,6 +28,14 @@ log = logging.getLogger(__name__)
 # A pooled PostgreSQL connection idle this long is pinged before use (see
 # ``_ping_when_idle``).
 PING_AFTER_IDLE_S = 10.0
+
+# Bounded waits (server/config.py: DB_CONNECT_TIMEOUT_S, DB_STATEMENT_TIMEOUT_S,
+# DB_POOL_TIMEOUT_S, DB_RETRY_AFTER_S). Without them a partition held a request for
+# the kernel's TCP timeouts (minutes), and every later frame of its connection behind it.
+CONNECT_TIMEOUT_S = 5.0
+STATEMENT_TIMEOUT_S = 10.0
+POOL_TIMEOUT_S = 5.0
+RETRY_AFTER_S = 5.0
 
 
 class Database:
@@ -37,18 +48,40 @@ class Database:
         pool_size: int = 10,
         echo: bool = False,
         ping_after_idle_s: float = PING_AFTER_IDLE_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+        pool_timeout_s: float = POOL_TIMEOUT_S,
+        retry_after_s: float = RETRY_AFTER_S,
     ) -> None:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-        kwargs: dict[str, Any] = {"echo": echo}
+        self.retry_after_s = retry_after_s
+        self._connect_timeout_s = connect_timeout_s
+        # A checkout waits this long for a free connection (the pool is exhausted).
+        kwargs: dict[str, Any] = {"echo": echo, "pool_timeout": pool_timeout_s}
         if self.dialect == "postgresql":
-            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
+            kwargs |= {
+                "pool_size": pool_size,
+                "max_overflow": pool_size,
+                "connect_args": {
+                    # asyncpg's own bounds: opening a connection (TCP and startup), and
+                    # each statement, COMMIT and ROLLBACK included. Client side, so
+                    # they hold in a partition too, when the server cannot answer.
+                    "timeout": connect_timeout_s,
+                    "command_timeout": statement_timeout_s,
+                },
+            }
         else:
             # Reset by ``_configure_sqlite``'s listener, only when a transaction is open.
-            kwargs |= {"connect_args": {"timeout": 30}, "pool_reset_on_return": None}
+            # The busy timeout (a writer of another process holds the lock) is the
+            # statement timeout here.
+            kwargs |= {
+                "connect_args": {"timeout": statement_timeout_s},
+                "pool_reset_on_return": None,
+            }
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, busy_timeout_ms=round(statement_timeout_s * 1000))
         else:
             _ping_when_idle(self.engine, ping_after_idle_s)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -76,7 +109,7 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error."""
         if self._writers is not None:
             return self._queued_write()
-        return _unit_of_work(self.sessions)
+        return _unit_of_work(self.sessions, self.retry_after_s)
 
     @asynccontextmanager
     async def _queued_write(self) -> AsyncIterator[AsyncSession]:
@@ -84,7 +117,7 @@ class Database:
         # and without sleeping; left to SQLite's busy handler they would poll with
         # sleeps of up to 100 ms, and a busy room's latency went to seconds.
         assert self._writers is not None
-        async with self._writers, _unit_of_work(self.sessions) as session:
+        async with self._writers, _unit_of_work(self.sessions, self.retry_after_s) as session:
             yield session
 
     def single_statement(self) -> AbstractAsyncContextManager[AsyncSession]:
@@ -96,7 +129,7 @@ class Database:
         after the block, in the background."""
         if self._writers is not None:
             return self._queued_single_statement()
-        return _unit_of_work(self._autocommit_sessions)
+        return _unit_of_work(self._autocommit_sessions, self.retry_after_s)
 
     @asynccontextmanager
     async def _queued_single_statement(self) -> AsyncIterator[AsyncSession]:
@@ -104,7 +137,7 @@ class Database:
         async with self._writers:
             session = self._autocommit_sessions()
             try:
-                with _unavailable_when_cut():
+                with _unavailable_when_cut(self.retry_after_s):
                     await session.begin()
                     yield session
             except BaseException:
@@ -122,14 +155,29 @@ class Database:
     def read(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A transaction for reads only: on SQLite it does not take the write lock, so
         reads run beside each other and beside a writer (WAL) instead of queueing."""
-        return _unit_of_work(self._read_sessions)
+        return _unit_of_work(self._read_sessions, self.retry_after_s)
+
+    @asynccontextmanager
+    async def unbounded(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction without the statement timeout, for migrations: one may wait
+        on the lock while another node migrates, or build an index for minutes."""
+        if self.dialect == "sqlite":
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        engine = create_async_engine(
+            self.url, poolclass=NullPool, connect_args={"timeout": self._connect_timeout_s}
+        )
+        try:
+            async with engine.begin() as conn:
+                yield conn
+        finally:
+            await engine.dispose()
 
     async def ping(self) -> None:
-        try:
+        with _unavailable_when_cut(self.retry_after_s, every_dbapi_error=True):
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except (OSError, OperationalError, DBAPIError) as exc:
-            raise Unavailable("the database is unreachable") from exc
 
     async def closed_in_background(self) -> None:
         """Waits until the sessions ``single_statement`` closes in the background are."""
@@ -143,9 +191,9 @@ class Database:
 
 @asynccontextmanager
 async def _unit_of_work(
-    sessions: async_sessionmaker[AsyncSession],
+    sessions: async_sessionmaker[AsyncSession], retry_after_s: float
 ) -> AsyncIterator[AsyncSession]:
-    with _unavailable_when_cut():
+    with _unavailable_when_cut(retry_after_s):
         async with sessions() as session, session.begin():
             yield session
 
@@ -159,20 +207,47 @@ async def _close_quietly(session: AsyncSession) -> None:
 
 
 @contextmanager
-def _unavailable_when_cut() -> Iterator[None]:
-    """A lost or refused connection is ``Unavailable``; other database errors pass."""
+def _unavailable_when_cut(
+    retry_after_s: float, *, every_dbapi_error: bool = False
+) -> Iterator[None]:
+    """The database out of reach is ``Unavailable``, with a retry hint: a connection
+    refused, lost or timed out (``OSError`` and ``TimeoutError`` come through
+    SQLAlchemy untranslated from asyncpg's connect and its ``command_timeout``), a
+    statement the server cancelled, or no free connection in the pool in time. Other
+    database errors (constraints, bugs) pass."""
     try:
         yield
     except DBAPIError as exc:
-        if _is_connection_failure(exc):
-            raise Unavailable("the database is unreachable") from exc
+        if every_dbapi_error or _is_connection_failure(exc):
+            raise _unavailable(retry_after_s) from exc
         raise
+    except (OSError, TimeoutError, PoolTimeout) as exc:
+        raise _unavailable(retry_after_s) from exc
+
+
+def _unavailable(retry_after_s: float) -> Unavailable:
+    return Unavailable("the database is unreachable", retry_after=retry_after_s)
+
+
+# SQLSTATEs of a database that cannot serve now: query_canceled (statement_timeout),
+# admin_shutdown, crash_shutdown, cannot_connect_now (starting up or shutting down),
+# too_many_connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "53300"})
 
 
 def _is_connection_failure(exc: DBAPIError) -> bool:
-    return bool(getattr(exc, "connection_invalidated", False)) or isinstance(
-        exc.orig, ConnectionError | OSError
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = exc.orig
+    if isinstance(orig, ConnectionError | OSError | TimeoutError):
+        return True
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
     )
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    # SQLite: another process held the write lock past the busy timeout.
+    return str(orig).startswith("database is locked")
 
 
 def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
@@ -202,7 +277,7 @@ def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
             raise DisconnectionError("a pooled connection did not answer") from exc
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE for transactions that write.
 
     pysqlite's default deferred BEGIN lets two transactions both read and then both try
@@ -219,7 +294,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

@@ -31,12 +31,12 @@ def head_revision() -> str | None:
 
 
 async def upgrade(database: Database, revision: str = "head") -> None:
-    async with database.engine.begin() as conn:
+    async with database.unbounded() as conn:
         await conn.run_sync(_run, "upgrade", revision)
 
 
 async def downgrade(database: Database, revision: str) -> None:
-    async with database.engine.begin() as conn:
+    async with database.unbounded() as conn:
         await conn.run_sync(_run, "downgrade", revision)
 
 

@@ -1,8 +1,11 @@
 """One client connection as the hub sees it: identity, rooms, an outbox, cursors.
 
-The outbox is bounded. Producers (the hub's fan-out, replies) never wait on a slow
+The outbox is bounded, in frames and in bytes (characters of the encoded JSON, which
+is bytes for ASCII). Producers (the hub's fan-out, replies) never wait on a slow
 client: when the outbox is full the connection is marked for closing and dropped,
-so one slow reader can neither grow memory nor stall a room.
+so one slow reader can neither grow memory nor stall a room. The writer takes frames
+out only when the socket can take them (server/ws.py), so a client that stops reading
+leaves its backlog here, counted, rather than in the transport's unbounded buffer.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ class Membership:
 
 @dataclass
 class StreamCursor:
+    """What this connection was sent of one stream: the indices ``first`` to
+    ``next_index - 1``, each once (a resume sends none of them again)."""
+
     next_index: int
+    first: int = 0
     # While a resume or gap fill reads the stream log, live deltas wait here.
     pending: list[Envelope] | None = None
 
@@ -43,6 +50,8 @@ class Connection:
     expires_at: datetime | None
     max_outbox: int
     on_overflow: Callable[[Connection], None]
+    # 0: no bound in bytes (only ``max_outbox`` frames).
+    max_outbox_bytes: int = 0
     rooms: dict[str, Membership] = field(default_factory=dict)
     cursors: dict[str, StreamCursor] = field(default_factory=dict)
     typing_in: set[str] = field(default_factory=set)
@@ -58,17 +67,28 @@ class Connection:
     # costs ~760 bytes each, which 10,000 idle connections would pay for nothing.
     _outbox: list[str] = field(default_factory=list)
     _waiter: asyncio.Future[None] | None = None
+    _queued_bytes: int = 0
+    # True once the outbox overflowed: the close must go out ahead of the backlog.
+    overflowed: bool = False
 
     def send(self, text: str) -> None:
         """Queue a frame; never blocks. Overflow closes the connection instead."""
         if self.closing is not None:
             return
-        if len(self._outbox) >= self.max_outbox:
+        size = self._queued_bytes + len(text)
+        if len(self._outbox) >= self.max_outbox or (
+            self.max_outbox_bytes and size > self.max_outbox_bytes and self._outbox
+        ):
+            # (One frame larger than the byte bound alone still goes out: the bound is
+            # on a backlog, and every frame is already bounded by its own limits.)
             self._outbox.clear()
+            self._queued_bytes = 0
+            self.overflowed = True
             self.close(SLOW_CLIENT_CLOSE_CODE, "client too slow: outbox full")
             self.on_overflow(self)
             return
         self._outbox.append(text)
+        self._queued_bytes = size
         self._wake()
 
     def close(self, code: int, reason: str) -> None:
@@ -84,17 +104,42 @@ class Connection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next_batch(self) -> tuple[list[str], tuple[int, str] | None]:
-        """Wait for frames; returns all queued frames, and the close request if any."""
+    async def wait_ready(self) -> None:
+        """Wait until a frame is queued or a close is requested."""
         while not self._outbox and self.closing is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        batch, self._outbox = self._outbox, []
-        return batch, self.closing
+
+    def take(self, max_bytes: int = 0) -> tuple[list[str], tuple[int, str] | None]:
+        """The queued frames (at most ``max_bytes`` of them, but at least one, when
+        given), and the close request once nothing is left before it."""
+        outbox = self._outbox
+        if not max_bytes or self._queued_bytes <= max_bytes:
+            batch, self._outbox, self._queued_bytes = outbox, [], 0
+            return batch, self.closing
+        total = count = 0
+        for text in outbox:
+            if count and total + len(text) > max_bytes:
+                break
+            total += len(text)
+            count += 1
+        batch = outbox[:count]
+        del outbox[:count]
+        self._queued_bytes -= total
+        return batch, None
+
+    async def next_batch(self) -> tuple[list[str], tuple[int, str] | None]:
+        """Wait for frames; returns all queued frames, and the close request if any."""
+        await self.wait_ready()
+        return self.take()
 
     @property
     def queued(self) -> int:
         return len(self._outbox)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes

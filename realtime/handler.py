@@ -4,8 +4,10 @@ services; this module only translates between frames and service calls."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,12 +34,16 @@ TOKEN_EXPIRED_CLOSE_CODE = 4401
 
 FrameMethod = Callable[[ClientFrame], Awaitable[dict[str, Any] | None]]
 
+# Frames of one connection waiting behind the one being handled; past this the reader
+# stops reading (back pressure) until they are done.
+MAX_QUEUED_FRAMES = 16
+
 
 class ConnectionHandler:
     # Per idle connection this is three references: no per-instance dict, no table of
     # bound methods, no Event. A ``refresh`` moves ``conn.expires_at``, which the expiry
     # timer (server/ws.py) re-reads; nothing needs to wait for it.
-    __slots__ = ("conn", "container", "hub")
+    __slots__ = ("_queued", "_worker", "conn", "container", "hub")
 
     # Frame type -> method name, once per class (a subclass's override is honoured).
     FRAME_METHODS: ClassVar[dict[str, str]] = {
@@ -55,13 +61,85 @@ class ConnectionHandler:
         self.container = container
         self.hub = hub
         self.conn = conn
+        # Frames waiting for the worker, and the worker: both only while a frame is
+        # being handled (an idle connection holds neither).
+        self._queued: deque[ClientFrame] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def receive_text(self, text: str) -> None:
+        """A frame from the reader. ``ping`` is answered at once; every other frame is
+        handled in order, one at a time, by a worker task, so that a frame waiting on
+        the database (a ``message`` in a partition, up to its statement timeout) holds
+        neither the reader nor the ``ping`` behind it. A ``pong`` may thus overtake
+        the replies of frames sent before its ``ping``; each reply carries its ``id``.
+        Returns at once unless ``MAX_QUEUED_FRAMES`` wait already."""
+        frame = await self._parse(text)
+        if frame is None:
+            return
+        if frame.type == "ping":
+            await self._dispatch(frame)
+            return
+        if self._queued is None:
+            self._queued = deque()
+        self._queued.append(frame)
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"ws-frames-{self.conn.conn_id}")
+        elif len(self._queued) >= MAX_QUEUED_FRAMES:
+            await asyncio.wait([self._worker])
+
+    async def stop(self) -> None:
+        """The connection ended: the frames it sent before its end are still handled,
+        as they were when the reader handled each before reading the next (a client
+        may send a ``message`` and close at once). Cancelled if the caller is."""
+        worker = self._worker
+        if worker is None:
+            return
+        try:
+            await asyncio.wait([worker])
+        except asyncio.CancelledError:
+            worker.cancel()
+            raise
+
+    async def _work(self) -> None:
+        try:
+            while self._queued and self.conn.closing is None:
+                await self._dispatch(self._queued.popleft())
+        finally:
+            self._queued = self._worker = None
 
     async def handle_text(self, text: str) -> None:
-        frame_id: str | None = None
+        """One frame, from parsing to its reply, in the caller's task."""
+        frame = await self._parse(text)
+        if frame is not None:
+            await self._dispatch(frame)
+
+    async def _parse(self, text: str) -> ClientFrame | None:
         try:
             frame = parse_client_frame(text)
-            frame_id = frame.id
-            self.container.metrics.frames_in.labels(frame.type).inc()
+        except FrameError as exc:
+            # A bad frame costs its sender too; over the limit, that is what it hears.
+            if await self._charged(exc.frame_id):
+                self._send_error(exc, exc.frame_id)
+            return None
+        if not await self._charged(frame.id):
+            return None
+        self.container.metrics.frames_in.labels(frame.type).inc()
+        return frame
+
+    async def _charged(self, frame_id: str | None) -> bool:
+        """Counts a frame against its connection's limit; False (and the client told)
+        when it is over."""
+        try:
+            await self._charge_frame()
+        except RateLimited as exc:
+            self._send_error(exc, frame_id)
+            self._strike()
+            return False
+        return True
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        frame_id = frame.id
+        try:
             method: FrameMethod = getattr(self, self.FRAME_METHODS[frame.type])
             reply = await method(frame)
             if reply is not None:
@@ -84,6 +162,22 @@ class ConnectionHandler:
     def _send_error(self, exc: ParleyError, frame_id: str | None) -> None:
         self.conn.send(encode(error_frame(exc, frame_id)))
 
+    async def _charge_frame(self) -> None:
+        """Every frame, of any type, counts against its connection's frame limit."""
+        container = self.container
+        await container.limiter.hit(
+            container.frame_limit,
+            self.conn.conn_id,
+            "too many frames, slow down",
+            local=True,
+        )
+
+    async def _charge_join(self) -> None:
+        container = self.container
+        await container.limiter.hit(
+            container.join_limit, self.conn.user_id, "too many joins, slow down"
+        )
+
     def _strike(self) -> None:
         self.conn.strikes += 1
         if self.conn.strikes >= self.container.settings.abuse_strikes_before_close:
@@ -94,11 +188,15 @@ class ConnectionHandler:
     async def join(self, frame: ClientFrame) -> None:
         session_id = parse_id(frame["session_id"])
         sid = str(session_id)
+        await self._charge_join()
         await self.container.sessions.require_member(self._principal(), session_id)
         fresh = await self.hub.begin_join(self.conn, sid)
         try:
             last_seq, history, recovered = await self.container.sessions.join_state(
-                session_id, frame["since_seq"], self.container.settings.replay_limit
+                session_id,
+                frame["since_seq"],
+                self.container.settings.replay_limit,
+                self.container.settings.replay_max_chars,
             )
             members = await self.hub.presence.members(sid)
             running = await self.hub.stream_log.running(sid)
@@ -130,6 +228,7 @@ class ConnectionHandler:
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
+        await self._charge_join()
         if not await self.hub.leave(self.conn, str(session_id)):
             raise NotFound("not in this session")
         await self.container.sessions.touch([session_id])
@@ -137,11 +236,7 @@ class ConnectionHandler:
 
     async def message(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
-        await self.container.limiter.hit(
-            self.container.message_limit,
-            self.conn.user_id,
-            "too many messages, slow down",
-        )
+        # The message quota is charged by ``messages.post``, one for every way in.
         posted = await self.container.messages.post(
             self._principal(),
             session_id,

@@ -353,6 +353,15 @@ class Hub:
             room.early.append(env)
             return
         assert env.seq is not None
+        if env.stream_end and env.seq <= room.reorder.last_seq:
+            # A stream.end that came after its answer was filled in from the database
+            # (a gap that outlasted GAP_WAIT_S: the end goes out after the store's
+            # commit, and a later message can overtake it). Whoever is watching the
+            # stream still gets its end; the cursor goes with it, so only once.
+            for conn in tuple(room.connections):
+                if env.stream_id in conn.cursors:
+                    self._deliver(conn, env)
+            return
         for ready in room.reorder.offer(env.seq, env):
             self._release(room, ready)
         if room.reorder.missing() is not None and room.gap_task is None:
@@ -403,7 +412,7 @@ class Hub:
             conn.send(env.frame)
             return
         if cursor is None:
-            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1)
+            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1, first=env.index)
             conn.send(env.frame)
         elif env.index == cursor.next_index:
             cursor.next_index += 1
@@ -423,24 +432,35 @@ class Hub:
     ) -> bool:
         """Send the stream from ``offset`` out of the log, then continue live.
 
+        Each index goes to a connection once: what it was sent already (live deltas
+        that reached a member who joined mid-stream, before its resume) is skipped.
         Returns False when the log no longer holds the stream. ``before_replay`` runs
         just before the first replayed frame is queued (the resume ``ack``).
         """
         cursor = conn.cursors.get(stream_id)
         if cursor is None:
-            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset)
+            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset, first=offset)
         if cursor.pending is None:
             cursor.pending = []
         snapshot = await self.stream_log.read(stream_id, offset)
         if snapshot is None or snapshot.session_id != session_id:
             conn.cursors.pop(stream_id, None)
+            # What waited for the log goes on as it is: a hole the log cannot fill
+            # must not also swallow the rest of the stream and its end.
+            for env in cursor.pending:
+                self._deliver_stream(conn, env)
+            cursor.pending = None
             return False
         if before_replay is not None:
             before_replay()
-        next_index = offset
+        # Read after the log: another replay may have moved the cursor meanwhile.
+        if offset > cursor.next_index:
+            # The client holds everything before ``offset`` (from an earlier connection).
+            cursor.first = cursor.next_index = offset
+        sent_from, next_index = cursor.first, cursor.next_index
         for index, text in snapshot.deltas:
-            if index < next_index:
-                continue
+            if sent_from <= index < next_index:
+                continue  # sent to this connection already
             conn.send(
                 encode(
                     {
@@ -452,12 +472,13 @@ class Hub:
                     }
                 )
             )
-            next_index = index + 1
+            next_index = max(next_index, index + 1)
         if snapshot.end is not None:
             conn.cursors.pop(stream_id, None)
             conn.send(encode(snapshot.end))
             return True
-        pending, cursor.pending, cursor.next_index = cursor.pending, None, next_index
+        cursor.first, cursor.next_index = min(offset, sent_from), next_index
+        pending, cursor.pending = cursor.pending or [], None
         for env in pending:
             self._deliver_stream(conn, env)
         return True

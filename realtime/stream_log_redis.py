@@ -42,10 +42,13 @@ return 1
 """
 
 
-# KEYS: deltas, meta. ARGV: text, 1 if this node settled the stream itself. The new
-# length, or -1 without pushing: another node settled it (took this one for dead).
+# KEYS: deltas, meta. ARGV: text, this node's id. The new length, or -1 without
+# pushing: another node settled the stream (took this one for dead). Who settled it
+# is compared in Redis, not remembered here: the writer's own settle may be on its
+# way while its last appends are, and they must not take it for a stranger's.
 _APPEND = """
-if ARGV[2] == '0' and redis.call('HEXISTS', KEYS[2], 'settled') == 1 then return -1 end
+local holder = redis.call('HGET', KEYS[2], 'settled')
+if holder and holder ~= ARGV[2] then return -1 end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
@@ -59,7 +62,6 @@ class _Writing:
     renewed_at: float
     broken: bool = False  # an append failed: the stored deltas cannot be trusted
     flagged: bool = False  # ... and Redis has been told so
-    settled: bool = False  # this node settled it: its last appends are its own
 
 
 class RedisStreamLog:
@@ -76,6 +78,8 @@ class RedisStreamLog:
         """``node_id`` names the node writing, so that another can take its streams
         over if it dies; without it nothing can."""
         self._node_id = node_id
+        # What this node writes as a stream's ``settled`` holder.
+        self._holder = node_id or "-"
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._renew_every_s = ttl_s / 4
         self._keys = Keys(prefix)
@@ -116,8 +120,7 @@ class RedisStreamLog:
         writing.next_index += 1
         now = time.monotonic()
         deltas, meta = self._keys.stream_deltas(stream_id), self._keys.stream_meta(stream_id)
-        mine = "1" if writing.settled else "0"
-        commands: list[_redis.Command] = [("EVAL", _APPEND, 2, deltas, meta, text, mine)]
+        commands: list[_redis.Command] = [("EVAL", _APPEND, 2, deltas, meta, text, self._holder)]
         # The first push creates the list: it needs its TTL at once, or a crash
         # right now would leave it behind for good.
         if index == 0 or now - writing.renewed_at >= self._renew_every_s:
@@ -211,12 +214,9 @@ class RedisStreamLog:
     async def settle(self, stream_id: str) -> bool:
         meta = self._keys.stream_meta(stream_id)
         won, _ = await self._batcher.execute(
-            ("HSETNX", meta, "settled", self._node_id or "-"), ("PEXPIRE", meta, self._ttl_ms)
+            ("HSETNX", meta, "settled", self._holder), ("PEXPIRE", meta, self._ttl_ms)
         )
-        writing = self._writing.get(stream_id)
-        if won and writing is not None:
-            writing.settled = True
-        elif not won:
+        if not won:
             self._writing.pop(stream_id, None)  # another node ends it
         return bool(won)
 
@@ -227,7 +227,7 @@ class RedisStreamLog:
         claimed = []
         for stream_id in sorted(stream_ids):
             meta = self._keys.stream_meta(stream_id)
-            claim = ("EVAL", _CLAIM, 1, meta, node_id, self._node_id or "-", self._ttl_ms)
+            claim = ("EVAL", _CLAIM, 1, meta, node_id, self._holder, self._ttl_ms)
             (won,) = await self._batcher.execute(claim)
             if not won:
                 continue  # its writer got to its end, or another node took it

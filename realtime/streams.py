@@ -126,6 +126,7 @@ class StreamPublisher:
                 await self._log.append(self.stream_id, index, text)
             except StreamTakenOver:
                 # Another node ended this stream for the room: publish nothing more.
+                log.warning("stream %s was taken over by another node", self.stream_id)
                 self._fall_silent()
                 if self._on_taken_over is not None:
                     self._on_taken_over()
@@ -149,14 +150,21 @@ class StreamPublisher:
         self._stopping = True
         self._buffer.clear()
 
-    async def end(self, frame: dict[str, Any], seq: int | None) -> None:
-        """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""
+    async def drain(self) -> None:
+        """Publish what is buffered and stop: the text is all in the log and on the
+        bus. The writer drains before it settles the stream and stores the answer, so
+        that nothing it publishes afterwards races its own settle (and the text it
+        stores is exactly what the log holds)."""
         self._stopping = True
         self._ready.set()
         if self._flusher is not None:
             # Let the flusher finish its frame rather than cancel it half way through.
             await asyncio.gather(self._flusher, return_exceptions=True)
         await self._flush()
+
+    async def end(self, frame: dict[str, Any], seq: int | None) -> None:
+        """Flush what is buffered, then publish ``stream.end`` (carrying ``seq``)."""
+        await self.drain()
         try:
             await self._log.finish(self.stream_id, frame)
         except ParleyError as exc:

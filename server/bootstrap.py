@@ -14,6 +14,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,14 @@ def resolve_jwt_secret(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator[Container]:
     async with contextlib.AsyncExitStack() as stack:
-        database = Database(settings.database_url, pool_size=settings.db_pool_size)
+        database = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            retry_after_s=settings.db_retry_after_s,
+        )
         stack.push_async_callback(database.dispose)
         if settings.migrate_on_start:
             await migrate.upgrade(database)
@@ -101,6 +109,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             family_max_age_s=settings.refresh_family_max_age_s,
             callers=CallerCache(settings.caller_cache_ttl_s),
         )
+        message_limit = Limit("message", settings.messages_per_window, settings.message_window_s)
         container = Container(
             settings=settings,
             database=database,
@@ -112,10 +121,16 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
                 idle_expiry_s=settings.session_idle_expiry_s,
                 allowed_models=settings.allowed_models,
             ),
-            messages=MessageService(database, max_content_chars=settings.max_content_chars),
+            messages=MessageService(
+                database,
+                max_content_chars=settings.max_content_chars,
+                quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
+            ),
             redis=redis,
-            message_limit=Limit("message", settings.messages_per_window, settings.message_window_s),
+            message_limit=message_limit,
             typing_limit=Limit("typing", settings.typing_per_window, settings.typing_window_s),
+            join_limit=Limit("join", settings.joins_per_window, settings.join_window_s),
+            frame_limit=Limit("frame", settings.frames_per_window, settings.frame_window_s),
         )
         container.extras["node_id"] = uuid.uuid4().hex[:12]
         await _start_layers(container, stack)

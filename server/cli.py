@@ -122,8 +122,7 @@ def serve_command(args: argparse.Namespace) -> int:
         factory=True,
         workers=args.workers,
         reload=args.reload,
-        loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        loop="auto",  # uvloop when installed; http: serving.py's guarded httptools protocol
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         ws_max_size=settings.max_frame_bytes,
     )

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     migrate_on_start: bool = True
     db_pool_size: int = Field(10, ge=1)
+    # Bounded waits on the database, so that an outage or a partition answers
+    # ``unavailable`` (HTTP 503, with Retry-After) instead of hanging the request: opening
+    # a connection, each statement (PostgreSQL: client side, so it holds in a partition
+    # too; SQLite: the busy timeout), and waiting for a free pooled connection.
+    db_connect_timeout_s: float = Field(5.0, gt=0)
+    db_statement_timeout_s: float = Field(10.0, gt=0)
+    db_pool_timeout_s: float = Field(5.0, gt=0)
+    # The retry hint (``retry_after``, the Retry-After header) while it is unreachable.
+    db_retry_after_s: float = Field(5.0, gt=0)
+    # The longest /readyz waits for any one check (database, Redis) before it reports
+    # that check as not answering.
+    readiness_timeout_s: float = Field(1.0, gt=0)
+    # An answer whose store failed on an unreachable database is retried (and sent to
+    # the room once stored) with backoff from 0.5 s up to this between tries.
+    db_store_retry_max_s: float = Field(30.0, gt=0)
 
     # Tokens
     jwt_secret: SecretStr | None = None
@@ -70,6 +85,13 @@ class Settings(BaseSettings):
     message_window_s: int = Field(10, ge=1)
     typing_per_window: int = Field(10, ge=1)
     typing_window_s: int = Field(5, ge=1)
+    # ``join`` and ``leave`` frames, per user (each join reads the database and may
+    # replay history).
+    joins_per_window: int = Field(30, ge=1)
+    join_window_s: int = Field(10, ge=1)
+    # Every frame a connection sends, whatever its type (bad ones too), per connection.
+    frames_per_window: int = Field(120, ge=1)
+    frame_window_s: int = Field(10, ge=1)
     # Failed logins per window: for one account from one address (login_attempts_...),
     # for one account from anywhere (devices that signed in to it before are exempt),
     # and for one address over any accounts. Successful logins are not counted.
@@ -78,13 +100,26 @@ class Settings(BaseSettings):
     login_ip_failures_per_window: int = Field(100, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
+    # Connections, per node (docs/security.md); 0 turns a cap off. Per address: every
+    # open socket, half-open ones included (behind TRUST_PROXY_HEADERS: WebSocket
+    # connections by the forwarded address, the proxy caps sockets).
+    max_connections_per_ip: int = Field(256, ge=0)
+    max_connections_per_user: int = Field(16, ge=0)  # WebSocket connections
+    # From a socket's first byte (or its opening) to the end of a request's headers.
+    header_timeout_s: float = Field(10.0, gt=0)
     send_queue_frames: int = Field(1024, ge=8)
+    # What may wait for one slow reader, in bytes of encoded frames; past it the
+    # connection is closed with 1013 (docs/security.md).
+    send_queue_bytes: int = Field(1_048_576, ge=65_536)
     heartbeat_s: float = Field(25.0, gt=0)
     presence_ttl_s: int = Field(30, ge=2)
     session_idle_expiry_s: int = Field(1800, ge=1)
     sweep_interval_s: float = Field(30.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
-    replay_limit: int = Field(500, ge=1)
+    # A ``joined`` replays at most this many messages and (past the first) this many
+    # characters of them; the rest is paged over REST (docs/protocol.md).
+    replay_limit: int = Field(100, ge=1)
+    replay_max_chars: int = Field(262_144, ge=1024)
 
     # Assistant
     openrouter_api_key: SecretStr | None = None

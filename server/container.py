@@ -36,6 +36,8 @@ class Container:
     redis: Redis | None = None
     message_limit: Limit = field(default_factory=lambda: Limit("message", 20, 10))
     typing_limit: Limit = field(default_factory=lambda: Limit("typing", 10, 5))
+    join_limit: Limit = field(default_factory=lambda: Limit("join", 30, 10))
+    frame_limit: Limit = field(default_factory=lambda: Limit("frame", 120, 10))
     # Filled as the realtime, assistant and context layers start.
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -99,9 +99,10 @@ class Unavailable(ParleyError):
     code, status = "unavailable", 503
     meaning = (
         "an upstream (model, search, database, Redis) is down, rate limited, timed out "
-        "or its circuit is open; may carry `retry_after`"
+        "or its circuit is open; may carry `retry_after` (always, for the database; a "
+        "WebSocket handshake is then refused with HTTP 503 and `Retry-After`)"
     )
-    advice = "retry later"
+    advice = "retry later (after `retry_after` when given)"
 
 
 class InternalError(ParleyError):

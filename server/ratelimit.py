@@ -45,15 +45,21 @@ class RateLimiter:
         else:
             self._storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self._storage)
+        # For limits on one connection (every frame it sends): in this process, never a
+        # round trip to Redis on the path of each frame.
+        self._local = MovingWindowRateLimiter(MemoryStorage())
         self._items: dict[Limit, RateLimitItem] = {}
 
-    async def hit(self, limit: Limit, identity: str, message: str | None = None) -> None:
+    async def hit(
+        self, limit: Limit, identity: str, message: str | None = None, *, local: bool = False
+    ) -> None:
         item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
+        limiter = self._local if local else self._limiter
         try:
-            allowed = await self._limiter.hit(item, limit.name, identity)
+            allowed = await limiter.hit(item, limit.name, identity)
             if allowed:
                 return
-            stats = await self._limiter.get_window_stats(item, limit.name, identity)
+            stats = await limiter.get_window_stats(item, limit.name, identity)
         except StorageError:
             # A limiter outage must not take the service down with it: fail open.
             return

@@ -57,6 +57,7 @@ class SSEStreamer:
             role=principal.role,
             expires_at=None,
             max_outbox=self._container.settings.send_queue_frames,
+            max_outbox_bytes=self._container.settings.send_queue_bytes,
             on_overflow=lambda _: None,
         )
         await self._hub.begin_join(listener, sid, presence=False)

@@ -15,7 +15,7 @@ import logging
 import math
 import uuid
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,13 +27,14 @@ from realtime.connection import Connection
 from realtime.frames import encode, welcome
 from realtime.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
 from realtime.hub import Hub
+from server.config import Settings
 from server.container import Container, container_of
-from server.errors import Forbidden, ParleyError, Unauthorized
+from server.errors import Forbidden, ParleyError, RateLimited, Unauthorized
 from server.http import error_response
 from server.logging import conn_id_var
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
-from server.serving import SEND_TEXTS_EXTENSION
+from server.serving import CLOSE_NOW_EXTENSION, SEND_TEXTS_EXTENSION, WAIT_WRITABLE_EXTENSION
 
 log = logging.getLogger("parley.ws")
 
@@ -42,6 +43,12 @@ CLOSE_FLUSH_GRACE_S = 2.0
 EXPIRY_RECHECK_S = 30.0
 EXPIRY_TIMER_SLACK_S = 0.001
 HANDSHAKE_REFUSED = "credentials missing, invalid or expired"
+# The Retry-After of a handshake refused for a connection cap.
+CAP_RETRY_AFTER_S = 5.0
+# At most this much of the outbox goes into one socket write (at least one frame): with
+# writes only while the transport is below its high-water mark, the transport holds at
+# most that mark plus this, and the rest of a backlog stays in the bounded outbox.
+WRITE_CHUNK_BYTES = 65_536
 
 
 async def authenticate_handshake(container: Container, websocket: WebSocket) -> Principal:
@@ -78,52 +85,71 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             exc = Unauthorized(HANDSHAKE_REFUSED)
         await websocket.send_denial_response(error_response(exc))
         return
-    await websocket.accept()
-    # The reader runs in this task and the writer in its own; when the writer ends (a
-    # close went out, the peer went away) or the close is abandoned, the reader is
-    # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
-    # bookkeeping: ~2 KiB per idle connection.
-    endpoint = asyncio.current_task()
-    assert endpoint is not None
-    life = _Lifecycle(endpoint, container)
-    conn = Connection(
-        conn_id=uuid.uuid4().hex,
-        user_id=str(principal.user_id),
-        name=principal.name,
-        role=principal.role,
-        expires_at=principal.expires_at,
-        max_outbox=container.settings.send_queue_frames,
-        on_overflow=life.overflowed,
-        on_close=life.arm_abandon,
-        family=str(principal.family_id) if principal.family_id else None,
+    caps = _connection_caps(container)
+    address = (
+        websocket.client.host
+        if container.settings.trust_proxy_headers and websocket.client is not None
+        else None
     )
-    conn_id_var.set(conn.conn_id)
-    handler = ConnectionHandler(container, hub, conn)
-    conn.send(
-        encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
-    )
-    hub.register(conn)  # after the welcome: it may queue a notice (the bus is down)
-    writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
-    writer.add_done_callback(life.stop)
-    expiry = _expiry_timers().watch(conn)
+    refusal = caps.admit(container.settings, str(principal.user_id), address)
+    if refusal is not None:
+        container.metrics.handshake_refused.labels(refusal.code).inc()
+        await websocket.send_denial_response(error_response(refusal))
+        return
     try:
-        await _read(websocket, handler)
-    except asyncio.CancelledError:
-        if not life.stopping or endpoint.cancelling() > 1:
-            raise  # cancelled from outside (shutdown): not ours to swallow
-        endpoint.uncancel()
-    except Exception:
-        log.exception("connection reader failed")
+        await websocket.accept()
+        # The reader runs in this task and the writer in its own; when the writer ends (a
+        # close went out, the peer went away) or the close is abandoned, the reader is
+        # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
+        # bookkeeping: ~2 KiB per idle connection.
+        endpoint = asyncio.current_task()
+        assert endpoint is not None
+        life = _Lifecycle(endpoint, container)
+        conn = Connection(
+            conn_id=uuid.uuid4().hex,
+            user_id=str(principal.user_id),
+            name=principal.name,
+            role=principal.role,
+            expires_at=principal.expires_at,
+            max_outbox=container.settings.send_queue_frames,
+            max_outbox_bytes=container.settings.send_queue_bytes,
+            on_overflow=life.overflowed,
+            on_close=life.arm_abandon,
+            family=str(principal.family_id) if principal.family_id else None,
+        )
+        life.close_now = websocket.scope["extensions"].get(CLOSE_NOW_EXTENSION)
+        conn_id_var.set(conn.conn_id)
+        handler = ConnectionHandler(container, hub, conn)
+        conn.send(
+            encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
+        )
+        hub.register(conn)  # after the welcome: it may queue a notice (the bus is down)
+        writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
+        writer.add_done_callback(life.stop)
+        expiry = _expiry_timers().watch(conn)
+        try:
+            await _read(websocket, handler)
+        except asyncio.CancelledError:
+            if not life.stopping or endpoint.cancelling() > 1:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            endpoint.uncancel()
+        except Exception:
+            log.exception("connection reader failed")
+        finally:
+            life.stopping = True
+            if expiry is not None:
+                expiry[2] = None  # the timers drop the entry when it comes due
+            life.disarm_abandon()
+            try:
+                await handler.stop()  # frames sent before the end are still handled
+            finally:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+                if not writer.cancelled() and writer.exception() is not None:
+                    log.error("connection writer failed", exc_info=writer.exception())
+                await hub.unregister(conn)
     finally:
-        life.stopping = True
-        if expiry is not None:
-            expiry[2] = None  # the timers drop the entry when it comes due
-        life.disarm_abandon()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        if not writer.cancelled() and writer.exception() is not None:
-            log.error("connection writer failed", exc_info=writer.exception())
-        await hub.unregister(conn)
+        caps.release(str(principal.user_id), address)
 
 
 async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
@@ -133,7 +159,7 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
             return
         text = message.get("text")
         if text is not None:
-            await handler.handle_text(text)
+            await handler.receive_text(text)
         else:
             handler.handle_binary()
         if handler.conn.closing is not None:
@@ -143,10 +169,17 @@ async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
     # One socket write per queued batch where the server offers it (server/serving.py).
-    send_texts = websocket.scope.get("extensions", {}).get(SEND_TEXTS_EXTENSION)
+    extensions = websocket.scope.get("extensions", {})
+    send_texts = extensions.get(SEND_TEXTS_EXTENSION)
+    wait_writable = extensions.get(WAIT_WRITABLE_EXTENSION)
     try:
         while True:
-            batch, closing = await conn.next_batch()
+            await conn.wait_ready()
+            if wait_writable is not None and conn.closing is None:
+                # A peer that stops reading stops us here, with its backlog still in
+                # the outbox where its bound (in frames and bytes) applies.
+                await wait_writable()
+            batch, closing = conn.take(WRITE_CHUNK_BYTES if send_texts is not None else 0)
             if send_texts is not None and batch:
                 await send_texts(batch)
             else:
@@ -174,21 +207,28 @@ class _Lifecycle:
     future or closure is kept per connection either.
     """
 
-    __slots__ = ("_container", "_endpoint", "_handle", "stopping")
+    __slots__ = ("_container", "_endpoint", "_handle", "close_now", "stopping")
 
     def __init__(self, endpoint: asyncio.Task[Any], container: Container) -> None:
         self._endpoint = endpoint
         self._container = container
         self._handle: asyncio.TimerHandle | None = None
         self.stopping = False
+        # The server's way to send a close past a writer stuck on a peer that stopped
+        # reading (server/serving.py); None when the server offers none.
+        self.close_now: Callable[[int, str], None] | None = None
 
     def stop(self, _: object = None) -> None:
         if not self.stopping:
             self.stopping = True
             self._endpoint.cancel()
 
-    def overflowed(self, _: Connection) -> None:
+    def overflowed(self, conn: Connection) -> None:
         self._container.metrics.slow_clients_dropped.inc()
+        # The writer waits for the peer to read; the 1013 goes out now, behind what
+        # the transport holds (a bounded amount), not behind the dropped backlog.
+        if self.close_now is not None and conn.closing is not None:
+            self.close_now(*conn.closing)
 
     def arm_abandon(self) -> None:
         if self._handle is None and not self.stopping:
@@ -293,6 +333,52 @@ def _expiry_timers() -> _ExpiryTimers:
     if timers is None:
         timers = _timers_by_loop[loop] = _ExpiryTimers()
     return timers
+
+
+class _ConnectionCaps:
+    """WebSocket connections open on this node, per user and (behind a trusted proxy,
+    where sockets all come from the proxy) per forwarded client address. Without a
+    proxy, sockets per address are capped below the app (server/serving.py)."""
+
+    __slots__ = ("by_address", "by_user")
+
+    def __init__(self) -> None:
+        self.by_user: dict[str, int] = {}
+        self.by_address: dict[str, int] = {}
+
+    def admit(self, settings: Settings, user_id: str, address: str | None) -> RateLimited | None:
+        user_cap = settings.max_connections_per_user
+        if user_cap and self.by_user.get(user_id, 0) >= user_cap:
+            return RateLimited(
+                f"at most {user_cap} connections per user; close one first",
+                retry_after=CAP_RETRY_AFTER_S,
+            )
+        address_cap = settings.max_connections_per_ip
+        if address is not None and address_cap and self.by_address.get(address, 0) >= address_cap:
+            return RateLimited(
+                "too many connections from this address", retry_after=CAP_RETRY_AFTER_S
+            )
+        self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
+        if address is not None:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, user_id: str, address: str | None) -> None:
+        for counts, key in ((self.by_user, user_id), (self.by_address, address)):
+            if key is None:
+                continue
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+
+def _connection_caps(container: Container) -> _ConnectionCaps:
+    caps = container.extras.get("ws_connection_caps")
+    if caps is None:
+        caps = container.extras["ws_connection_caps"] = _ConnectionCaps()
+    return caps  # type: ignore[no-any-return]
 
 
 class _WebSocketApp:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.container import container_of
+from server.container import Container, container_of
 from server.errors import ParleyError, Unauthorized
 from server.http import JSONResponse, ok
+
+# container.extras key of the checks still running, by name (see ``_probe``).
+_IN_FLIGHT = "readiness_in_flight"
 
 
 async def healthz(request: Request) -> Response:
@@ -18,20 +24,30 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the database and Redis answer and no upstream's circuit is open."""
+    """Ready when the database and Redis answer and no upstream's circuit is open.
+
+    Answers within ``READINESS_TIMEOUT_S`` whatever the database or Redis do: a check
+    that has not answered by then reports so (a load balancer polling a partitioned
+    node must hear "not ready" in time, not time out itself). A check still running is
+    not started again by the next request, which waits on the same one: probes do not
+    pile up connections during an outage.
+    """
     container = container_of(request)
-    checks: dict[str, str] = {}
-    try:
-        await container.database.ping()
-        checks["database"] = "ok"
-    except ParleyError as exc:
-        checks["database"] = exc.message
+    probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": container.database.ping}
     if container.redis is not None:
-        try:
-            await container.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        probes["redis"] = container.redis.ping
+    running = {name: _probe(container, name, probe) for name, probe in probes.items()}
+    await asyncio.wait(running.values(), timeout=container.settings.readiness_timeout_s)
+    checks: dict[str, str] = {}
+    for name, task in running.items():
+        if not task.done():
+            checks[name] = "not answering"
+        elif (error := task.exception()) is None:
+            checks[name] = "ok"
+        elif isinstance(error, ParleyError):
+            checks[name] = error.message
+        else:
+            checks[name] = f"unreachable: {type(error).__name__}"
     for name, probe in container.extras.get("readiness", {}).items():
         checks[name] = probe()
     ready = all(value == "ok" for value in checks.values())
@@ -39,6 +55,30 @@ async def readyz(request: Request) -> Response:
     if not ready:
         body["error"] = {"code": "unavailable", "message": "not ready", "details": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _probe(
+    container: Container, name: str, probe: Callable[[], Awaitable[Any]]
+) -> asyncio.Task[Any]:
+    """The check ``name`` running now, or a new one. It runs to its own end (bounded by
+    the database's and Redis's timeouts), whoever stopped waiting for it."""
+    in_flight: dict[str, asyncio.Task[Any]] = container.extras.setdefault(_IN_FLIGHT, {})
+    task = in_flight.get(name)
+    if task is None:
+
+        async def run() -> Any:
+            return await probe()
+
+        task = in_flight[name] = asyncio.create_task(run(), name=f"readiness-{name}")
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if in_flight.get(name) is finished:
+                del in_flight[name]
+            if not finished.cancelled():
+                finished.exception()  # retrieved: read by whichever request waited
+
+        task.add_done_callback(done)
+    return task
 
 
 async def metrics(request: Request) -> Response:

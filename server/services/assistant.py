@@ -37,10 +37,11 @@ from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.config import Settings
-from server.errors import NotFound, ParleyError
+from server.errors import InternalError, NotFound, ParleyError, Unavailable
 from server.metrics import Metrics
 from server.services.accounts import Principal
 from server.services.context import ContextAssembler, TurnContext
+from server.services.late_answers import STORED_LATER, LateAnswer, LateAnswers
 from server.services.turn_cache import turn_of
 from server.services.wire import message_to_wire
 
@@ -118,6 +119,9 @@ class Assistant:
         self._extras = extras
         self.running: dict[str, Generation] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.late_answers = LateAnswers(
+            database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
+        )
         hub.control_handlers["cancel_stream"] = self._on_cancel_control
 
     # AssistantTrigger ------------------------------------------------------------------
@@ -157,14 +161,27 @@ class Assistant:
 
     async def cancel(self, session_id: str, stream_id: str, by_user: str) -> None:
         """Stop a generation wherever it runs; ``not_found`` if none is running."""
-        running = await self._hub.stream_log.running(session_id)
-        if stream_id not in {sid for sid, _ in running} and stream_id not in self.running:
-            raise NotFound("no such running stream in this session")
-        await self._hub.send_control({"op": "cancel_stream", "stream_id": stream_id, "by": by_user})
+        # The stream must belong to the session the caller is a member of: a stream id
+        # from another room is not found (one running here is checked by its session,
+        # since the stream log may not list it yet).
+        local = self.running.get(stream_id)
+        if local is None or local.session_id != session_id:
+            running = await self._hub.stream_log.running(session_id)
+            if stream_id not in {sid for sid, _ in running}:
+                raise NotFound("no such running stream in this session")
+        await self._hub.send_control(
+            {"op": "cancel_stream", "stream_id": stream_id, "session_id": session_id, "by": by_user}
+        )
 
     def _on_cancel_control(self, action: dict[str, Any]) -> None:
         generation = self.running.get(str(action.get("stream_id")))
-        if generation is not None and generation.task is not None:
+        # Checked again where the generation runs: a control from another node must
+        # name the session the stream belongs to.
+        if (
+            generation is not None
+            and generation.task is not None
+            and generation.session_id == str(action.get("session_id"))
+        ):
             generation.cancelled_by = str(action.get("by"))
             generation.task.cancel()
 
@@ -181,6 +198,7 @@ class Assistant:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.late_answers.close()
 
     # The generation --------------------------------------------------------------------
 
@@ -319,8 +337,15 @@ class Assistant:
             await generation.announcements.settled()
         if not publisher.started:
             await publisher.start(result.model_asked, generation.reply_to["id"])
-        # After the start: opening a stream's log starts it afresh.
-        if not await self._settle(generation.stream_id):
+        # Every delta goes to the log and the room before the stream is settled: the
+        # writer publishes nothing after its own settle, and the log holds the text
+        # that is stored (what a node taking the stream over would store).
+        await publisher.drain()
+        # After the start: opening a stream's log starts it afresh. Only losing the
+        # settle means another node ended the stream: then, and only then, this node
+        # sends no stream.end (it must not send two, and must never send none).
+        ended_elsewhere = not await self._settle(generation.stream_id)
+        if ended_elsewhere:
             # This node was taken for dead (a pause longer than the node TTL) and
             # another one ended the stream and stored its text: storing it again would
             # answer the question twice. What the upstream was paid for is recorded.
@@ -333,33 +358,63 @@ class Assistant:
         session_uuid = uuid.UUID(generation.session_id)
         duration = time.perf_counter() - result.started
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
-        async with self._db.transaction() as session:
-            if text:
-                status = {"stop": "complete", "length": "complete"}.get(
-                    result.outcome, result.outcome
-                )
-                message = await messages_repo.append_answer(
+        status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
+        event_id: uuid.UUID | None = None
+        try:
+            async with self._db.transaction() as session:
+                if text:
+                    message = await messages_repo.append_answer(
+                        session,
+                        session_id=session_uuid,
+                        content=text,
+                        status=status,
+                        model=answered_by,
+                        reply_to=uuid.UUID(generation.reply_to["id"]),
+                    )
+                    stored, seq = message_to_wire(message.message), message.message.seq
+                    revision = message.history_revision
+                event = await usage_repo.record_usage(
                     session,
+                    user_id=uuid.UUID(generation.user_id),
                     session_id=session_uuid,
-                    content=text,
+                    message_id=uuid.UUID(stored["id"]) if stored else None,
+                    model=answered_by,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                    duration_ms=round(duration * 1000),
+                    outcome=result.outcome,
+                )
+                event_id = event.id
+        except Unavailable as exc:
+            # The room must not wait on the database: the stream ends now, with the
+            # error, and the answer is stored (and sent as a message) once it is back.
+            stored, seq = None, None
+            self.late_answers.keep(
+                LateAnswer(
+                    session_id=session_uuid,
+                    user_id=uuid.UUID(generation.user_id),
+                    reply_to=uuid.UUID(generation.reply_to["id"]),
+                    text=text,
                     status=status,
                     model=answered_by,
-                    reply_to=uuid.UUID(generation.reply_to["id"]),
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                    duration_ms=round(duration * 1000),
+                    outcome=result.outcome,
                 )
-                stored, seq = message_to_wire(message.message), message.message.seq
-                revision = message.history_revision
-            event = await usage_repo.record_usage(
-                session,
-                user_id=uuid.UUID(generation.user_id),
-                session_id=session_uuid,
-                message_id=uuid.UUID(stored["id"]) if stored else None,
-                model=answered_by,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                ttft_ms=round(ttft * 1000) if ttft is not None else None,
-                duration_ms=round(duration * 1000),
-                outcome=result.outcome,
             )
+            if text:
+                result.error = Unavailable(STORED_LATER, retry_after=exc.retry_after)
+            elif result.error is None:
+                result.error = exc  # only the usage event waits: nothing will follow
+            result.outcome = "error"
+        except Exception:
+            # Not an outage: storing it again would fail again. The stream still ends.
+            log.exception("storing the answer of stream %s failed", generation.stream_id)
+            stored, seq = None, None
+            result.outcome, result.error = "error", InternalError("the answer could not be stored")
         if stored is not None:
             # Committed: only now may this node's copy of the history hold it.
             self._context.turns.appended(session_uuid, turn_of(stored), revision, None)
@@ -378,12 +433,12 @@ class Assistant:
         }
         if result.error is not None:
             end["error"] = {"code": result.error.code, "message": result.error.message}
-        if not generation.taken_over:
+        if not ended_elsewhere:
             await publisher.end(end, seq)
         self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
         reported = finish is not None and finish.usage is not None
-        if not reported and generation.trace.get("generation_id"):
-            self._recover_usage_later(event.id, str(generation.trace["generation_id"]))
+        if not reported and event_id is not None and generation.trace.get("generation_id"):
+            self._recover_usage_later(event_id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -58,9 +59,18 @@ class PostedMessage:
 
 
 class MessageService:
-    def __init__(self, database: Database, *, max_content_chars: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_content_chars: int,
+        quota: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
+        # The per-user message quota (raises RateLimited), charged here so that every
+        # way in (WebSocket, REST, REST with SSE) spends the one quota.
+        self._quota = quota
         self.fanout: MessageFanout | None = None
         self.assistant: AssistantTrigger | None = None
         # The assistant's copy of recent turns, told of every message stored here.
@@ -107,6 +117,8 @@ class MessageService:
         text, idempotency_key, reply_mode, force_search = self.validate(
             content, client_msg_id, reply, search
         )
+        if self._quota is not None:
+            await self._quota(str(principal.user_id))
         message_id = uuid.uuid4()
         answer = None
         if reply_mode == "auto" and self.assistant is not None:

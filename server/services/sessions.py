@@ -329,9 +329,17 @@ class SessionService:
         return message_to_wire(message)
 
     async def join_state(
-        self, session_id: uuid.UUID, since_seq: int | None, replay_limit: int
+        self,
+        session_id: uuid.UUID,
+        since_seq: int | None,
+        replay_limit: int,
+        replay_max_chars: int | None = None,
     ) -> tuple[int, list[dict[str, Any]] | None, bool]:
         """Where the room stands for a joiner: ``(last_seq, history, recovered)``.
+
+        ``history`` is at most ``replay_limit`` messages and, past the first, at most
+        ``replay_max_chars`` of content, oldest first; ``recovered`` is false when more
+        remain, which the client pages with ``after_seq`` = the last one's seq.
 
         Joining is activity: an expired session becomes active again.
         """
@@ -343,6 +351,8 @@ class SessionService:
             if since_seq is None:
                 return chat.last_seq, None, True
             page = await messages_repo.page_after(session, session_id, since_seq, replay_limit)
+        if replay_max_chars is not None:
+            page = _within_chars(page, replay_max_chars)
         recovered = not page or page[-1].seq >= chat.last_seq
         return chat.last_seq, [message_to_wire(m) for m in page], recovered
 
@@ -380,3 +390,14 @@ class SessionService:
         if chat.owner_id != principal.user_id and not principal.is_admin:
             raise Forbidden("only the session owner may do this")
         return chat
+
+
+def _within_chars(page: list[Any], max_chars: int) -> list[Any]:
+    """The head of ``page`` whose contents add up to at most ``max_chars`` (at least one
+    message, so that a replay always moves forward)."""
+    total = 0
+    for count, message in enumerate(page):
+        total += len(message.content or "")
+        if count and total > max_chars:
+            return page[:count]
+    return page

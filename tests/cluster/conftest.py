@@ -111,6 +111,8 @@ async def cluster(postgres_database: str, tmp_path: Path) -> AsyncIterator[Calla
             # Every test logs in from 127.0.0.1 and the limits live in the shared Redis.
             "LOGIN_ATTEMPTS_PER_WINDOW": "100000",
             "MESSAGES_PER_WINDOW": "100000",
+            "JOINS_PER_WINDOW": "100000",
+            "FRAMES_PER_WINDOW": "100000",
         }
         node_env.update({k.upper(): v for k, v in env.items()})
         node = Node(name, node_env, tmp_path, port)

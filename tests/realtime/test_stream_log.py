@@ -253,6 +253,23 @@ async def test_a_writer_taken_for_dead_learns_it_at_its_next_append(
             await log.close()
 
 
+async def test_a_writers_appends_sent_while_it_settles_its_own_stream_are_kept(
+    redis_url: str, prefix: str
+) -> None:
+    # The writer's last frame may still be on its way to Redis when it settles the
+    # stream to store its answer: that append is its own, not a sign of a takeover.
+    writer = RedisStreamLog(redis_url, 60, prefix=prefix, node_id="writer")
+    try:
+        await write(writer, ["x"], "st1")
+        settled, _ = await asyncio.gather(writer.settle("st1"), writer.append("st1", 1, "y"))
+        assert settled is True
+        await writer.append("st1", 2, "z")
+        snapshot = await writer.read("st1", 0)
+        assert snapshot is not None and snapshot.deltas == [(0, "x"), (1, "y"), (2, "z")]
+    finally:
+        await writer.close()
+
+
 async def test_a_taken_stream_whose_log_broke_comes_without_its_text(
     redis_url: str, prefix: str
 ) -> None:
