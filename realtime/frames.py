@@ -115,7 +115,8 @@ def welcome(conn_id: str, user_id: str, name: str, heartbeat_s: float) -> dict[s
         "protocol": PROTOCOL_VERSION,
         "conn_id": conn_id,
         "user": {"id": user_id, "name": name},
-        "heartbeat_s": heartbeat_s,
+        # 25, not 25.0: a whole number of seconds reads as one (the contract's example).
+        "heartbeat_s": int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s,
         "server_time": now_iso(),
     }
 

@@ -142,10 +142,13 @@ class ConnectionHandler:
         try:
             method: FrameMethod = getattr(self, self.FRAME_METHODS[frame.type])
             reply = await method(frame)
-            if reply is not None:
-                if frame_id is not None:
-                    reply["id"] = frame_id
-                self.conn.send(encode(reply))
+            if reply is None:
+                return
+            if frame_id is not None:
+                reply["id"] = frame_id
+            elif reply["type"] in ("ack", "pong"):
+                return  # a frame without an id asked for no acknowledgement
+            self.conn.send(encode(reply))
         except FrameError as exc:
             self._send_error(exc, exc.frame_id)
         except ParleyError as exc:
@@ -235,7 +238,9 @@ class ConnectionHandler:
         return {"type": "left", "session_id": str(session_id)}
 
     async def message(self, frame: ClientFrame) -> dict[str, Any]:
-        session_id = parse_id(frame["session_id"])
+        # Only into a room joined on this connection: the answer streams to the room,
+        # and a connection outside it would ask a question it never hears answered.
+        session_id = parse_id(self._joined(frame))
         # The message quota is charged by ``messages.post``, one for every way in.
         posted = await self.container.messages.post(
             self._principal(),

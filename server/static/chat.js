@@ -452,7 +452,7 @@ export class ChatView {
   async sendMessage() {
     const content = this.input.value.trim();
     if (!content) return;
-    if (!this.socket.isOpen) {
+    if (!this.socket.isOpen || !this.joined) {
       this.notify("Not connected yet — your message is still in the box.");
       return;
     }
