@@ -184,7 +184,13 @@ class Member:
     @classmethod
     async def join(cls, user: TestUser, node: Node, session_id: str) -> Member:
         ws, _ = await WSClient.connect(node.ws_url, user.access_token)
-        reply = await ws.request({"type": "join", "session_id": session_id}, timeout=15)
+        # ``unavailable`` asks the client to try again (Redis coming back, say): a client
+        # does, for a bounded while.
+        for _ in range(40):
+            reply = await ws.request({"type": "join", "session_id": session_id}, timeout=15)
+            if reply.get("code") != "unavailable":
+                break
+            await asyncio.sleep(0.25)
         assert reply["type"] == "joined", reply
         return cls(user, node, session_id, ws)
 
@@ -202,13 +208,24 @@ class Member:
         for frame in self.ws.seen:
             if frame.get("type") == "stream.end" and frame.get("stream_id") == stream_id:
                 return frame
-        return await self.ws.next("stream.end", lambda f: f["stream_id"] == stream_id, timeout)
+        try:
+            return await self.ws.next("stream.end", lambda f: f["stream_id"] == stream_id, timeout)
+        except (TimeoutError, ConnectionError) as exc:
+            raise AssertionError(f"{self}: no stream.end of {stream_id}: {exc!r}") from None
 
     async def message(self, message_id: str, timeout: float = 20) -> Frame:
         for frame in self.ws.seen:
             if frame.get("type") == "message" and frame["message"]["id"] == message_id:
                 return frame
-        return await self.ws.next("message", lambda f: f["message"]["id"] == message_id, timeout)
+        try:
+            return await self.ws.next(
+                "message", lambda f: f["message"]["id"] == message_id, timeout
+            )
+        except (TimeoutError, ConnectionError) as exc:
+            raise AssertionError(f"{self}: no message {message_id}: {exc!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.user.name} on node {self.node.name}"
 
     async def close(self) -> None:
         await self.ws.close()
