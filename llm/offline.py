@@ -50,6 +50,7 @@ _KINDS = (
     ("search", re.compile(r"search|web", re.I)),
     ("documents", re.compile(r"document|passage|retriev|excerpt|knowledge", re.I)),
 )
+END_OF_MESSAGE = "# end"  # closes the last section
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
@@ -143,16 +144,22 @@ def find_sections(messages: list[dict[str, Any]]) -> list[tuple[str, str, str | 
             continue
         kind: str | None = None
         body: list[str] = []
-        for line in [*str(message.get("content") or "").splitlines(), "# end"]:
+        lines = str(message.get("content") or "").splitlines()
+        for number, line in enumerate([*lines, END_OF_MESSAGE]):
             match = _HEADING.match(line)
             title = match and (match.group("md") or match.group("tag") or match.group("colon"))
             new_kind = next((name for name, rule in _KINDS if rule.search(title or "")), None)
             # A bare "[label]" line inside a section labels a passage or a result; it
-            # starts a section only when it names one.
-            if match and (new_kind or not match.group("tag")):
+            # starts a section only when it names one. Passages carry their document's
+            # own Markdown headings ("# Handbook" opens most .md files): inside the
+            # documents section those are text, not the start of another section.
+            starts = match is not None and (new_kind is not None or not match.group("tag"))
+            if match is not None and starts and kind == "documents" and match.group("md"):
+                starts = number == len(lines)
+            if starts:
                 if kind and kind not in seen and any(_is_text(t) for t in body):
                     seen.add(kind)
-                    first = next(_BULLET.sub("", t).strip() for t in body if _is_text(t))
+                    first = _first_line(body)
                     urls = _URL.findall("\n".join(body))
                     found.append((kind, first, urls[0] if urls else None))
                 kind, body = new_kind, []
@@ -189,6 +196,13 @@ def extract_memory(messages: list[dict[str, Any]]) -> str:
                 if all(item["content"] != content for item in items):
                     items.append({"kind": kind, "content": content})
     return orjson.dumps({"items": items}).decode()
+
+
+def _first_line(body: list[str]) -> str:
+    """The first line of prose: a document's heading says less than what follows it."""
+    lines = [_BULLET.sub("", t).strip() for t in body if _is_text(t)]
+    prose = [line for line in lines if not line.startswith("#")]
+    return (prose or lines)[0]
 
 
 def _is_text(line: str) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import random
 import signal
@@ -54,6 +55,7 @@ EOF_DRAIN_TIMEOUT_S = 300.0
 class Stream:
     next_index: int = 0
     started: bool = False
+    text: str = ""  # what is on screen of it
 
 
 @dataclass
@@ -173,7 +175,19 @@ class ChatClient:
             }
         )
         async for raw in ws:
-            self.handle(orjson.loads(raw))
+            frame = orjson.loads(raw)
+            if self._names_unknown(frame):
+                # Someone added since we looked (or posting over REST, with no presence).
+                await self._load_names()
+            self.handle(frame)
+
+    def _names_unknown(self, frame: dict[str, Any]) -> bool:
+        messages = [frame["message"]] if frame.get("type") == "message" else []
+        if frame.get("type") == "joined":
+            messages = frame.get("history", [])
+        return any(
+            m.get("role") == "user" and m.get("user_id") not in self.conv.names for m in messages
+        )
 
     async def _load_names(self) -> None:
         """Members' names, so that history and messages name their authors."""
@@ -260,7 +274,7 @@ class ChatClient:
         for member in frame.get("members", []):
             self.conv.names[member["user_id"]] = member["name"]
         for message in frame.get("history", []):
-            self._message(message)
+            self._message(message, earlier=True)
         if frame.get("recovered") is False:
             self.term.notice("some older messages were missed; see the web page for them")
         running = [s["stream_id"] for s in frame.get("streams", [])]
@@ -281,14 +295,34 @@ class ChatClient:
         for client_msg_id, content in list(self.conv.unacked.items()):
             self.spawn(self._send_message(client_msg_id, content))
 
-    def _message(self, message: dict[str, Any]) -> None:
+    def _message(self, message: dict[str, Any], *, earlier: bool = False) -> None:
+        """Prints a message not yet on screen.
+
+        Live, only other people's messages: ours were typed here and answers stream.
+        ``earlier`` ones (the history on opening a session, or what came while the
+        socket was down) are printed whoever wrote them.
+        """
         if message["id"] in self.conv.shown:
             return
         self.conv.shown.add(message["id"])
         self.conv.last_seq = max(self.conv.last_seq, message["seq"])
-        if message["role"] == "user" and message.get("user_id") != self.conv.me:
-            name = self.conv.names.get(message.get("user_id") or "", "someone")
+        mine = message.get("user_id") == self.conv.me
+        if message["role"] == "user" and (earlier or not mine):
+            name = "you" if mine else self.conv.names.get(message.get("user_id") or "", "someone")
             self.term.line(f"[{name}] {message['content']}")
+        elif message["role"] == "assistant" and earlier:
+            self._earlier_answer(message["content"])
+
+    def _earlier_answer(self, content: str) -> None:
+        # An answer we were showing when the socket went, finished while we were away:
+        # print the rest of it, not all of it again.
+        for stream_id, stream in self.conv.streams.items():
+            if stream_id not in self.conv.ended and stream.text and content.startswith(stream.text):
+                self.term.write(content[len(stream.text) :] + "\n")
+                self.conv.ended.add(stream_id)
+                self.conv.owed.discard(stream_id)
+                return
+        self.term.line(f"assistant> {content}")
 
     def _stream(self, stream_id: str) -> Stream | None:
         if stream_id in self.conv.ended:
@@ -304,6 +338,7 @@ class ChatClient:
             stream.started = True
             self.term.write(("\n" if self.term.mid_line else "") + "assistant> ")
         self.term.write(frame["text"])
+        stream.text += frame["text"]
         stream.next_index += 1
 
     def _end(self, frame: dict[str, Any]) -> None:
@@ -416,8 +451,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="send messages without asking the assistant to answer",
     )
     args = parser.parse_args(argv)
-    if not args.token and not (args.email and args.password):
-        parser.error("give --token (or PARLEY_TOKEN), or --email and --password")
+    if not args.token and not args.email:
+        parser.error("give --email (or PARLEY_EMAIL), or --token (or PARLEY_TOKEN)")
+    if not args.token and not args.password:
+        if not sys.stdin.isatty():
+            # stdin carries the messages; the password would be read from it.
+            parser.error("no terminal to ask the password on: give --password or PARLEY_PASSWORD")
+        args.password = getpass.getpass(f"Password for {args.email}: ")
     return args
 
 

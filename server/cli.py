@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from db import migrate
@@ -110,6 +111,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.reload:
         raise UsageError("--reload runs one worker; drop --workers")
     configure_logging(settings.log_level, settings.log_json)
+    # Before anything touches the database: a missing secret on PostgreSQL is one line,
+    # not a traceback after the migrations ran.
+    from server.bootstrap import resolve_jwt_secret
+
+    resolve_jwt_secret(settings)
     config = uvicorn_config(
         APP_FACTORY,
         settings,
@@ -143,7 +149,7 @@ def migrate_command(args: argparse.Namespace) -> int:
             await migrate.upgrade(database, args.revision)
         return await migrate.current_revision(database)
 
-    revision = _run_with_database(settings, run, migrate_first=False)
+    revision = _run_with_database(settings, run, migrate_first=False, create=True)
     print(f"database at revision {revision or 'base'}")
     return 0
 
@@ -220,7 +226,23 @@ def _run_with_database(
     work: Callable[[Database], Coroutine[Any, Any, T]],
     *,
     migrate_first: bool = True,
+    create: bool = False,
 ) -> T:
+    """Runs ``work`` against the configured database.
+
+    Only ``migrate`` (``create``) may bring a new SQLite file into being: a user command
+    run from the wrong folder used to create an empty database there and put the
+    account in it, where no server would ever find it.
+    """
+    if sys.stderr.isatty():
+        print(f"parley: database {describe_database(settings)}", file=sys.stderr)
+    sqlite_file = sqlite_path(settings)
+    if not create and sqlite_file is not None and not sqlite_file.exists():
+        raise UsageError(
+            f"no database at {sqlite_file}: run this where the server runs, set "
+            "DATABASE_URL, or create it with `parley migrate`"
+        )
+
     async def run() -> T:
         database = Database(settings.database_url, pool_size=2)
         try:
@@ -231,6 +253,28 @@ def _run_with_database(
             await database.dispose()
 
     return asyncio.run(run())
+
+
+def describe_database(settings: Settings) -> str:
+    """The database URL as an operator may see it: no password."""
+    from sqlalchemy.engine import make_url
+
+    path = sqlite_path(settings)
+    if path is not None:
+        return f"SQLite file {path}"
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The absolute path of the SQLite file, or None for PostgreSQL and in-memory SQLite."""
+    from sqlalchemy.engine import make_url
+
+    if not settings.is_sqlite:
+        return None
+    database = make_url(settings.database_url).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).resolve()
 
 
 def _prompt_password() -> str:

@@ -22,8 +22,14 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
+    # An empty variable means unset: compose files and shells pass `KEY=` for a value
+    # nobody gave, and an empty OPENROUTER_API_KEY must choose the offline model.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     # Network
@@ -115,7 +121,8 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    # Unset: JSON lines when stderr is not a terminal, human lines when it is.
+    log_json: bool | None = None
 
     # Process
     # Once started, move everything allocated so far (modules, the ORM's mappers, the
@@ -162,6 +169,18 @@ class Settings(BaseSettings):
     @cached_property
     def offline_model(self) -> bool:
         return self.openrouter_api_key is None
+
+    def model_for(self, asked: str | None) -> str:
+        """The model that answers when ``asked`` (a session's choice, or None) is asked.
+
+        Without a key it is the offline model whatever was asked, and answers, labels
+        and stored messages say so rather than name a model that never ran.
+        """
+        if self.offline_model:
+            from llm.offline import OFFLINE_MODEL
+
+            return OFFLINE_MODEL
+        return asked or self.llm_model
 
 
 class ConfigError(Exception):

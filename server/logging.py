@@ -19,7 +19,10 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", json: bool = True) -> None:
+def configure_logging(level: str = "INFO", json: bool | None = True) -> None:
+    """Logs on stderr; ``json=None`` picks JSON unless stderr is a terminal."""
+    if json is None:
+        json = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     if json:
         handler.setFormatter(

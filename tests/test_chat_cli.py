@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pty
 import signal
+import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -186,3 +191,86 @@ async def test_after_a_server_restart_it_reconnects_and_nothing_is_printed_twice
         assert roles == ["user", "assistant", "user", "assistant"]
     finally:
         await server.stop()
+
+
+def _spawn_on_a_terminal(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``parley chat`` with a pseudo-terminal as its stdin, stdout and controlling tty."""
+    leader, follower = pty.openpty()
+
+    def take_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [*COMMAND, *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        preexec_fn=take_terminal,
+    )
+    os.close(follower)
+    return process, leader
+
+
+async def read_terminal(leader: int, needle: str, seen: list[str]) -> str:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        while needle not in "".join(seen):
+            seen.append((await loop.run_in_executor(None, os.read, leader, 1024)).decode())
+    return "".join(seen)
+
+
+async def test_email_without_password_asks_for_it_and_reopening_shows_the_history(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    session_id = await create_session(http, ada, title="earlier")
+    posted = await http.post(
+        f"/v1/sessions/{session_id}/messages",
+        json={"content": "what we said before"},
+        headers={**ada.headers, "Accept": "text/event-stream"},
+    )
+    assert posted.is_success
+    answer = await stored_answer(http, ada, session_id)
+
+    process, leader = _spawn_on_a_terminal(
+        "--url", server.http_url, "--email", ada.email, "--session", session_id
+    )
+    seen: list[str] = []
+    try:
+        await read_terminal(leader, "Password for", seen)
+        os.write(leader, f"{ada.password}\n".encode())
+        screen = await read_terminal(leader, answer["content"][-20:], seen)
+        assert ada.password not in screen  # not echoed
+        assert "[you] what we said before" in screen
+        assert f"assistant> {answer['content']}" in screen.replace("\r\n", "\n")
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.get_running_loop().run_in_executor(None, process.wait, READ_TIMEOUT_S)
+        os.close(leader)
+
+
+async def test_a_member_added_while_chatting_is_printed_with_their_name(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    cyd = await register_user(http, "Cyd")
+    session_id = await create_session(http, ada, title="growing")
+    chat = await start_chat(server, ada, "--session", session_id)
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write(b"ready\n")
+    await read_until(chat.stdout, "real model.\n")
+
+    added = await http.post(
+        f"/v1/sessions/{session_id}/members", json={"user_id": cyd.id}, headers=ada.headers
+    )
+    assert added.status_code == 201, added.text
+    await http.post(
+        f"/v1/sessions/{session_id}/messages",
+        json={"content": "hello, new here", "reply": "none"},
+        headers=cyd.headers,
+    )
+
+    assert "[Cyd] hello, new here\n" in await read_until(chat.stdout, "new here\n")
+    chat.stdin.close()
+    await asyncio.wait_for(chat.wait(), READ_TIMEOUT_S)

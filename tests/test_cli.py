@@ -64,6 +64,13 @@ def test_migrate_can_downgrade_to_base(tmp_path: Path, env: dict[str, str]) -> N
     assert result.stdout.strip() == "database at revision base"
 
 
+@pytest.fixture
+def migrated(tmp_path: Path, env: dict[str, str]) -> None:
+    """The database exists: user commands refuse to create one."""
+    assert parley(tmp_path, env, "migrate").returncode == 0
+
+
+@pytest.mark.usefixtures("migrated")
 async def test_a_token_minted_for_a_created_user_is_accepted_by_the_server(
     tmp_path: Path, env: dict[str, str], database_url: str
 ) -> None:
@@ -89,6 +96,7 @@ async def test_a_token_minted_for_a_created_user_is_accepted_by_the_server(
     assert login.status_code == 200
 
 
+@pytest.mark.usefixtures("migrated")
 def test_user_create_makes_an_admin_and_refuses_a_taken_email(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -112,6 +120,7 @@ def test_user_create_without_a_password_and_no_terminal_says_how_to_give_one(
     assert "PARLEY_PASSWORD" in result.stderr
 
 
+@pytest.mark.usefixtures("migrated")
 def test_a_token_for_an_unknown_email_is_refused_in_one_line(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -120,6 +129,40 @@ def test_a_token_for_an_unknown_email_is_refused_in_one_line(
     assert result.returncode == 1
     assert result.stderr.strip() == "parley: no user with email ghost@example.com"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [("token", "--email", "ops@example.com"), ("user", "create")])
+def test_user_commands_run_from_another_folder_create_no_database(
+    tmp_path: Path, env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = env | {"DATABASE_URL": "sqlite:///./parley.db", "PARLEY_PASSWORD": "long enough 1"}
+    args = command if command[0] == "token" else (*command, "--email", "x@e.com", "--name", "X")
+
+    result = parley(elsewhere, env, *args)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(elsewhere / "parley.db") in lines[0]
+    assert "parley migrate" in lines[0]
+    assert not (elsewhere / "parley.db").exists()
+
+
+def test_serve_on_postgresql_without_a_secret_is_one_line_before_touching_the_database(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # Nothing listens on port 9: a server that tried to migrate first would fail there.
+    env = {k: v for k, v in env.items() if k != "JWT_SECRET"}
+    env |= {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/parley"}
+
+    result = parley(tmp_path, env, "serve", "--port", "0")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "parley: invalid setting JWT_SECRET: required when DATABASE_URL is PostgreSQL"
+    ]
 
 
 def test_a_bad_port_setting_is_one_line_naming_it(tmp_path: Path, env: dict[str, str]) -> None:

@@ -192,7 +192,7 @@ class Assistant:
             generation.stream_id,
             on_taken_over=partial(self._taken_over, generation),
         )
-        result = _Result(model_asked=self._settings.llm_model, started=time.perf_counter())
+        result = _Result(model_asked=self._settings.model_for(None), started=time.perf_counter())
         try:
             try:
                 await self._generate(generation, publisher, result)
@@ -226,7 +226,7 @@ class Assistant:
     ) -> None:
         """``stream.start``, once the question is stored and its frame is out."""
         await asyncio.shield(generation.confirmed)
-        result.model_asked = generation.model or self._settings.llm_model
+        result.model_asked = generation.model or self._settings.model_for(None)
         await publisher.start(result.model_asked, generation.reply_to["id"])
 
     async def _generate(
@@ -446,16 +446,20 @@ class Assistant:
             self._metrics.breaker_state.labels(name).set(1 if state == "open" else 0)
 
     def _learn_later(self, generation: Generation, stored: dict[str, Any]) -> None:
-        """Memory extraction runs off the hot path, after the answer is out."""
+        """Memory extraction runs off the hot path, after the answer is out.
+
+        Not with the offline model: its rule-based "extraction" would be stored as if a
+        model had learned it ("Name: Ada and I prefer short answers" as one fact).
+        """
         memory = self._extras.get("memory")
-        if memory is None:
+        if memory is None or self._settings.offline_model:
             return
         task = asyncio.create_task(
             memory.learn_from_turn(
                 uuid.UUID(generation.user_id),
                 generation.reply_to["content"],
                 stored["content"],
-                model=stored.get("model") or self._settings.llm_model,
+                model=stored.get("model") or self._settings.model_for(None),
                 complete=self._provider.complete,
             )
         )

@@ -130,7 +130,7 @@ class ContextAssembler:
         memory = None if copy is not None else asyncio.ensure_future(self._memory(user_id))
         try:
             header, recent = await self._history(session_id, user_id, current, copy)
-            model = header.model or self._settings.llm_model
+            model = self._settings.model_for(header.model)
             fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
             window = await self.window_for(model)
             budget = window - self._settings.llm_reply_reserve_tokens

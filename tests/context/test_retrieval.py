@@ -188,3 +188,28 @@ async def test_the_postgres_full_text_condition_matches_the_gin_expression_index
         plan = (await session.execute(text(f"EXPLAIN {compiled}"))).scalars().all()
 
     assert any("ix_chunks_fts" in line for line in plan), "\n".join(plan)
+
+
+async def test_the_offline_model_quotes_an_uploaded_markdown_file_that_opens_with_a_heading(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await register_user(client)
+    session_id = await create_session(client, user)
+    uploaded = await client.post(
+        f"/v1/sessions/{session_id}/documents",
+        files={"file": ("handbook.md", HANDBOOK.encode(), "text/markdown")},
+        headers=user.headers,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+
+    asked = await client.post(
+        f"/v1/sessions/{session_id}/messages",
+        json={"content": "How many holiday days do employees get?"},
+        headers={**user.headers, "Accept": "text/event-stream"},
+    )
+    assert asked.is_success, asked.text
+    page = await client.get(f"/v1/sessions/{session_id}/messages", headers=user.headers)
+    answer = next(m for m in page.json()["data"]["messages"] if m["role"] == "assistant")
+
+    assert "Your documents say:" in answer["content"]
+    assert "twenty-seven days" in answer["content"]

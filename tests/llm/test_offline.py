@@ -148,3 +148,20 @@ async def test_the_offline_reply_reads_the_context_builders_section_headings() -
     assert "They chose Rust for the backend." in text
     assert '"Refunds take 14 days."' in text
     assert '"[1] Oslo weather" (https://met.example/oslo)' in text
+
+
+async def test_a_passage_from_a_markdown_file_that_opens_with_a_heading_is_quoted() -> None:
+    # rag.ranking's layout for a chunk of an uploaded .md file: its heading comes first.
+    system = "\n\n".join(
+        [
+            "You are Parley's assistant.",
+            "Relevant excerpts (from this session's documents and earlier messages):"
+            "\n\n[document “guide.md” > Backups]\n# Operations guide\n\n## Backups\n\n"
+            "The nightly backup runs at 02:30 UTC.",
+        ]
+    )
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Backups?"}]
+
+    text, _ = await reply_of(OfflineProvider(0), ChatRequest("m", messages))
+
+    assert 'Your documents say: "The nightly backup runs at 02:30 UTC."' in text
