@@ -26,9 +26,12 @@ async def test_every_answer_ends_once_at_every_member_on_both_nodes(world: MakeW
     # nodes at once, make the race likely.
     w = await world(nodes=2, members=4)
     w.fake.default = Stream([f"t{i} " for i in range(15)], delay_s=0.0, comments=False)
-    acks = []
+    acks, said = [], []
     for _ in range(3):
         acks += await asyncio.gather(*(m.ask(f"q from {m.user.name}") for m in w.members))
+        # Plain messages racing the answers' ends (which take their seq when stored).
+        for _ in range(3):
+            said += await asyncio.gather(*(m.say(f"hi from {m.user.name}") for m in w.members))
     stream_ids = [a["stream_id"] for a in acks]
     for member in w.members:
         for stream_id in stream_ids:
@@ -36,7 +39,7 @@ async def test_every_answer_ends_once_at_every_member_on_both_nodes(world: MakeW
 
     ends = assert_streams_whole(w.members, stream_ids)
     assert all(e["finish_reason"] == "stop" for e in ends.values()), ends
-    assert_acked_once_in_order(w.members, acks)
+    assert_acked_once_in_order(w.members, acks + said)
     await assert_answers_stored(w.nodes[1], w.owner, w.session_id, ends)
     assert_no_tracebacks(*w.nodes)
 
