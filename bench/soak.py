@@ -481,13 +481,14 @@ def tally(
         if missing and DEBUG:
             print(f"member {m.n}: missing seqs {missing[:20]} of {len(missing)}")
         for stream_id, question in t.asked.items():
-            view = m.streams.get(stream_id)
+            seen = m.streams.get(stream_id)
             answer = t.answers.get(question)
-            ended = (view is not None and view.ends >= 1) or (
+            ended = (seen is not None and seen.ends >= 1) or (
                 answer is not None and answer in m.messages
             )
             unended += not ended
-            if view is not None and view.ends:
+            if seen is not None and seen.ends:
+                view = seen
                 n = t.deltas.get(stream_id, 0)
                 lost_deltas += sum(1 for i in range(n) if i not in view.indexes)
                 dup_deltas += sum(c - 1 for c in view.indexes.values() if c > 1)

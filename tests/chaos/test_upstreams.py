@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 import httpx
 import pytest
@@ -70,7 +71,7 @@ async def test_a_dead_upstream_is_known_in_seconds_and_one_probe_brings_everyone
     ends = assert_streams_whole(w.members, ids)
     await assert_answers_stored(w.nodes[0], w.owner, w.session_id, ends)
     for member in w.members[:2]:
-        await eventually(lambda m=member: llm_ready(m), 10, f"{member.node.name} ready")
+        await eventually(partial(llm_ready, member), 10, f"{member.node.name} ready")
     assert_no_tracebacks(*w.nodes)
 
 
