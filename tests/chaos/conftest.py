@@ -8,19 +8,49 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.chaos.harness import ChaosRedis, Member, PgProxy
-from tests.cluster.conftest import Node, cluster, upstream_of
-from tests.conftest import TestUser, create_session, register_user
+from tests.cluster.conftest import Node, upstream_of
+from tests.conftest import TEST_JWT_SECRET, TestUser, create_session, register_user
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.fakes.tavily import fake_tavily
 from tests.services import services_required
 
-__all__ = ["cluster", "fake_openrouter", "fake_tavily"]
+__all__ = ["fake_openrouter", "fake_tavily"]
+
+# A node's start-up (imports, migrations checked, Redis and PostgreSQL reached) takes
+# a few seconds, and much longer on a CI machine busy with other suites.
+START_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    """``parley serve`` processes, killed at the end; settings as keyword arguments."""
+    started: list[Node] = []
+
+    async def start(name: str, **env: str) -> Node:
+        node_env = {
+            "JWT_SECRET": TEST_JWT_SECRET,
+            "PRESENCE_TTL_S": "3",
+            "LOG_JSON": "false",
+            "LOG_LEVEL": "WARNING",
+            "DRAIN_TIMEOUT_S": "5",
+            # Every member logs in from 127.0.0.1.
+            "LOGIN_ATTEMPTS_PER_WINDOW": "100000",
+            "MESSAGES_PER_WINDOW": "100000",
+            **{k.upper(): v for k, v in env.items()},
+        }
+        node = Node(name, node_env, tmp_path)
+        started.append(node)
+        await node.start(timeout_s=START_TIMEOUT_S)
+        return node
+
+    yield start
+    for node in started:
+        node.kill()
 
 
 @pytest.fixture
@@ -65,7 +95,7 @@ MakeWorld = Callable[..., Awaitable[World]]
 
 @pytest.fixture
 async def world(
-    cluster: Callable[..., Any],
+    nodes: Callable[..., Awaitable[Node]],
     chaos_redis: ChaosRedis,
     pg_proxy: PgProxy,
     postgres_database: str,
@@ -75,14 +105,14 @@ async def world(
     # Short answers by default; each test programs its own when it needs a long one.
     fake_openrouter.default = Stream([f"w{i} " for i in range(20)], delay_s=0.01)
 
-    async def make(nodes: int = 2, members: int = 4, **env: str) -> World:
+    async def make(n_nodes: int = 2, members: int = 4, **env: str) -> World:
         settings = {
             "redis_url": chaos_redis.url,
             "database_url": pg_proxy.url_for(postgres_database),
             **upstream_of(fake_openrouter),
             **env,
         }
-        started = [await cluster(chr(ord("a") + i), **settings) for i in range(nodes)]
+        started = [await nodes(chr(ord("a") + i), **settings) for i in range(n_nodes)]
         async with httpx.AsyncClient(base_url=started[0].http_url, timeout=15) as http:
             users = [await register_user(http, f"U{i}") for i in range(members)]
             session_id = await create_session(http, users[0], title="chaos")
@@ -94,7 +124,8 @@ async def world(
                 )
                 assert response.status_code == 201, response.text
         joined = [
-            await Member.join(user, started[i % nodes], session_id) for i, user in enumerate(users)
+            await Member.join(user, started[i % n_nodes], session_id)
+            for i, user in enumerate(users)
         ]
         world = World(chaos_redis, pg_proxy, fake_openrouter, started, users, session_id, joined)
         made.append(world)

@@ -18,7 +18,7 @@ from tests.chaos.harness import (
 from tests.fakes.openrouter import Stream
 from tests.wsclient import WSClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
 # Longer than redis-py's default 5 s socket timeout, the fault's threshold.
 PAUSE_S = 7.0
@@ -41,7 +41,7 @@ async def subscriber_ages(url: str) -> list[int]:
 async def test_idle_nodes_keep_their_subscriptions(world: MakeWorld) -> None:
     # Fault 2: with redis-py's default 5 s socket timeout an idle node's subscriber read
     # timed out, and the node resubscribed every 5 s.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     assert len(await subscriber_ages(w.redis.url)) >= 2
     await asyncio.sleep(PAUSE_S + 1)  # nothing happens: that is the test
     ages = await subscriber_ages(w.redis.url)
@@ -55,7 +55,7 @@ async def test_a_redis_pause_longer_than_the_socket_timeout_loses_nothing(
     world: MakeWorld,
 ) -> None:
     # Fault 2: a Redis pause over 5 s threw away what was sent meanwhile.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     sender = w.members[0]
     acks = [await sender.say("before")]
     w.redis.pause()
@@ -79,7 +79,7 @@ async def test_a_join_while_redis_is_down_is_refused_or_whole_never_half(
 ) -> None:
     # Fault 3: a join that failed half way (Redis down) left the connection in the room
     # locally but not on the bus: it heard its own node and nothing else, for good.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     user, node_b = w.users[1], w.nodes[1]
     w.redis.stop()
     ws, _ = await WSClient.connect(node_b.ws_url, user.access_token)
@@ -116,7 +116,7 @@ async def test_the_first_message_after_a_redis_restart_reaches_every_node(
     # Fault 4: after a Redis restart the nodes reconnect unevenly; a message sent through
     # a node still in its reconnect backoff reached only its own members until the next
     # message came along. Here nothing comes along: each message must arrive by itself.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     acks = [await w.members[0].say("before")]
     w.redis.stop()
     acks.append(await w.members[1].say("while down", timeout=20))
@@ -138,7 +138,7 @@ async def test_an_answer_across_a_redis_restart_ends_once_everywhere_and_is_stor
     # Faults 4 and 10: the answer's node keeps generating while the bus is gone; every
     # member on the other node still gets every delta once and the one end (repaired
     # from the stream log or replayed), and the answer is stored.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     w.fake.default = Stream([f"x{i} " for i in range(200)], delay_s=0.02)
     ack = await w.members[0].ask("talk through the outage")
     stream_id = ack["stream_id"]
@@ -162,7 +162,7 @@ async def test_a_member_on_a_fresh_connection_after_the_outage_hears_everyone(
     world: MakeWorld,
 ) -> None:
     # After a Redis kill and restart, a new joiner on either node hears both nodes.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     w.redis.stop()
     await w.redis.start()
     fresh = [await Member.join(w.users[i], w.nodes[1 - i], w.session_id) for i in range(2)]

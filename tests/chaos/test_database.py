@@ -23,7 +23,7 @@ from tests.chaos.harness import (
 from tests.fakes.openrouter import Stream
 from tests.wsclient import WSClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
 # What "bounded" means here, with room for a loaded CI machine: the issue asks for a
 # readiness answer within about 1 s and a database wait of a few seconds at most.
@@ -63,7 +63,7 @@ async def test_an_answer_ending_while_the_database_is_down_ends_with_an_error_an
     # Fault 5: the database is gone when an answer ends. Every member must still get
     # the end (an error: nothing could be stored), and the answer is stored when the
     # database is back.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     w.fake.default = Stream([f"d{i} " for i in range(80)], delay_s=0.03)
     ack = await w.members[0].ask("answer into the outage")
     stream_id = ack["stream_id"]
@@ -96,7 +96,7 @@ async def test_a_database_that_refuses_connections_is_unavailable_never_internal
     world: MakeWorld,
 ) -> None:
     # Fault 6: an outage is `unavailable` (503, or close 1013/1011), never 500/internal.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     w.proxy.down()
     try:
         for what, status, code in await rest_outage_answers(w):
@@ -150,7 +150,7 @@ async def test_a_database_that_stops_answering_costs_bounded_waits(world: MakeWo
     # Fault 7: a database that hangs (packets go nowhere) must not hang the server:
     # readiness answers in about a second, REST and frames answer `unavailable` within a
     # few seconds, and a ping is never stuck behind a frame waiting for the database.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     w.proxy.blackhole()
     try:
         status, took = await readyz(w)
@@ -160,7 +160,7 @@ async def test_a_database_that_stops_answering_costs_bounded_waits(world: MakeWo
         await asyncio.sleep(0.2)  # the message frame is in the server first
         started = time.monotonic()
         pong = await member.ws.request({"type": "ping"}, timeout=DB_WAIT_S)
-        assert pong["type"] == "pong" and time.monotonic() - started < 2.0
+        assert pong["type"] == "pong" and time.monotonic() - started < 3.0
         reply, took = await timed(message)
         assert reply["type"] == "error" and reply["code"] == "unavailable", reply
         assert took < DB_WAIT_S + 1, took
@@ -179,7 +179,7 @@ async def test_a_database_that_stops_answering_costs_bounded_waits(world: MakeWo
 async def test_a_slow_database_still_delivers_everything_in_order(world: MakeWorld) -> None:
     # Not a fault of the issue's list but its invariant: a database that answers slowly
     # (50 ms a reply) delays messages and never reorders or drops them.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     w.proxy.slow_s = 0.05
     acks = await asyncio.gather(*(m.say(f"slow {m.user.name}", timeout=30) for m in w.members))
     w.proxy.heal()

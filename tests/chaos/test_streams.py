@@ -17,14 +17,14 @@ from tests.chaos.harness import (
 from tests.fakes.openrouter import Stream
 from tests.wsclient import WSClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
 
 async def test_every_answer_ends_once_at_every_member_on_both_nodes(world: MakeWorld) -> None:
     # Fault 1: with REDIS_URL set, some members missed stream.end with no fault at all
     # (the end raced the last deltas over the bus). Many short answers, asked from both
     # nodes at once, make the race likely.
-    w = await world(nodes=2, members=4)
+    w = await world(n_nodes=2, members=4)
     w.fake.default = Stream([f"t{i} " for i in range(15)], delay_s=0.0, comments=False)
     acks, said = [], []
     for _ in range(3):
@@ -50,7 +50,7 @@ async def test_a_member_who_reconnects_mid_answer_and_resumes_sees_each_index_on
 ) -> None:
     # Fault 11: resume must replay no index twice, whichever node the member comes back
     # to, while live deltas keep arriving.
-    w = await world(nodes=2, members=2)
+    w = await world(n_nodes=2, members=2)
     tokens = [f"r{i} " for i in range(150)]
     w.fake.default = Stream(tokens, delay_s=0.02)
     asker, leaver = w.members  # asker on node a, leaver on node b
@@ -101,7 +101,7 @@ async def test_a_member_who_reconnects_mid_answer_and_resumes_sees_each_index_on
 async def test_members_joining_while_answers_run_miss_nothing(world: MakeWorld) -> None:
     # Members who join during an answer get its remaining deltas live and its one end;
     # those who were there from the start get all of it, on either node.
-    w = await world(nodes=2, members=3)
+    w = await world(n_nodes=2, members=3)
     w.fake.default = Stream([f"j{i} " for i in range(60)], delay_s=0.02)
     ack = await w.members[0].ask("go")
     await w.members[1].ws.next("stream.delta", timeout=10)

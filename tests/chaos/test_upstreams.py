@@ -20,7 +20,7 @@ from tests.chaos.harness import (
 from tests.fakes.openrouter import Hang, Stream
 from tests.fakes.tavily import API_KEY, FakeTavily
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
 # The issue: a dead upstream is known within about 30 s (with the default timeouts).
 DEAD_KNOWN_S = 35.0
@@ -40,7 +40,7 @@ async def test_a_dead_upstream_is_known_in_seconds_and_one_probe_brings_everyone
     # 30 s every node must know (its answers end `unavailable`, new ones fail fast,
     # readiness says so); once it answers again, one probe closes the circuit and every
     # member, on every node, is served again.
-    w = await world(nodes=2, members=4, llm_breaker_reset_s=str(RESET_S))
+    w = await world(n_nodes=2, members=4, llm_breaker_reset_s=str(RESET_S))
     w.fake.default = Hang(comment_every_s=None)
     started = time.monotonic()
     acks = await asyncio.gather(*(m.ask(f"anyone? {m.user.name}") for m in w.members))
@@ -82,7 +82,7 @@ async def test_a_hanging_search_costs_a_few_seconds_at_most(
     # search client's whole timeout; the answer then goes ahead without results.
     fake_tavily.mode = "hang"
     w = await world(
-        nodes=1, members=2, tavily_api_key=API_KEY, tavily_base_url=fake_tavily.base_url
+        n_nodes=1, members=2, tavily_api_key=API_KEY, tavily_base_url=fake_tavily.base_url
     )
     asker = w.members[0]
     started = time.monotonic()
