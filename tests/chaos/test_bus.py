@@ -175,3 +175,24 @@ async def test_a_member_on_a_fresh_connection_after_the_outage_hears_everyone(
     finally:
         for member in fresh:
             await member.close()
+
+
+async def test_members_are_told_when_the_bus_goes_and_when_it_is_back(world: MakeWorld) -> None:
+    # Fault 10: clients are told of a bus outage (docs/protocol.md, "Server notices"),
+    # and the outage is an expected one: logged in a line, not a traceback.
+    w = await world(n_nodes=2, members=4)
+    w.redis.stop()
+    for member in w.members:
+        notice = await member.ws.next("bus", timeout=15)
+        assert notice["status"] == "degraded", (str(member), notice)
+    acks = [await w.members[0].say("while the bus is down", timeout=20)]
+    await w.redis.start()
+    for member in w.members:
+        notice = await member.ws.next("bus", timeout=30)
+        assert notice["status"] == "restored", (str(member), notice)
+    acks.append(await w.members[1].say("after", timeout=20))
+    for member in w.members:
+        for ack in acks:
+            await member.message(ack["message"]["id"], timeout=15)
+    assert_acked_once_in_order(w.members, acks)
+    assert_no_tracebacks(*w.nodes)
