@@ -3,10 +3,10 @@
 A streamed answer's idle deadline moves forward each time content arrives. Wrapping
 every read in ``asyncio.timeout_at`` costs a ``Timeout``, a timer handle and a heap
 push and cancel per SSE event; at tens of thousands of events a second that was a
-sixth of the relay's CPU. Here ``extend`` only stores the new time: the one timer,
-when it fires early, re-arms itself for the stored time, and only once that time has
-truly passed while a read is waiting does it cancel the reading task, which
-``read_finished`` turns into ``TimeoutError``.
+sixth of the relay's CPU. Here ``extend`` only stores a later time (an earlier one
+re-arms the timer): the one timer, when it fires early, re-arms itself for the stored
+time, and only once that time has truly passed while a read is waiting does it cancel
+the reading task, which ``read_finished`` turns into ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ class MovingDeadline:
         self._fired = False
 
     def extend(self, when: float) -> None:
+        """Move the deadline (usually later, which costs nothing but this store)."""
+        if when < self.when and self._handle is not None:
+            # Earlier than the armed timer (the idle deadline after the first token is
+            # shorter than the first-token one): a stall must not wait for the old time.
+            self._handle.cancel()
+            self._handle = self._loop.call_at(when, self._check)
         self.when = when
 
     def read_started(self) -> None:

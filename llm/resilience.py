@@ -6,12 +6,22 @@ Each model is retried (tenacity, exponential backoff with jitter, honouring
 stream is committed to that model and a later failure ends it with
 ``StreamFinished(error)``. ``BadRequest`` is never retried nor passed to a fallback.
 
+Before the first event, the whole sequence of attempts (retries, their backoff and
+the fallback models) shares one deadline, ``first_token_deadline_s``: each attempt
+waits for its first event at most what is left of it (and at most the provider's own
+first-token timeout), and no backoff sleeps past it. So a hung upstream reaches the
+user as ``Unavailable`` within that deadline, whatever the retries and fallbacks.
+
 A breaker per upstream (provider name) counts *calls*, not attempts: a call that a
 provider failed to answer, after its retries and its fallback models, is one failure;
-a call it answered is a success. So a model that is down while its fallback answers
-does not open the breaker, and an upstream that answers nothing opens it after
-``fail_max`` calls; then calls fail fast with ``Unavailable("circuit open")`` until
-``reset_s`` has passed, when one trial call half-opens it.
+so is a stream that fails after its first event (an error chunk, a dropped
+connection, a stall); a stream that finishes is a success. So a model that is down
+while its fallback answers does not open the breaker, and an upstream that answers
+nothing, or breaks every answer half-way, opens it after ``fail_max`` calls; then
+calls fail fast with ``Unavailable("circuit open")`` until ``reset_s`` has passed,
+when one trial call (the probe) half-opens it. Calls arriving during the probe wait
+for it (within their own deadline): its first event closes the circuit and lets them
+all through; its failure re-opens the circuit and they fail fast.
 
 Models are routed to providers by an optional ``"{provider}:"`` prefix
 (``"offline:parley-offline"``); models without a known prefix go to the first provider.
@@ -19,7 +29,9 @@ Models are routed to providers by an optional ``"{provider}:"`` prefix
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,8 +44,9 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import StopBaseT
 
-from llm.breaker import UpstreamBreaker
+from llm.breaker import Clock, UpstreamBreaker
 from llm.provider import (
     ChatEvent,
     ChatProvider,
@@ -60,7 +73,9 @@ class ResilientProvider:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 8.0,
         max_retry_after_s: float = 10.0,
+        first_token_deadline_s: float = 30.0,
         on_breaker_change: Callable[[str, str], None] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         if not isinstance(providers, Mapping):
             providers = {providers.name: providers}
@@ -77,8 +92,11 @@ class ResilientProvider:
             multiplier=backoff_initial_s, max=backoff_max_s
         ) + wait_random(0, backoff_initial_s)
         self._max_retry_after_s = max_retry_after_s
+        self.first_token_deadline_s = first_token_deadline_s
         self.breakers = {
-            name: UpstreamBreaker(name, breaker_fail_max, breaker_reset_s, on_breaker_change)
+            name: UpstreamBreaker(
+                name, breaker_fail_max, breaker_reset_s, on_breaker_change, clock=clock
+            )
             for name in self._providers
         }
 
@@ -103,37 +121,47 @@ class ResilientProvider:
         self, request: ChatRequest, *, fallbacks: Sequence[str] | None = None
     ) -> AsyncGenerator[ChatEvent, None]:
         call = _Call(self)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.first_token_deadline_s
         try:
             for model in self.models_for(request, fallbacks):
+                if loop.time() >= deadline:
+                    break
                 name, upstream_model = self.route(model)
-                if not call.admit(name):
+                if not await call.admit(name, deadline - loop.time()):
                     continue
                 provider = self._providers[name]
                 attempt_request = replace(request, model=upstream_model)
                 try:
-                    inner, first = await self._open(provider, attempt_request)
+                    inner, first = await self._open(provider, attempt_request, deadline)
                 except BadRequest:
-                    call.answered(name)
+                    call.finished(name, None)
                     raise
                 except NoFreeConnection:
                     raise  # this node's limit: no model would do better
                 except Unavailable as exc:
                     call.failed(name, exc)
                     continue
-                call.answered(name)
+                call.started(name)
                 try:
                     event: ChatEvent = first
                     while True:
                         if isinstance(event, StreamFinished):
-                            if event.finish_reason == "error":
-                                self.breakers[name].record_failure(event.error or Unavailable())
+                            error = event.error or Unavailable("the model failed while answering")
+                            call.finished(name, error if event.finish_reason == "error" else None)
                             yield replace(event, model=model)
                             return
                         yield event
                         try:
                             event = await anext(inner)
                         except StopAsyncIteration:
+                            call.finished(name, None)
                             return
+                        except ParleyError as exc:
+                            # Providers end a broken stream with StreamFinished; one that
+                            # raises instead has failed all the same.
+                            call.finished(name, exc)
+                            raise
                 finally:
                     await inner.aclose()
             raise call.final_error()
@@ -141,17 +169,26 @@ class ResilientProvider:
             call.settle()
 
     async def _open(
-        self, provider: ChatProvider, request: ChatRequest
+        self, provider: ChatProvider, request: ChatRequest, deadline: float
     ) -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent]:
-        """Start a stream and wait for its first event, retrying failures before it."""
-        async for attempt in self._retrying():
+        """Start a stream and wait for its first event, retrying failures before it,
+        all before ``deadline`` (event loop time)."""
+        async for attempt in self._retrying(deadline):
             with attempt:
                 inner = provider.stream(request)
                 try:
-                    first = await anext(inner)
+                    async with asyncio.timeout_at(deadline):
+                        first = await anext(inner)
                 except StopAsyncIteration as exc:
                     await inner.aclose()
                     raise UpstreamUnavailable("the model sent an empty stream") from exc
+                except TimeoutError as exc:
+                    await inner.aclose()
+                    raise UpstreamUnavailable(
+                        "the model did not start answering within "
+                        f"{self.first_token_deadline_s:g} s",
+                        retryable=False,
+                    ) from exc
                 except BaseException:
                     await inner.aclose()
                     raise
@@ -167,30 +204,40 @@ class ResilientProvider:
         try:
             for model in self.models_for(request, fallbacks):
                 name, upstream_model = self.route(model)
-                if not call.admit(name):
+                if not await call.admit(name, self.first_token_deadline_s):
                     continue
                 provider = self._providers[name]
                 try:
-                    async for attempt in self._retrying():
+                    async for attempt in self._retrying(None):
                         with attempt:
                             text = await provider.complete(replace(request, model=upstream_model))
                 except BadRequest:
-                    call.answered(name)
+                    call.finished(name, None)
                     raise
                 except NoFreeConnection:
                     raise
                 except Unavailable as exc:
                     call.failed(name, exc)
                     continue
-                call.answered(name)
+                call.finished(name, None)
                 return text
             raise call.final_error()
         finally:
             call.settle()
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, deadline: float | None) -> AsyncRetrying:
+        attempts = stop_after_attempt(self._max_retries + 1)
+        stop: StopBaseT = attempts
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+
+            def past_deadline(state: RetryCallState) -> bool:
+                # A retry that could only start after the deadline is not made.
+                return bool(attempts(state)) or loop.time() + state.upcoming_sleep >= deadline
+
+            stop = past_deadline
         return AsyncRetrying(
-            stop=stop_after_attempt(self._max_retries + 1),
+            stop=stop,
             wait=self._wait,
             retry=retry_if_exception(self._should_retry),
             reraise=True,
@@ -242,42 +289,63 @@ class _Call:
 
     def __init__(self, owner: ResilientProvider) -> None:
         self._breakers = owner.breakers
-        self._admitted: set[str] = set()
-        self._answered: set[str] = set()
+        # Per admitted upstream: the probe token while this call is a half-open
+        # circuit's trial and has no verdict yet, else None.
+        self._admitted: dict[str, object | None] = {}
+        self._finished: set[str] = set()
         self._failures: dict[str, ParleyError] = {}
         self._last: ParleyError | None = None
 
-    def admit(self, name: str) -> bool:
+    async def admit(self, name: str, wait_s: float) -> bool:
         if name in self._admitted:
             return True
         try:
-            self._breakers[name].admit()
+            trial = await self._breakers[name].admit(max(0.0, wait_s))
         except Unavailable as exc:
             self._last = exc
             return False
-        self._admitted.add(name)
+        self._admitted[name] = trial
         return True
 
     def failed(self, name: str, exc: ParleyError) -> None:
+        """An attempt on ``name`` failed before its first event."""
         log.warning("model attempt failed on %s: %s", name, exc.message)
         self._failures[name] = exc
         self._last = exc
 
-    def answered(self, name: str) -> None:
-        if name not in self._answered:
-            self._answered.add(name)
+    def started(self, name: str) -> None:
+        """The first event arrived: the upstream is answering. A probe's first event
+        closes the circuit at once, so that callers waiting on it go ahead; the stream's
+        end gives the verdict that counts for a closed circuit."""
+        self._failures.pop(name, None)
+        if self._admitted.get(name) is not None:
+            self._admitted[name] = None
             self._breakers[name].record_success()
+
+    def finished(self, name: str, error: ParleyError | None) -> None:
+        """The verdict on ``name``: answered in full (``None``) or broken mid-stream."""
+        if name in self._finished:
+            return
+        self._finished.add(name)
+        self._admitted[name] = None
+        if error is None:
+            self._breakers[name].record_success()
+        else:
+            log.warning("the model's stream broke on %s: %s", name, error.message)
+            self._breakers[name].record_failure(error)
 
     def final_error(self) -> ParleyError:
         return self._last or Unavailable("no model is configured")
 
     def settle(self) -> None:
-        for name in self._admitted - self._answered:
+        for name, trial in self._admitted.items():
+            if name in self._finished:
+                continue
             if name in self._failures:
                 self._breakers[name].record_failure(self._failures[name])
             else:
-                # Cancelled before the upstream said anything: no verdict either way.
-                self._breakers[name].release()
+                # Cancelled or closed by the caller without a verdict either way.
+                self._breakers[name].release(trial)
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -29,6 +29,17 @@ CLIENT_FRAMES: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type
     "refresh": ({"token": _STR}, {}),
     "ping": ({}, {}),
 }
+# type → what the server replies to a frame that carries an ``id`` (besides ``error``).
+CLIENT_FRAME_REPLIES: dict[str, str] = {
+    "join": "joined",
+    "leave": "left",
+    "message": "ack",
+    "typing": "ack",
+    "cancel": "ack",
+    "resume": "ack",
+    "refresh": "ack",
+    "ping": "pong",
+}
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,19 @@ Failures leave this module as ``server.errors``:
   ``retry_after`` is Tavily's ``Retry-After`` on a 429 or the time left before an open
   circuit lets a trial call through.
 
-Only transient failures (5xx, timeouts, transport errors) are retried, and only they
-count against the circuit breaker: a 4xx will not go away by asking again, and a
-rate limit or an exhausted plan says nothing about whether Tavily is up.
+A search costs an answer at most ``deadline_s`` (3 s by default): every attempt and
+the backoff between them share it, each attempt also bounded by ``timeout_s``; then
+the answer goes on without results. Only transient failures (5xx, timeouts, transport
+errors) are retried. A 200 that is not the JSON object Tavily documents, or a body over
+``max_body_bytes`` (read as it streams in, and dropped at the limit), is not retried
+either: asking again would bring the same. Transient failures and broken bodies count
+against the circuit breaker; a 4xx will not go away by asking again, and a rate limit
+or an exhausted plan says nothing about whether Tavily is up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ import orjson
 import pybreaker
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential,
@@ -63,12 +70,18 @@ class SearchResult:
 
 
 class _Transient(Exception):
-    """A failure worth retrying: 5xx, timeout or transport error."""
+    """Tavily is failing: 5xx, timeout or transport error (``retryable``), or an answer
+    that cannot be used (invalid JSON, too large: not retryable)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.retryable = retryable
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class _OpenUntil(pybreaker.CircuitBreakerListener):
@@ -100,6 +113,8 @@ class TavilyClient:
         api_key: str,
         *,
         timeout_s: float = 10.0,
+        deadline_s: float = 3.0,
+        max_body_bytes: int = 1024 * 1024,
         max_retries: int = 2,
         backoff_s: float = 0.25,
         breaker_fail_max: int = 5,
@@ -109,6 +124,8 @@ class TavilyClient:
         self._url = base_url.rstrip("/") + "/search"
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout_s)
+        self._deadline_s = deadline_s
+        self._max_body_bytes = max_body_bytes
         self._max_retries = max_retries
         self._backoff_s = backoff_s
         self._open_until = _OpenUntil(breaker_reset_s)
@@ -142,7 +159,13 @@ class TavilyClient:
             "include_images": False,
         }
         try:
-            payload = await self._post_with_retries(body)
+            try:
+                async with asyncio.timeout(self._deadline_s):
+                    payload = await self._post_with_retries(body)
+            except TimeoutError as exc:
+                raise _Transient(
+                    "timeout", f"Tavily did not answer within {self._deadline_s:g} s"
+                ) from exc
         except _Transient as exc:
             self._record_failure(exc)
             raise Unavailable(
@@ -177,9 +200,18 @@ class TavilyClient:
             self._breaker.call(fail)
 
     async def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._deadline_s
+        attempts = stop_after_attempt(self._max_retries + 1)
+
+        def stop(state: RetryCallState) -> bool:
+            # A retry that could only start after the deadline is not made: the last
+            # real failure says more than "timed out".
+            return bool(attempts(state)) or loop.time() + state.upcoming_sleep >= give_up_at
+
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
-            stop=stop_after_attempt(self._max_retries + 1),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Transient) and exc.retryable),
+            stop=stop,
             wait=wait_exponential(multiplier=self._backoff_s, max=4.0)
             + wait_random(0, self._backoff_s),
             reraise=True,
@@ -195,9 +227,21 @@ class TavilyClient:
             "Content-Type": "application/json",
         }
         try:
-            response = await self._client.post(
-                self._url, content=orjson.dumps(body), headers=headers, timeout=self._timeout
+            request = self._client.stream(
+                "POST",
+                self._url,
+                content=orjson.dumps(body),
+                headers=headers,
+                timeout=self._timeout,
             )
+            async with request as response:
+                content = await _read_body(response, self._max_body_bytes)
+        except _TooLarge as exc:
+            raise _Transient(
+                "too_large",
+                f"Tavily's answer is over {self._max_body_bytes} bytes",
+                retryable=False,
+            ) from exc
         except httpx.TimeoutException as exc:
             raise _Transient("timeout", "Tavily timed out") from exc
         except httpx.TransportError as exc:
@@ -205,20 +249,40 @@ class TavilyClient:
         status = response.status_code
         if status == 200:
             try:
-                payload = orjson.loads(response.content)
+                payload = orjson.loads(content)
             except orjson.JSONDecodeError as exc:
-                raise _Transient("down", "Tavily answered with invalid JSON") from exc
+                raise _Transient(
+                    "invalid_response", "Tavily answered with invalid JSON", retryable=False
+                ) from exc
             if not isinstance(payload, dict):
-                raise _Transient("down", "Tavily answered with an unexpected body")
+                raise _Transient(
+                    "invalid_response", "Tavily answered with an unexpected body", retryable=False
+                )
             return payload
         if status >= 500:
             raise _Transient("down", f"Tavily answered {status}")
-        raise _client_error(response)
+        raise _client_error(response, content)
 
 
-def _detail(response: httpx.Response) -> str:
+async def _read_body(response: httpx.Response, limit: int) -> bytes:
+    """The body, read as it arrives; ``_TooLarge`` as soon as it passes ``limit`` (or
+    its Content-Length says it will), without reading the rest."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _detail(content: bytes) -> str:
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(content)
         detail = body.get("detail")
         if isinstance(detail, dict):
             return str(detail.get("error") or "")
@@ -237,8 +301,8 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: rare enough that the caller's default will do
 
 
-def _client_error(response: httpx.Response) -> Exception:
-    status, detail = response.status_code, _detail(response)
+def _client_error(response: httpx.Response, content: bytes) -> Exception:
+    status, detail = response.status_code, _detail(content)
     suffix = f": {detail}" if detail else ""
     if status == 400:
         return BadRequest(f"web search rejected the query{suffix}")

@@ -58,6 +58,7 @@ def build_provider(container: Container, client: httpx.AsyncClient) -> Resilient
         max_retries=settings.llm_max_retries,
         breaker_fail_max=settings.llm_breaker_fail_max,
         breaker_reset_s=settings.llm_breaker_reset_s,
+        first_token_deadline_s=settings.llm_first_token_deadline_s,
         on_breaker_change=on_breaker_change,
     )
 

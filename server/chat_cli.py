@@ -415,7 +415,7 @@ async def choose_session(
         created = await rest.call("POST", "/v1/sessions", {"title": args.new})
         term.notice(f"created session {created['id']}")
         return str(created["id"])
-    sessions = (await rest.call("GET", "/v1/sessions?status=active"))["sessions"]
+    sessions = (await rest.call("GET", "/v1/sessions"))["sessions"]
     if not sessions:
         created = await rest.call("POST", "/v1/sessions", {"title": "Terminal chat"})
         term.notice(f"no sessions yet: created {created['id']}")

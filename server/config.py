@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     llm_first_token_timeout_s: float = Field(60.0, gt=0)
     llm_idle_timeout_s: float = Field(30.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)
+    # Before the first token, every attempt together (retries, their backoff, the
+    # fallback models) gets this long; then the user hears the model is unavailable.
+    llm_first_token_deadline_s: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0)
     llm_breaker_fail_max: int = Field(5, ge=1)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
@@ -113,6 +116,10 @@ class Settings(BaseSettings):
     tavily_api_key: SecretStr | None = None
     tavily_base_url: str = "https://api.tavily.com"
     search_cache_ttl_s: int = Field(3600, ge=0)
+    # What a web search may cost an answer, every attempt included; then it goes on
+    # without results. And the most of Tavily's answer that is read.
+    search_deadline_s: float = Field(3.0, gt=0)
+    search_max_body_bytes: int = Field(1_048_576, ge=1024)
     embeddings_url: str | None = None
     embeddings_api_key: SecretStr | None = None
     embeddings_model: str = "text-embedding-3-small"

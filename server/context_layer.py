@@ -51,7 +51,11 @@ async def start_context(container: Container, stack: contextlib.AsyncExitStack) 
     tavily = None
     if settings.tavily_api_key is not None:
         tavily = TavilyClient(
-            http, settings.tavily_base_url, settings.tavily_api_key.get_secret_value()
+            http,
+            settings.tavily_base_url,
+            settings.tavily_api_key.get_secret_value(),
+            deadline_s=settings.search_deadline_s,
+            max_body_bytes=settings.search_max_body_bytes,
         )
         client = tavily
         container.extras.setdefault("readiness", {})["tavily"] = lambda: (

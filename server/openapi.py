@@ -245,10 +245,10 @@ ENDPOINTS: dict[str, Doc] = {
         schemas.SessionCreateBody,
     ),
     "GET /v1/sessions": Doc(
-        "The caller's sessions, most recently active first",
+        "The caller's sessions (default: all not closed), most recently active first",
         "sessions",
         obj(sessions=array(ref("Session"))),
-        query=(Query("status", {"enum": ["active", "expired", "closed", "all"]}),),
+        query=(Query("status", {"enum": ["open", "active", "expired", "closed", "all"]}),),
     ),
     "GET /v1/sessions/{id}": Doc("One session and its members", "sessions", ref("SessionDetail")),
     "PATCH /v1/sessions/{id}": Doc(

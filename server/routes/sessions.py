@@ -25,7 +25,9 @@ async def create_session(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
-    status = request.query_params.get("status", "active")
+    # Without a status: every session not closed. Idle expiry is the server's
+    # bookkeeping; a person's sessions stay in their list and writing continues one.
+    status = request.query_params.get("status", "open")
     return ok({"sessions": await container.sessions.list_for(principal, status)})
 
 

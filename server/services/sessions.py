@@ -63,9 +63,9 @@ class SessionService:
     async def list_for(
         self, principal: Principal, status: str, limit: int = 200
     ) -> list[dict[str, Any]]:
-        if status not in (*STATUSES, "all"):
-            raise BadRequest("status must be active, expired, closed or all")
-        statuses = None if status == "all" else [status]
+        if status not in (*STATUSES, "open", "all"):
+            raise BadRequest("status must be open, active, expired, closed or all")
+        statuses = {"all": None, "open": ["active", "expired"]}.get(status, [status])
         async with self._db.transaction() as session:
             chats = await sessions_repo.list_sessions_for_user(
                 session, principal.user_id, statuses, limit

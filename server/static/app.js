@@ -10,11 +10,14 @@ import { ParleySocket } from "./socket.js";
 // Not a credential: only whether to try GET /v1/me on load (the cookies are HttpOnly),
 // so that a first visit does not start with a 401 in the console.
 const SIGNED_IN_FLAG = "parley.signedIn";
-const STATUS_LABELS = { active: "Active", expired: "Expired", closed: "Closed" };
+// Expiry after idle minutes is the server's bookkeeping: an expired session reads and
+// writes like an active one (writing continues it), so it shows no badge of its own.
+const STATUS_LABELS = { active: "", expired: "", closed: "Closed" };
+const FILTERS = { open: "Recent", closed: "Closed", all: "All" };
 const CONNECTION_LABELS = { open: "Connected", connecting: "Reconnecting…", offline: "Offline" };
 
 const root = document.getElementById("app");
-const state = { me: null, socket: null, filter: "active", sessions: [], current: null };
+const state = { me: null, socket: null, filter: "open", sessions: [], current: null };
 let noticeTimer = null;
 
 // Notices -------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ function showMain(me) {
   ui.filter = h(
     "select",
     { testid: "session-filter", "aria-label": "Show sessions", onchange: () => ((state.filter = ui.filter.value), loadSessions()) },
-    ["active", "expired", "closed", "all"].map((s) => h("option", { value: s, text: s === "all" ? "All" : STATUS_LABELS[s] })),
+    Object.entries(FILTERS).map(([value, text]) => h("option", { value, text })),
   );
   ui.filter.value = state.filter;
   ui.newTitle = h("input", { type: "text", testid: "session-new-title", placeholder: "New session title", "aria-label": "New session title", maxlength: "200" });
@@ -192,14 +195,14 @@ async function loadSessions() {
           "button",
           { type: "button", class: `session-item${selected ? " selected" : ""}`, testid: "session-item", "data-session-id": session.id, "aria-current": selected ? "true" : null, onclick: () => openSession(session) },
           h("span", { class: "title", text: session.title || "Untitled session" }),
-          h("span", { class: `badge ${session.status}`, text: STATUS_LABELS[session.status] || session.status }),
+          h("span", { class: `badge ${session.status}`, text: STATUS_LABELS[session.status] ?? session.status, hidden: !STATUS_LABELS[session.status] }),
           h("span", { class: "muted small", text: formatTime(session.last_activity_at) }),
         ),
       ),
     );
   }
   if (state.sessions.length === 0) {
-    ui.sessionList.append(h("li", { class: "muted empty-list", text: state.filter === "active" ? "No sessions yet: start one above." : "Nothing here." }));
+    ui.sessionList.append(h("li", { class: "muted empty-list", text: state.filter === "open" ? "No sessions yet: start one above." : "Nothing here." }));
   }
 }
 
@@ -208,7 +211,7 @@ async function createSession(event) {
   try {
     const session = await post("/v1/sessions", { title: ui.newTitle.value.trim() });
     ui.newTitle.value = "";
-    if (state.filter !== "active" && state.filter !== "all") ui.filter.value = state.filter = "active";
+    if (state.filter === "closed") ui.filter.value = state.filter = "open";
     await loadSessions();
     openSession(session);
   } catch (exc) {
@@ -253,7 +256,7 @@ function backToList() {
 
 function chatHeader(session, details) {
   const title = h("h2", { class: "chat-title", testid: "chat-title", text: session.title || "Untitled session" });
-  const status = h("span", { class: `badge ${session.status}`, testid: "chat-status", text: STATUS_LABELS[session.status] || session.status });
+  const status = h("span", { class: `badge ${session.status}`, testid: "chat-status", text: STATUS_LABELS[session.status] ?? session.status, hidden: !STATUS_LABELS[session.status] });
   const isOwner = session.owner_id === state.me.id;
   const rename = h("button", { type: "button", class: "link", testid: "rename", hidden: !isOwner, onclick: () => startRename(title) }, "Rename");
   const close = h("button", { type: "button", class: "link", testid: "close-session", onclick: () => changeStatus("close") }, "Close");
@@ -270,8 +273,9 @@ function chatHeader(session, details) {
 }
 
 function applyStatus(session) {
-  const active = session.status === "active";
-  ui.header.status.textContent = STATUS_LABELS[session.status] || session.status;
+  const active = session.status !== "closed";
+  ui.header.status.textContent = STATUS_LABELS[session.status] ?? session.status;
+  ui.header.status.hidden = !STATUS_LABELS[session.status];
   ui.header.status.className = `badge ${session.status}`;
   ui.header.close.hidden = !active || session.owner_id !== state.me.id;
   ui.header.restore.hidden = active;

@@ -1,5 +1,6 @@
-// The chat view of one session: the timeline, the streaming answer, presence, typing,
-// the composer and the Stop button.
+// The chat view of one session: the timeline, the streaming answers, presence, typing,
+// the composer and Stop. Each streaming answer has its own Stop; the composer's Stop
+// stops the answers to your own questions, never someone else's.
 //
 // Exactly-once on screen: a message is drawn once per id (and placed by seq); a
 // stream's deltas are applied strictly in index order (early ones wait in a buffer,
@@ -34,6 +35,7 @@ export class ChatView {
     this.present = new Map();
     this.typers = new Map();
     this.shown = new Map(); // message id → element
+    this.authors = new Map(); // message id → user id, to know whose question a stream answers
     this.lastSeq = 0;
     this.nextBeforeSeq = null;
     this.loaded = false;
@@ -159,7 +161,7 @@ export class ChatView {
         if (frame.user_id !== this.me.id) this.setTyping(frame.user_id, frame.active);
         break;
       case "stream.start":
-        this.ensureStream(frame.stream_id, frame.model);
+        this.ensureStream(frame.stream_id, frame.model, frame.reply_to);
         this.scrollToEnd(false);
         break;
       case "stream.status":
@@ -185,20 +187,25 @@ export class ChatView {
     }
   }
 
-  ensureStream(streamId, model = null) {
+  ensureStream(streamId, model = null, replyTo = null) {
     if (this.ended.has(streamId)) return null;
     let stream = this.streams.get(streamId);
-    if (stream) return stream;
+    if (stream) {
+      if (replyTo && !stream.replyTo) stream.replyTo = replyTo;
+      this.updateStop();
+      return stream;
+    }
     const status = h("div", { class: "stream-status", testid: "stream-status", hidden: true });
     const body = h("div", { class: "body markdown", testid: "stream-body" });
+    const stop = h("button", { class: "link stream-stop", testid: "stream-stop", type: "button", title: "Stop this answer", onclick: () => this.stopStream(streamId) }, "Stop");
     const el = h(
       "article",
       { class: "message assistant streaming", testid: "stream", "data-stream-id": streamId },
-      h("header", {}, h("span", { class: "author", text: "Assistant" }), model ? h("span", { class: "model", text: model }) : null),
+      h("header", {}, h("span", { class: "author", text: "Assistant" }), model ? h("span", { class: "model", text: model }) : null, stop),
       status,
       body,
     );
-    stream = { el, body, status, text: "", next: 0, early: new Map(), timer: null, resuming: false };
+    stream = { el, body, status, text: "", next: 0, early: new Map(), timer: null, resuming: false, replyTo };
     this.streams.set(streamId, stream);
     this.streamsEl.append(el);
     this.updateStop();
@@ -281,6 +288,7 @@ export class ChatView {
     }
     const el = this.messageEl(message);
     this.shown.set(message.id, el);
+    this.authors.set(message.id, message.user_id);
     this.lastSeq = Math.max(this.lastSeq, message.seq);
     // Keep seq order: walk back from the end (new messages almost always go last).
     let after = this.messagesEl.lastElementChild;
@@ -362,6 +370,7 @@ export class ChatView {
         client_msg_id: newId(),
       });
       if (ack.message) this.addMessage(ack.message);
+      if (ack.stream_id) this.ensureStream(ack.stream_id, null, ack.message?.id);
       this.scrollToEnd(true);
     } catch (exc) {
       if (!this.input.value) this.input.value = content;
@@ -392,16 +401,25 @@ export class ChatView {
       names.length === 0 ? "" : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
   }
 
-  stopStreams() {
-    for (const streamId of this.streams.keys()) {
-      this.socket
-        .request({ type: "cancel", session_id: this.id, stream_id: streamId })
-        .catch((exc) => this.notify(`Could not stop: ${exc.message}`));
-    }
+  stopStream(streamId) {
+    this.socket
+      .request({ type: "cancel", session_id: this.id, stream_id: streamId })
+      .catch((exc) => this.notify(`Could not stop: ${exc.message}`));
+  }
+
+  // The answers to my own questions: what the composer's Stop stops.
+  myStreams() {
+    return [...this.streams.entries()]
+      .filter(([, stream]) => stream.replyTo && this.authors.get(stream.replyTo) === this.me.id)
+      .map(([streamId]) => streamId);
+  }
+
+  stopMine() {
+    for (const streamId of this.myStreams()) this.stopStream(streamId);
   }
 
   updateStop() {
-    this.stopButton.hidden = this.streams.size === 0;
+    this.stopButton.hidden = this.myStreams().length === 0;
   }
 
   renderPresence() {
@@ -453,7 +471,7 @@ export class ChatView {
         }
       },
     });
-    this.stopButton = h("button", { class: "stop", testid: "stop", type: "button", hidden: true, onclick: () => this.stopStreams() }, "Stop");
+    this.stopButton = h("button", { class: "stop", testid: "stop", type: "button", hidden: true, title: "Stop the answers to your questions", onclick: () => this.stopMine() }, "Stop");
     const form = h(
       "form",
       { class: "composer", testid: "composer", onsubmit: (event) => (event.preventDefault(), this.sendMessage()) },

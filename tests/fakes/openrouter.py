@@ -82,6 +82,19 @@ class Hang:
 
 
 @dataclass(frozen=True)
+class Silent:
+    """Reads the request and sends nothing, not even the headers, until the client
+    goes away (an upstream hung before its first byte)."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    """``tokens_before``, then the connection is dropped in the middle of the body."""
+
+    tokens_before: list[str]
+
+
+@dataclass(frozen=True)
 class Fast:
     """``n`` tokens as fast as the server can write them (benchmarks)."""
 
@@ -89,7 +102,7 @@ class Fast:
     token: str = "tok "
 
 
-Scenario = Stream | HttpError | MidStreamError | Hang | Fast
+Scenario = Stream | HttpError | MidStreamError | Hang | Fast | Silent | Cut
 
 
 @dataclass
@@ -227,6 +240,13 @@ class _ChatEndpoint:
             await _error_response(scenario.status, scenario.message, scenario)(scope, receive, send)
             return
 
+        if isinstance(scenario, Silent):
+            await _wait_disconnect(receive)
+            with self.fake._lock:
+                self.fake.disconnects += 1
+            self.fake.disconnected.set()
+            return
+
         reply = _Reply(self.fake, body, send)
         if not body.get("stream"):
             await reply.whole(scenario, scope, receive)
@@ -243,6 +263,14 @@ class _ChatEndpoint:
         else:
             watching.cancel()
         await asyncio.gather(serving, watching, return_exceptions=True)
+        if isinstance(scenario, Cut):
+            # An ASGI app that fails after starting its response makes uvicorn close
+            # the connection without ending the chunked body: a dropped connection.
+            raise _CutConnection
+
+
+class _CutConnection(Exception):
+    pass
 
 
 class _Reply:
@@ -276,6 +304,10 @@ class _Reply:
                 await self.token(token)
             error = {"code": scenario.code, "message": scenario.message}
             await self.event(self.chunk({"content": ""}, "error", error=error))
+        elif isinstance(scenario, Cut):
+            for token in scenario.tokens_before:
+                await self.token(token)
+            return
         elif isinstance(scenario, Fast):
             await self.write(
                 b"".join(_event(self.chunk({"content": scenario.token})) for _ in range(scenario.n))
@@ -297,7 +329,7 @@ class _Reply:
             error = {"code": 502, "message": scenario.message}
             await JSONResponse({"error": error})(scope, receive, self.send)
             return
-        assert not isinstance(scenario, HttpError)
+        assert not isinstance(scenario, HttpError | Silent | Cut)
         text = "".join(scenario.tokens) if isinstance(scenario, Stream) else ""
         if isinstance(scenario, Fast):
             text = scenario.token * scenario.n

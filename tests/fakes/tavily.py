@@ -9,7 +9,10 @@ statuses follow Tavily's documentation: success ``{"query", "follow_up_questions
 
 Use the ``fake_tavily`` fixture (registered in ``tests/conftest.py`` files that
 import it) and set ``fake.mode`` (``"ok"``, ``"down"``, ``"rate_limited"``,
-``"out_of_credit"``, ``"payg_limit"``, ``"hang"``); ``fake.fail_times`` makes the
+``"out_of_credit"``, ``"payg_limit"``, ``"hang"`` (nothing, not even headers),
+``"slow"`` (the normal answer after ``slow_s``), ``"invalid_json"`` (a 200 whose body
+is not JSON), ``"huge"`` (a 200 with a valid JSON body of ``huge_bytes``, streamed in
+pieces; ``huge_sent`` counts what the client took)); ``fake.fail_times`` makes the
 first N requests fail with that mode and the rest succeed.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +28,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.loopback import LoopbackServer
@@ -56,6 +59,9 @@ class FakeTavily:
     mode: str = "ok"
     fail_times: int | None = None  # None: every request follows ``mode``
     retry_after_s: int = 7
+    slow_s: float = 5.0
+    huge_bytes: int = 8 * 1024 * 1024
+    huge_sent: int = 0
     results: list[dict[str, Any]] | None = None  # None: three made up from the query
     requests: list[RecordedRequest] = field(default_factory=list)
     _hung: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
@@ -124,6 +130,13 @@ class FakeTavily:
         )
 
     async def _fail(self) -> Response:
+        if self.mode == "slow":
+            await asyncio.sleep(self.slow_s)
+            return _json({"query": "slow", "results": self._results_for("slow", 5)})
+        if self.mode == "invalid_json":
+            return Response(b"<html>502 Bad Gateway</html>", 200, media_type="application/json")
+        if self.mode == "huge":
+            return StreamingResponse(self._huge_body(), media_type="application/json")
         if self.mode == "down":
             return _error(500, "Internal Server Error")
         if self.mode == "rate_limited":
@@ -151,6 +164,25 @@ class FakeTavily:
             await event.wait()
             return _error(504, "Gateway Timeout")
         raise AssertionError(f"unknown fake Tavily mode {self.mode!r}")
+
+    async def _huge_body(self) -> AsyncIterator[bytes]:
+        """``{"results": [...]}`` of about ``huge_bytes``, 64 KiB at a time: each piece
+        is handed over only as the client reads, so ``huge_sent`` shows where it stopped
+        (give or take the sockets' buffers)."""
+        self.huge_sent = 0
+        item = orjson.dumps(
+            {"title": "t", "url": "https://example.org/x", "content": "x" * 1000, "score": 0.5}
+        )
+        piece = b",".join([item] * (64 * 1024 // len(item)))
+        yield b'{"results": [' + piece
+        self.huge_sent = len(piece)
+        while self.huge_sent < self.huge_bytes:
+            # Lets Starlette see the client's disconnect (a write to a closed connection
+            # returns at once, so without this the whole body "goes out" regardless).
+            await asyncio.sleep(0)
+            yield b"," + piece
+            self.huge_sent += len(piece) + 1
+        yield b"]}"
 
 
 def serve_fake_tavily() -> tuple[FakeTavily, LoopbackServer]:

@@ -58,3 +58,16 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await reading
     deadline.close()
+
+
+async def test_a_deadline_moved_earlier_fires_at_the_earlier_time() -> None:
+    # The first-token deadline (60 s by default) is armed first; after the first token
+    # the idle deadline (30 s) is earlier, and a stall must end at that one.
+    loop = asyncio.get_running_loop()
+    deadline = MovingDeadline(loop.time() + 60)
+    assert await timed_read(deadline, 0) == "read"
+    deadline.extend(loop.time() + 0.05)
+    async with asyncio.timeout(10):  # far later than the moved deadline
+        with pytest.raises(TimeoutError):
+            await timed_read(deadline, 30)
+    deadline.close()

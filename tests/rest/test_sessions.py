@@ -259,3 +259,26 @@ async def test_the_sweeper_spares_an_idle_session_someone_is_present_in(
     assert response.json()["data"]["status"] == "active"
     # Presence counts as activity, so the next sweep does not even consider it.
     assert await container.sessions.expire_idle(_nobody) == 0
+
+
+async def test_the_default_list_keeps_expired_sessions_most_recent_first(
+    client: httpx.AsyncClient, container: Any
+) -> None:
+    user = await register_user(client)
+    idle_id = await create_session(client, user, title="idle")
+    recent_id = await create_session(client, user, title="recent")
+    closed_id = await create_session(client, user, title="closed")
+    await client.post(f"/v1/sessions/{closed_id}/close", headers=user.headers)
+    await _age(container, idle_id, container.settings.session_idle_expiry_s + 60)
+    assert await container.sessions.expire_idle(_nobody) == 1
+
+    listed = await client.get("/v1/sessions", headers=user.headers)
+    explicit = await client.get("/v1/sessions?status=open", headers=user.headers)
+
+    assert listed.status_code == 200
+    sessions = listed.json()["data"]["sessions"]
+    assert [(s["id"], s["status"]) for s in sessions] == [
+        (recent_id, "active"),
+        (idle_id, "expired"),
+    ]
+    assert explicit.json()["data"]["sessions"] == sessions
