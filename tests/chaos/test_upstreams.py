@@ -22,8 +22,9 @@ from tests.fakes.tavily import API_KEY, FakeTavily
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(180)]
 
-# The issue: a dead upstream is known within about 30 s (with the default timeouts).
-DEAD_KNOWN_S = 35.0
+# The issue: a dead upstream is known within about 30 s (LLM_FIRST_TOKEN_DEADLINE_S,
+# by default), plus room for a busy CI machine.
+DEAD_KNOWN_S = 45.0
 RESET_S = 3
 
 
