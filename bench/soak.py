@@ -544,6 +544,13 @@ Machine: {machine()}; load average at the end {r.load} (other engineers' tests s
 
 Target: zero lost or unended, RSS growth under 10 %: {verdict}.
 
+Counted per member at the end (after 30 s to settle, no final re-join): a *lost message*
+is an acknowledged message or stored answer the member never received (live, or in a
+join's `history` with `since_seq`); an *unended stream* is an acknowledged question whose
+answer's `stream.end` the member never got and whose stored answer it never received
+either; *lost / duplicated deltas* are indexes missing or repeated in a stream whose end
+the member saw (members resume running streams from the next index they want).
+
 | what | count |
 | --- | ---: |
 | messages acknowledged / questions answered | {r.acked} / {r.answers} |
