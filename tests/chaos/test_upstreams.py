@@ -41,7 +41,11 @@ async def test_a_dead_upstream_is_known_in_seconds_and_one_probe_brings_everyone
     # 30 s every node must know (its answers end `unavailable`, new ones fail fast,
     # readiness says so); once it answers again, one probe closes the circuit and every
     # member, on every node, is served again.
-    w = await world(n_nodes=2, members=4, llm_breaker_reset_s=str(RESET_S))
+    # Two failed calls open a node's circuit here (five by default): each node runs two
+    # of the four answers below.
+    w = await world(
+        n_nodes=2, members=4, llm_breaker_reset_s=str(RESET_S), llm_breaker_fail_max="2"
+    )
     w.fake.default = Hang(comment_every_s=None)
     started = time.monotonic()
     acks = await asyncio.gather(*(m.ask(f"anyone? {m.user.name}") for m in w.members))
