@@ -57,6 +57,58 @@ class RefreshToken(Base):
     __table_args__ = (Index("ix_refresh_tokens_user_revoked", "user_id", "revoked_at"),)
 
 
+class RefreshFamily(Base):
+    """Everything descended from one login: its rotation chain and the access tokens
+    issued along it (they carry its id as ``fam``). Revoking the row stops them all,
+    whichever order concurrent refreshes commit in; ``expires_at`` is the family's
+    absolute end, which rotation never moves."""
+
+    __tablename__ = "refresh_families"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_refresh_families_user_revoked", "user_id", "revoked_at"),)
+
+
+class ExternalIdentity(Base):
+    """A user of another issuer, mapped explicitly: (issuer, subject) names a local
+    row that was created for it, never a local account that happens to share the id."""
+
+    __tablename__ = "external_identities"
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Invitation(Base):
+    """An owner asked a user to join a session; the user becomes a member on accepting."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("chat_sessions.id", ondelete="CASCADE")
+    )
+    invitee_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    inviter_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "invitee_id", name="uq_invitations_session_invitee"),
+        Index("ix_invitations_invitee", "invitee_id"),
+    )
+
+
 class RevokedAccessToken(Base):
     """Access tokens revoked before their expiry (logout-all); rows die with ``exp``."""
 

@@ -47,6 +47,9 @@ class Connection:
     cursors: dict[str, StreamCursor] = field(default_factory=dict)
     typing_in: set[str] = field(default_factory=set)
     strikes: int = 0
+    # The refresh family of the credential that opened it (or of its last refresh):
+    # revoking the family closes the connection.
+    family: str | None = None
     closing: tuple[int, str] | None = None
     # Called once with ``closing``: lets the endpoint give up on a writer stuck on a dead
     # peer (a callback, not an Event: nothing per idle connection).

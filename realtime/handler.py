@@ -196,6 +196,7 @@ class ConnectionHandler:
         if str(principal.user_id) != self.conn.user_id:
             raise Unauthorized("the new token is for another user")
         self.conn.expires_at = principal.expires_at
+        self.conn.family = str(principal.family_id) if principal.family_id else None
         return {"type": "ack"}
 
     async def ping(self, frame: ClientFrame) -> dict[str, Any]:

@@ -252,10 +252,15 @@ class Hub:
     async def send_control(self, action: dict[str, Any]) -> None:
         await self.publish(Envelope(kinds.CONTROL, "", "{}", action=action))
 
-    async def disconnect_user(self, user_id: str, code: int, reason: str) -> None:
-        await self.send_control(
-            {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
-        )
+    async def disconnect_user(
+        self, user_id: str, code: int, reason: str, *, family: str | None = None
+    ) -> None:
+        """Close the user's connections on every node; with ``family``, only those
+        opened with that refresh family's credentials."""
+        action = {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
+        if family is not None:
+            action["family"] = family
+        await self.send_control(action)
 
     async def revoke_membership(self, session_id: str, user_id: str) -> None:
         await self.send_control(
@@ -455,8 +460,9 @@ class Hub:
             self._spawn(result)
 
     def _control_disconnect_user(self, action: dict[str, Any]) -> None:
+        family = action.get("family")
         for conn in list(self.connections.values()):
-            if conn.user_id == action.get("user_id"):
+            if conn.user_id == action.get("user_id") and (family is None or conn.family == family):
                 conn.close(int(action.get("code", 4401)), str(action.get("reason", "")))
 
     async def _control_remove_member(self, action: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from server.ratelimit import Limit, RateLimiter
 from server.security.callers import CallerCache
 from server.security.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
 from server.security.tokens import TokenService
-from server.services.accounts import AccountService
+from server.services.accounts import AccountService, LoginLimits
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
 
@@ -87,7 +87,18 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             limiter,
             refresh_ttl_s=settings.refresh_token_ttl_s,
             ticket_ttl_s=settings.ws_ticket_ttl_s,
-            login_limit=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
+            login_limit=LoginLimits(
+                pair=Limit("login", settings.login_attempts_per_window, settings.login_window_s),
+                account=Limit(
+                    "login-account",
+                    settings.login_account_failures_per_window,
+                    settings.login_window_s,
+                ),
+                ip=Limit(
+                    "login-ip", settings.login_ip_failures_per_window, settings.login_window_s
+                ),
+            ),
+            family_max_age_s=settings.refresh_family_max_age_s,
             callers=CallerCache(settings.caller_cache_ttl_s),
         )
         container = Container(

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(10.0, ge=0)
     access_token_ttl_s: int = Field(900, ge=10)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # A refresh family's absolute lifetime from its login: rotation never extends it.
+    refresh_family_max_age_s: int = Field(90 * 24 * 3600, ge=60)
     ws_ticket_ttl_s: int = Field(60, ge=1)
     # How long a node may authenticate from its cached copy of a user's row (name, role,
     # disabled, token revocation) without reading the database; 0 reads it every time.
@@ -68,7 +70,12 @@ class Settings(BaseSettings):
     message_window_s: int = Field(10, ge=1)
     typing_per_window: int = Field(10, ge=1)
     typing_window_s: int = Field(5, ge=1)
+    # Failed logins per window: for one account from one address (login_attempts_...),
+    # for one account from anywhere (devices that signed in to it before are exempt),
+    # and for one address over any accounts. Successful logins are not counted.
     login_attempts_per_window: int = Field(10, ge=1)
+    login_account_failures_per_window: int = Field(20, ge=1)
+    login_ip_failures_per_window: int = Field(100, ge=1)
     login_window_s: int = Field(300, ge=1)
     abuse_strikes_before_close: int = Field(20, ge=1)
     send_queue_frames: int = Field(1024, ge=8)

@@ -165,6 +165,13 @@ TOKENS = obj(
     refresh_token={"type": "string"},
     user=ref("User"),
 )
+LOGIN = extend(TOKENS, device_token={"type": "string"})
+LOGIN["required"] = [name for name in LOGIN["required"] if name != "device_token"]
+ACCEPTED = obj(status={"const": "accepted"}, message=STRING)
+INVITED = obj(status={"const": "invited"}, email=STRING, message=STRING)
+INVITATION = obj(
+    id=UUID, session_id=UUID, session_title=STRING, invited_by=nullable(STRING), created_at=TIME
+)
 DONE = obj(logged_out={"type": "boolean"})
 READINESS = obj(
     success={"type": "boolean"},
@@ -194,24 +201,35 @@ ENDPOINTS: dict[str, Doc] = {
         raw={200: ("application/json", {"type": "object"})},
     ),
     "POST /v1/auth/register": Doc(
-        "Create an account",
+        "Create an account. The answer is the same whether the address was free or "
+        "already has an account (then nothing changes); sign in next",
         "auth",
-        ref("User"),
+        ACCEPTED,
         201,
         schemas.RegisterBody,
         public=True,
-        errors=(409,),
     ),
     "POST /v1/auth/login": Doc(
-        "Log in: an access token, a refresh token, and the jwt and refresh cookies",
+        "Log in: an access token, a refresh token, the jwt and refresh cookies, and a "
+        "device token (also the parley_device cookie) that spares this device the "
+        "account-wide lock after failed logins elsewhere; 429 after too many failures",
         "auth",
-        TOKENS,
+        LOGIN,
         body=schemas.LoginBody,
         public=True,
         errors=(401, 403, 429),
+        query=(
+            Query(
+                "X-Parley-Device",
+                STRING,
+                "the device_token of an earlier login (or the parley_device cookie)",
+                where="header",
+            ),
+        ),
     ),
     "POST /v1/auth/refresh": Doc(
-        "Rotate the refresh token (body or cookie); reuse revokes the whole family",
+        "Rotate the refresh token (body or cookie) within the family's absolute "
+        "lifetime; reuse revokes the whole family, its access tokens and its sockets",
         "auth",
         TOKENS,
         body=schemas.RefreshBody,
@@ -219,13 +237,18 @@ ENDPOINTS: dict[str, Doc] = {
         errors=(401,),
     ),
     "POST /v1/auth/logout": Doc(
-        "Revoke this refresh family", "auth", DONE, body=schemas.RefreshBody
+        "Revoke one refresh family (the body's or cookie's refresh token, else the "
+        "access token's): its access tokens stop and its sockets close with 4401",
+        "auth",
+        DONE,
+        body=schemas.RefreshBody,
     ),
     "POST /v1/auth/logout-all": Doc(
         "Revoke every refresh family and every access token issued so far", "auth", DONE
     ),
     "POST /v1/auth/ws-ticket": Doc(
-        "A single-use WebSocket ticket",
+        "A single-use WebSocket ticket; it carries the access token's expiry and "
+        "revocation (the socket closes with 4401 when that token would expire)",
         "auth",
         obj(ticket={"type": "string"}, expires_in={"type": "integer"}),
     ),
@@ -268,12 +291,26 @@ ENDPOINTS: dict[str, Doc] = {
         errors=(403,),
     ),
     "POST /v1/sessions/{id}/members": Doc(
-        "Add a member (owner)",
+        "By email: invite (owner); 202 with the same answer whether or not the address "
+        "has an account, and the invitee joins by accepting. By user_id: add (201)",
         "sessions",
-        ref("Member"),
-        201,
+        {"anyOf": [INVITED, ref("Member")]},
+        202,
         schemas.MemberAddBody,
-        errors=(403, 409),
+        errors=(201, 403, 409),
+    ),
+    "GET /v1/me/invitations": Doc(
+        "The caller's pending invitations", "sessions", obj(invitations=array(INVITATION))
+    ),
+    "POST /v1/me/invitations/{id}/accept": Doc(
+        "Accept an invitation: the caller becomes a member",
+        "sessions",
+        extend(MEMBER, session_id=UUID),
+    ),
+    "POST /v1/me/invitations/{id}/decline": Doc(
+        "Decline an invitation",
+        "sessions",
+        obj(invitation_id=UUID, declined={"const": True}),
     ),
     "DELETE /v1/sessions/{id}/members/{user_id}": Doc(
         "Remove a member (owner)",

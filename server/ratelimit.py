@@ -60,6 +60,27 @@ class RateLimiter:
         retry_after = max(0.0, stats.reset_time - time.time())
         raise RateLimited(message or "too many requests, slow down", retry_after=retry_after)
 
+    async def check(self, limit: Limit, identity: str, message: str | None = None) -> None:
+        """Raise ``RateLimited`` if the window is full, without taking a unit: for
+        limits that count only some outcomes (``count`` them afterwards)."""
+        item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
+        try:
+            if await self._limiter.test(item, limit.name, identity):
+                return
+            stats = await self._limiter.get_window_stats(item, limit.name, identity)
+        except StorageError:
+            return  # fail open, as ``hit`` does
+        retry_after = max(0.0, stats.reset_time - time.time())
+        raise RateLimited(message or "too many requests, slow down", retry_after=retry_after)
+
+    async def count(self, limit: Limit, identity: str) -> None:
+        """Take a unit without refusing anything (the next ``check`` refuses)."""
+        item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
+        try:
+            await self._limiter.hit(item, limit.name, identity)
+        except StorageError:
+            return
+
     async def clear(self, limit: Limit, identity: str) -> None:
         item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
         await self._limiter.clear(item, limit.name, identity)

@@ -47,8 +47,12 @@ def connect_caller_cache(hub: Hub, accounts: AccountService) -> None:
             return
         callers.drop(user_id)
 
+    async def family_revoked(user_id: uuid.UUID, family_id: uuid.UUID) -> None:
+        await hub.disconnect_user(str(user_id), 4401, "session revoked", family=str(family_id))
+
     hub.control_handlers[CALLER_CHANGED] = on_notice
     accounts.on_caller_changed = publish
+    accounts.on_family_revoked = family_revoked
 
 
 async def start_realtime(container: Container, stack: contextlib.AsyncExitStack) -> None:

@@ -89,6 +89,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         max_outbox=container.settings.send_queue_frames,
         on_overflow=life.overflowed,
         on_close=life.arm_abandon,
+        family=str(principal.family_id) if principal.family_id else None,
     )
     conn_id_var.set(conn.conn_id)
     handler = ConnectionHandler(container, hub, conn)

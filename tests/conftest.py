@@ -118,6 +118,7 @@ async def register_user(client: httpx.AsyncClient, name: str = "Ada") -> TestUse
     response = await client.post(
         "/v1/auth/register", json={"email": email, "password": password, "name": name}
     )
+    # 201 and the same neutral body whether or not the address was free (no tokens).
     assert response.status_code == 201, response.text
     response = await client.post("/v1/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text

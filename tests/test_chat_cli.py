@@ -117,8 +117,9 @@ async def test_messages_from_others_are_printed_with_their_name(
     ada = await register_user(http, "Ada")
     bob = await register_user(http, "Bob")
     session_id = await create_session(http, ada, title="pair")
+    # By id: adding by email is an invitation Bob would have to accept first.
     await http.post(
-        f"/v1/sessions/{session_id}/members", json={"email": bob.email}, headers=ada.headers
+        f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
     )
     chat = await start_chat(server, ada, "--session", session_id)
     assert chat.stdin is not None and chat.stdout is not None

@@ -1,4 +1,4 @@
-"""Users, refresh-token families and access-token revocation."""
+"""Users, external identities, refresh-token families and access-token revocation."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import RefreshToken, RevokedAccessToken, User
+from db.models import ExternalIdentity, RefreshFamily, RefreshToken, RevokedAccessToken, User
 from server.errors import Conflict
 
 
@@ -36,6 +36,8 @@ class Caller(NamedTuple):
     role: str
     disabled: bool
     revoked_before: datetime | None  # access tokens issued earlier are revoked
+    # Families revoked recently enough that access tokens issued from them may live.
+    revoked_families: frozenset[uuid.UUID] = frozenset()
 
 
 # Every authenticated request reads this: one prebuilt statement, user and revocation.
@@ -46,10 +48,25 @@ _CALLER = (
 )
 
 
-async def caller(session: AsyncSession, user_id: uuid.UUID) -> Caller | None:
+_REVOKED_FAMILIES = select(RefreshFamily.id).where(
+    RefreshFamily.user_id == bindparam("user_id"),
+    RefreshFamily.revoked_at > bindparam("since", type_=RefreshFamily.revoked_at.type),
+)
+
+
+async def caller(
+    session: AsyncSession, user_id: uuid.UUID, families_revoked_since: datetime
+) -> Caller | None:
+    """``families_revoked_since``: older revocations outlived every access token of
+    their family, so they need not be carried."""
     connection = await session.connection()
     row = (await connection.execute(_CALLER, {"user_id": user_id})).first()
-    return Caller(*row) if row is not None else None
+    if row is None:
+        return None
+    families = await connection.execute(
+        _REVOKED_FAMILIES, {"user_id": user_id, "since": families_revoked_since}
+    )
+    return Caller(*row, revoked_families=frozenset(families.scalars()))
 
 
 async def set_disabled(session: AsyncSession, user_id: uuid.UUID, disabled: bool) -> bool:
@@ -63,22 +80,65 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
 
 
-async def ensure_external_user(
-    session: AsyncSession, user_id: uuid.UUID, *, name: str, role: str
+async def external_user(
+    session: AsyncSession, *, issuer: str, subject: str, name: str, role: str
 ) -> User:
-    """The local row for a user whose token another service issued (first sight creates it)."""
-    user = await session.get(User, user_id)
-    if user is None:
-        user = User(
-            id=user_id,
-            email=f"{user_id}@external.invalid",
-            name=name,
-            password_hash=None,
-            role=role,
+    """The local user mapped to another issuer's (issuer, subject); first sight creates
+    it with an id of its own, so a subject equal to a local user's id means nothing.
+    A concurrent first sight fails on the primary key: the caller retries."""
+    found = (
+        await session.execute(
+            select(User)
+            .join(ExternalIdentity, ExternalIdentity.user_id == User.id)
+            .where(ExternalIdentity.issuer == issuer, ExternalIdentity.subject == subject)
         )
+    ).scalar_one_or_none()
+    if found is not None:
+        return found
+    user = await _legacy_external_user(session, subject)
+    if user is None:
+        user = User(id=uuid.uuid4(), name=name, password_hash=None, role=role, email="")
+        user.email = f"{user.id}@external.invalid"
         session.add(user)
+        await session.flush()  # the row the identity names goes in first
+    session.add(ExternalIdentity(issuer=issuer, subject=subject, user_id=user.id))
+    try:
         await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("this external identity was mapped concurrently") from exc
     return user
+
+
+async def _legacy_external_user(session: AsyncSession, subject: str) -> User | None:
+    """A row made for this subject before identities were recorded (its id is the
+    subject, it has no password, and no identity claims it yet)."""
+    try:
+        user_id = uuid.UUID(subject)
+    except ValueError:
+        return None
+    return (
+        await session.execute(
+            select(User).where(
+                User.id == user_id,
+                User.password_hash.is_(None),
+                User.email == f"{user_id}@external.invalid",
+                ~exists().where(ExternalIdentity.user_id == User.id),
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def create_family(
+    session: AsyncSession, *, user_id: uuid.UUID, expires_at: datetime
+) -> RefreshFamily:
+    family = RefreshFamily(user_id=user_id, expires_at=expires_at)
+    session.add(family)
+    await session.flush()
+    return family
+
+
+async def get_family(session: AsyncSession, family_id: uuid.UUID) -> RefreshFamily | None:
+    return await session.get(RefreshFamily, family_id)
 
 
 async def store_refresh_token(
@@ -102,23 +162,41 @@ async def claim_refresh_token(
 ) -> tuple[RefreshToken | None, bool]:
     """Mark the token used; returns it and whether this call was the one that used it.
 
-    The conditional UPDATE makes two concurrent refreshes with the same token race
-    safely: exactly one sees ``used_at IS NULL``; the other is treated as reuse.
+    One conditional UPDATE decides: exactly one of two concurrent refreshes with the
+    same token sees ``used_at IS NULL`` (PostgreSQL re-checks it after the winner's
+    row lock is released; SQLite's writers are serialised), and only while the token
+    and its family are alive. Store the successor in the same transaction.
     """
     token = (
         await session.execute(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
     ).scalar_one_or_none()
     if token is None:
         return None, False
+    family_alive = exists().where(
+        RefreshFamily.id == RefreshToken.family_id,
+        RefreshFamily.revoked_at.is_(None),
+        RefreshFamily.expires_at > now,
+    )
     claimed = await session.execute(
         update(RefreshToken)
-        .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+        .where(
+            RefreshToken.id == token.id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+            family_alive,
+        )
         .values(used_at=now)
     )
     return token, claimed.rowcount == 1  # type: ignore[attr-defined]
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.id == family_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
@@ -127,6 +205,11 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: dateti
 
 
 async def revoke_all_families(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.user_id == user_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))

@@ -15,20 +15,35 @@ from server.services.sessions import parse_id
 
 REFRESH_COOKIE = "parley_refresh"
 REFRESH_COOKIE_PATH = "/v1/auth"
+# Marks a device that signed in to an account: it is spared that account's login lock.
+DEVICE_COOKIE = "parley_device"
+DEVICE_HEADER = "x-parley-device"
+DEVICE_COOKIE_MAX_AGE_S = 365 * 24 * 3600
+# The same answer whether the address was free or taken: registration does not tell
+# anyone which addresses have accounts. The owner of a taken address signs in.
+REGISTERED = {
+    "status": "accepted",
+    "message": "if this address can be registered, its account is ready: sign in with it",
+}
 
 
 async def register(request: Request) -> Response:
     body = await read_body(request, RegisterBody)
-    user = await container_of(request).accounts.register(
+    await container_of(request).accounts.register(
         email=body.email, password=body.password, name=body.name.strip() or body.email
     )
-    return ok(user_to_wire(user), 201)
+    # 201 as the contract says, but not the user: a taken address must read the same.
+    return ok(dict(REGISTERED), 201)
 
 
 async def login(request: Request) -> Response:
     body = await read_body(request, LoginBody)
+    device = request.headers.get(DEVICE_HEADER) or request.cookies.get(DEVICE_COOKIE)
     result = await container_of(request).accounts.login(
-        email=body.email, password=body.password, client_ip=client_ip(request)
+        email=body.email,
+        password=body.password,
+        client_ip=client_ip(request),
+        device_token=device,
     )
     return _session_response(request, result)
 
@@ -43,8 +58,8 @@ async def refresh(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     container = container_of(request)
-    await container.authenticate(request)
-    await container.accounts.logout(await _refresh_token_from(request))
+    principal = await container.authenticate(request)
+    await container.accounts.logout(principal, await _refresh_token_from(request))
     return _clear_cookies(ok({"logged_out": True}))
 
 
@@ -92,16 +107,28 @@ async def _refresh_token_from(request: Request) -> str | None:
 
 
 def _session_response(request: Request, result: LoginResult) -> JSONResponse:
-    response = ok(
-        {
-            "access_token": result.access_token,
-            "token_type": "Bearer",
-            "expires_in": result.expires_in,
-            "refresh_token": result.refresh_token,
-            "user": user_to_wire(result.user),
-        }
-    )
+    body = {
+        "access_token": result.access_token,
+        "token_type": "Bearer",
+        "expires_in": result.expires_in,
+        "refresh_token": result.refresh_token,
+        "user": user_to_wire(result.user),
+    }
+    if result.device_token is not None:
+        # For clients without a cookie jar: send it back as X-Parley-Device.
+        body["device_token"] = result.device_token
+    response = ok(body)
     secure = request.url.scheme == "https"
+    if result.device_token is not None:
+        response.set_cookie(
+            DEVICE_COOKIE,
+            result.device_token,
+            max_age=DEVICE_COOKIE_MAX_AGE_S,
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+            path=REFRESH_COOKIE_PATH,
+        )
     response.set_cookie(
         "jwt",
         result.access_token,

@@ -63,10 +63,32 @@ async def add_member(request: Request) -> Response:
     principal = await container.authenticate(request)
     session_id = parse_id(request.path_params["id"])
     body = await read_body(request, MemberAddBody)
-    member = await container.sessions.add_member(
-        principal, session_id, user_id=body.user_id, email=body.email
-    )
+    if body.email is not None:
+        # By email: an invitation, with one answer whether or not the address exists.
+        return ok(await container.sessions.invite(principal, session_id, body.email), 202)
+    member = await container.sessions.add_member(principal, session_id, user_id=body.user_id)
     return ok(member, 201)
+
+
+async def list_invitations(request: Request) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    return ok({"invitations": await container.sessions.invitations(principal)})
+
+
+async def accept_invitation(request: Request) -> Response:
+    return await _answer_invitation(request, accept=True)
+
+
+async def decline_invitation(request: Request) -> Response:
+    return await _answer_invitation(request, accept=False)
+
+
+async def _answer_invitation(request: Request, *, accept: bool) -> Response:
+    container = container_of(request)
+    principal = await container.authenticate(request)
+    invitation_id = parse_id(request.path_params["id"], "invitation")
+    return ok(await container.sessions.answer_invitation(principal, invitation_id, accept=accept))
 
 
 async def remove_member(request: Request) -> Response:
@@ -135,6 +157,9 @@ routes = [
     Route("/v1/sessions/{id}/restore", restore_session, methods=["POST"]),
     Route("/v1/sessions/{id}/members", add_member, methods=["POST"]),
     Route("/v1/sessions/{id}/members/{user_id}", remove_member, methods=["DELETE"]),
+    Route("/v1/me/invitations", list_invitations, methods=["GET"]),
+    Route("/v1/me/invitations/{id}/accept", accept_invitation, methods=["POST"]),
+    Route("/v1/me/invitations/{id}/decline", decline_invitation, methods=["POST"]),
     Route("/v1/sessions/{id}/messages", list_messages, methods=["GET"]),
     Route("/v1/sessions/{id}/messages", post_message, methods=["POST"]),
     Route("/v1/sessions/{id}/messages/{message_id}", delete_message, methods=["DELETE"]),

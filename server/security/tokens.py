@@ -34,15 +34,23 @@ VERIFIED_TOKENS = 8192
 VERIFIED_TTL_S = 60.0
 
 
+DEVICE_AUDIENCE = "parley-device"
+
+
 @dataclass(frozen=True)
 class Claims:
-    user_id: uuid.UUID
+    # None for an external token: its (issuer, subject) is mapped to a local user.
+    user_id: uuid.UUID | None
     role: str
     name: str | None
     jti: str
     issued_at: datetime
     expires_at: datetime
     external: bool
+    issuer: str = ""
+    subject: str = ""
+    # The refresh family the token was issued from (``fam``); revoking it revokes this.
+    family_id: uuid.UUID | None = None
 
 
 def issued_at_ms(instant: datetime) -> float:
@@ -75,12 +83,19 @@ class TokenService:
         self._audience = audience
         self.access_ttl_s = access_ttl_s
         self._leeway = leeway_s
+        self.leeway_s = leeway_s
         self._public_key = public_key
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._verified: TTLCache[str, Claims] = TTLCache(VERIFIED_TOKENS, VERIFIED_TTL_S)
 
     def issue_access_token(
-        self, user_id: uuid.UUID, *, role: str, name: str, ttl_s: int | None = None
+        self,
+        user_id: uuid.UUID,
+        *,
+        role: str,
+        name: str,
+        ttl_s: int | None = None,
+        family_id: uuid.UUID | None = None,
     ) -> tuple[str, int]:
         now = datetime.now(UTC)
         ttl = ttl_s if ttl_s is not None else self.access_ttl_s
@@ -98,7 +113,38 @@ class TokenService:
             "role": role,
             "name": name,
         }
+        if family_id is not None:
+            payload["fam"] = str(family_id)
         return jwt.encode(payload, self._secret, algorithm="HS256"), ttl
+
+    def issue_device_token(self, user_id: uuid.UUID) -> str:
+        """A signed mark that this device signed in to this account once: it exempts
+        the device from the account-wide login lock (not from the per-IP ones)."""
+        payload = {
+            "sub": str(user_id),
+            "aud": DEVICE_AUDIENCE,
+            "iss": self._issuer,
+            "iat": int(time.time()),
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(payload, self._secret, algorithm="HS256")
+
+    def device_account(self, device_token: str | None) -> uuid.UUID | None:
+        """The account a device token was issued for, or None if it is not ours."""
+        if not device_token:
+            return None
+        try:
+            payload = jwt.decode(
+                device_token,
+                self._secret,
+                algorithms=SYMMETRIC_ALGORITHMS,
+                audience=DEVICE_AUDIENCE,
+                issuer=self._issuer,
+                options={"require": ["sub", "aud", "iss"]},
+            )
+            return uuid.UUID(str(payload["sub"]))
+        except (jwt.PyJWTError, ValueError):
+            return None
 
     async def verify(self, token: str) -> Claims:
         """Check signature, algorithm, time claims (with leeway), issuer and audience."""
@@ -137,10 +183,21 @@ class TokenService:
             raise Unauthorized("token expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        try:
-            user_id = uuid.UUID(str(payload["sub"]))
-        except ValueError as exc:
-            raise Unauthorized("invalid token subject") from exc
+        subject = str(payload["sub"])
+        user_id: uuid.UUID | None = None
+        if not external:
+            try:
+                user_id = uuid.UUID(subject)
+            except ValueError as exc:
+                raise Unauthorized("invalid token subject") from exc
+        elif not subject or len(subject) > 255:
+            raise Unauthorized("invalid token subject")
+        family_id: uuid.UUID | None = None
+        if "fam" in payload and not external:
+            try:
+                family_id = uuid.UUID(str(payload["fam"]))
+            except ValueError as exc:
+                raise Unauthorized("invalid token family") from exc
         role = payload.get("role", "user")
         return Claims(
             user_id=user_id,
@@ -150,6 +207,9 @@ class TokenService:
             issued_at=datetime.fromtimestamp(float(payload["iat"]), UTC),
             expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
             external=external,
+            issuer=str(payload["iss"]),
+            subject=subject,
+            family_id=family_id,
         )
 
     async def _asymmetric_key(self, token: str) -> Any:

@@ -16,15 +16,18 @@ from typing import Any
 from db.engine import Database
 from db.models import ChatSession
 from db.repositories import audit as audit_repo
+from db.repositories import invitations as invitations_repo
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
 from db.types import utcnow
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
-from server.services.accounts import Principal
+from server.services.accounts import Principal, normalise_email
 from server.services.wire import message_to_wire, session_to_wire, summary_to_wire
 
 STATUSES = ("active", "expired", "closed")
+# One answer to an invitation by email, whether or not the address has an account.
+INVITED_MESSAGE = "if this address has an account, it was invited; it joins by accepting"
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
@@ -156,6 +159,69 @@ class SessionService:
                 details={"user_id": str(user.id)},
             )
         return {"user_id": str(user.id), "name": user.name, "role": "member"}
+
+    async def invite(
+        self, principal: Principal, session_id: uuid.UUID, email: str
+    ) -> dict[str, Any]:
+        """Invite the account behind ``email``; it becomes a member only by accepting.
+        The answer is the same whether the address has an account, is a member or
+        invited already, so it tells the owner nothing about who is registered."""
+        await self._require_owner(principal, session_id)
+        address = normalise_email(email)
+        async with self._db.transaction() as session:
+            user = await users_repo.get_user_by_email(session, address)
+            invited = (
+                user is not None
+                and user.id != principal.user_id
+                and await invitations_repo.invite(session, session_id, user.id, principal.user_id)
+            )
+            if invited:
+                assert user is not None
+                await audit_repo.record(
+                    session,
+                    actor_id=principal.user_id,
+                    action="member.invite",
+                    target_type="session",
+                    target_id=str(session_id),
+                    session_id=session_id,
+                    details={"user_id": str(user.id)},
+                )
+        return {"status": "invited", "email": address, "message": INVITED_MESSAGE}
+
+    async def invitations(self, principal: Principal) -> list[dict[str, Any]]:
+        async with self._db.read() as session:
+            return await invitations_repo.list_for_invitee(session, principal.user_id)
+
+    async def answer_invitation(
+        self, principal: Principal, invitation_id: uuid.UUID, *, accept: bool
+    ) -> dict[str, Any]:
+        async with self._db.transaction() as session:
+            invitation = await invitations_repo.take(session, invitation_id, principal.user_id)
+            if invitation is None:
+                raise NotFound("invitation not found")
+            session_id = invitation.session_id
+            if accept and not await sessions_repo.is_member(session, session_id, principal.user_id):
+                await sessions_repo.add_member(session, session_id, principal.user_id)
+                await audit_repo.record(
+                    session,
+                    actor_id=principal.user_id,
+                    action="member.add",
+                    target_type="session",
+                    target_id=str(session_id),
+                    session_id=session_id,
+                    details={
+                        "user_id": str(principal.user_id),
+                        "invited_by": str(invitation.inviter_id),
+                    },
+                )
+        if not accept:
+            return {"invitation_id": str(invitation_id), "declined": True}
+        return {
+            "session_id": str(session_id),
+            "user_id": str(principal.user_id),
+            "name": principal.name,
+            "role": "member",
+        }
 
     async def remove_member(
         self, principal: Principal, session_id: uuid.UUID, user_id: uuid.UUID

@@ -114,6 +114,7 @@ function showMain(me) {
   state.me = me;
   ui.connection = h("span", { class: "connection", testid: "connection", "data-state": "offline", role: "status" }, h("span", { class: "dot", "aria-hidden": "true" }), h("span", { class: "label", text: CONNECTION_LABELS.offline }));
   ui.sessionList = h("ul", { class: "session-list", testid: "session-list" });
+  ui.invitations = h("ul", { class: "session-list invitations", testid: "invitations", hidden: true });
   ui.filter = h(
     "select",
     { testid: "session-filter", "aria-label": "Show sessions", onchange: () => ((state.filter = ui.filter.value), loadSessions()) },
@@ -130,6 +131,7 @@ function showMain(me) {
       "aside",
       { class: "sidebar", testid: "sidebar" },
       h("form", { class: "inline-form new-session", onsubmit: createSession }, ui.newTitle, h("button", { type: "submit", class: "primary", testid: "session-create" }, "New")),
+      ui.invitations,
       h("div", { class: "filter-row" }, h("span", { class: "muted", text: "Sessions" }), ui.filter),
       ui.sessionList,
     ),
@@ -173,7 +175,42 @@ function openMemory() {
 
 let sessionsGeneration = 0;
 
+// Invitations: an owner added you by email; you join by accepting. Loaded with the
+// session list and whenever the window regains focus.
+async function loadInvitations() {
+  let data;
+  try {
+    data = await get("/v1/me/invitations");
+  } catch {
+    return;
+  }
+  clear(ui.invitations);
+  for (const invitation of data.invitations) {
+    const answer = async (verb) => {
+      try {
+        await post(`/v1/me/invitations/${invitation.id}/${verb}`, {});
+      } catch (exc) {
+        notify(exc.message);
+      }
+      await loadSessions();
+    };
+    ui.invitations.append(
+      h(
+        "li",
+        { class: "invitation", testid: "invitation", "data-session-id": invitation.session_id },
+        h("span", { class: "title", text: `${invitation.invited_by || "Someone"} invites you to “${invitation.session_title || "Untitled session"}”` }),
+        h("button", { type: "button", class: "primary", testid: "invitation-accept", onclick: () => answer("accept") }, "Join"),
+        h("button", { type: "button", class: "link", testid: "invitation-decline", onclick: () => answer("decline") }, "Decline"),
+      ),
+    );
+  }
+  ui.invitations.hidden = data.invitations.length === 0;
+}
+
+window.addEventListener("focus", () => state.me && ui.invitations && loadInvitations());
+
 async function loadSessions() {
+  loadInvitations();
   // Only the newest of overlapping loads draws the list (filter changes race renames).
   const generation = ++sessionsGeneration;
   try {

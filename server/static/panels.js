@@ -40,12 +40,12 @@ export class DetailsPanel {
     const email = this.emailInput.value.trim();
     if (!email) return;
     try {
-      const member = await post(`/v1/sessions/${this.session.id}/members`, { email });
+      // An invitation: the same answer whether or not the address has an account.
+      await post(`/v1/sessions/${this.session.id}/members`, { email });
       this.emailInput.value = "";
-      this.notify(`${member.name} can now join this session.`, "info");
-      await this.loadMembers();
+      this.notify(`Invited ${email}: they join once they accept.`, "info");
     } catch (exc) {
-      this.notify(exc.code === "not_found" ? `No user with the email ${email}.` : exc.message);
+      this.notify(exc.message);
     }
   }
 
@@ -109,7 +109,7 @@ export class DetailsPanel {
 
   build() {
     this.membersEl = h("ul", { class: "plain-list", testid: "session-members" });
-    this.emailInput = h("input", { type: "email", testid: "add-member-email", placeholder: "colleague@example.com", "aria-label": "Email of the person to add", required: true });
+    this.emailInput = h("input", { type: "email", testid: "add-member-email", placeholder: "colleague@example.com", "aria-label": "Email of the person to invite", required: true });
     this.docsEl = h("ul", { class: "plain-list", testid: "documents" });
     this.fileInput = h("input", { type: "file", testid: "doc-file", accept: ".txt,.md,.markdown,text/plain,text/markdown", "aria-label": "Document file" });
     this.uploadButton = h("button", { type: "submit", testid: "doc-upload" }, "Upload");
@@ -124,7 +124,7 @@ export class DetailsPanel {
       h("h3", { text: "Members" }),
       this.membersEl,
       this.isOwner
-        ? h("form", { class: "inline-form", testid: "add-member-form", onsubmit: (e) => this.addMember(e) }, this.emailInput, h("button", { type: "submit", testid: "add-member" }, "Add"))
+        ? h("form", { class: "inline-form", testid: "add-member-form", onsubmit: (e) => this.addMember(e) }, this.emailInput, h("button", { type: "submit", testid: "add-member" }, "Invite"))
         : h("p", { class: "muted", text: "Only the owner can add members." }),
       h("h3", { text: "Documents" }),
       h("p", { class: "muted", text: "The assistant draws on these when it answers in this session." }),

@@ -46,12 +46,24 @@ class Person:
         item = self.page.locator('[data-testid="session-item"].selected')
         return str(await item.get_attribute("data-session-id"))
 
-    async def add_member(self, email: str) -> None:
+    async def add_member(self, invitee: Person) -> None:
+        """Invite by email; the invitee accepts on their page; then both are members."""
         if await self.tid("details").is_hidden():
             await self.tid("details-toggle").click()
-        await self.tid("add-member-email").fill(email)
+        await self.tid("add-member-email").fill(invitee.email)
         await self.tid("add-member").click()
+        await expect(self.tid("notice")).to_contain_text("Invited")
+        await invitee.accept_invitation()
+        await self.page.reload()
+        await expect(self.tid("chat-title")).to_be_visible()
+        if await self.tid("details").is_hidden():
+            await self.tid("details-toggle").click()
         await expect(self.tid("session-members").locator("li")).to_have_count(2)
+
+    async def accept_invitation(self) -> None:
+        await self.page.reload()
+        await self.tid("invitation-accept").click()
+        await expect(self.tid("invitation")).to_have_count(0)
 
     async def open_session(self, session_id: str) -> None:
         await self.page.goto(f"{self.page.url.split('#')[0]}#/s/{session_id}")

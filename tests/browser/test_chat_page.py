@@ -35,7 +35,7 @@ async def test_two_people_see_the_message_and_the_whole_streamed_answer(
     ada = await Person.sign_up(browser, page_server, watch, "Ada")
     bob = await Person.sign_up(browser, page_server, watch, "Bob")
     session_id = await ada.create_session("Launch plan")
-    await ada.add_member(bob.email)
+    await ada.add_member(bob)
     await bob.open_session(session_id)
     await expect(ada.tid("members").locator("li")).to_have_count(2)
 
@@ -197,7 +197,7 @@ async def test_a_document_uploads_to_the_session_and_a_member_is_added_by_email(
     ada = await Person.sign_up(browser, page_server, watch, "Ada")
     bob = await Person.sign_up(browser, page_server, watch, "Bob")
     await ada.create_session("Docs")
-    await ada.add_member(bob.email)
+    await ada.add_member(bob)
     notes = tmp_path / "launch-notes.md"
     notes.write_text("# Launch\n\nThe launch moves to May because of the audit.\n")
 

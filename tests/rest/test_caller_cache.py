@@ -138,9 +138,11 @@ async def test_a_second_request_does_not_read_the_caller_again(
     reads: list[uuid.UUID] = []
     real_caller = users_repo.caller
 
-    async def counting_caller(session: Any, user_id: uuid.UUID) -> users_repo.Caller | None:
+    async def counting_caller(
+        session: Any, user_id: uuid.UUID, *args: Any
+    ) -> users_repo.Caller | None:
         reads.append(user_id)
-        return await real_caller(session, user_id)
+        return await real_caller(session, user_id, *args)
 
     monkeypatch.setattr(users_repo, "caller", counting_caller)
 

@@ -139,10 +139,57 @@ async def test_an_external_rs256_token_is_accepted_and_creates_the_user_on_first
         forged = await _me(client, jwt.encode(_claims(external_id), other_key, algorithm="RS256"))
 
     assert first.status_code == 200, first.text
-    assert first.json()["data"]["id"] == external_id
+    # The local row has an id of its own, mapped from (issuer, subject).
+    assert uuid.UUID(first.json()["data"]["id"])
     assert first.json()["data"]["name"] == "Outsider"
     assert second.json()["data"] == first.json()["data"]
     assert forged.status_code == 401
+
+
+def _rsa_key() -> tuple[Any, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return key, public_pem
+
+
+async def test_an_external_token_whose_subject_is_a_local_users_id_is_not_that_user(
+    client_with: AppClient,
+) -> None:
+    key, public_pem = _rsa_key()
+    async with client_with(jwt_public_key=public_pem) as client:
+        local = await register_user(client, "Local")
+        token = jwt.encode(_claims(local.id, name="Impostor"), key, algorithm="RS256")
+
+        response = await _me(client, token)
+        again = await _me(client, token)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["id"] != local.id
+    assert response.json()["data"]["email"] != local.email
+    assert again.json()["data"]["id"] == response.json()["data"]["id"]
+
+
+async def test_logout_all_revokes_an_external_users_earlier_tokens(
+    client_with: AppClient,
+) -> None:
+    key, public_pem = _rsa_key()
+    subject = f"ext-{uuid.uuid4().hex}"  # a subject need not be a UUID
+    earlier = datetime.now(UTC) - timedelta(seconds=5)
+    token = jwt.encode(_claims(subject, iat=earlier), key, algorithm="RS256")
+    async with client_with(jwt_public_key=public_pem) as client:
+        assert (await _me(client, token)).status_code == 200
+        logout = await client.post(
+            "/v1/auth/logout-all", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert logout.status_code == 200, logout.text
+
+        after = await _me(client, token)
+
+    assert after.status_code == 401
 
 
 async def test_a_token_is_verified_once_and_refused_once_it_expires(

@@ -10,6 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import TEST_JWT_SECRET, LiveServer, TestUser, register_user
+from tests.ws.rawws import close_code
 from tests.wsclient import WSClient
 
 
@@ -132,3 +133,91 @@ async def test_a_refused_handshake_answers_with_the_error_envelope(
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
     assert response.headers["x-request-id"]
+
+
+async def test_a_ticket_minted_before_logout_all_is_refused(
+    live_server: LiveServer, live_client: httpx.AsyncClient
+) -> None:
+    ada = await register_user(live_client, "Ada")
+    response = await live_client.post("/v1/auth/ws-ticket", headers=ada.headers)
+    ticket = response.json()["data"]["ticket"]
+
+    assert (await live_client.post("/v1/auth/logout-all", headers=ada.headers)).status_code == 200
+
+    assert await refused(f"{live_server.ws_url}?ticket={ticket}") == 401
+
+
+async def test_a_socket_opened_by_ticket_closes_with_4401_when_its_token_expires(
+    live_server: LiveServer, live_client: httpx.AsyncClient
+) -> None:
+    ada = await register_user(live_client, "Ada")
+    short, _ = live_server.container.accounts.tokens.issue_access_token(
+        uuid.UUID(ada.id), role="user", name=ada.name, ttl_s=2
+    )
+    live_client.cookies.clear()
+    response = await live_client.post(
+        "/v1/auth/ws-ticket", headers={"Authorization": f"Bearer {short}"}
+    )
+    ticket = response.json()["data"]["ticket"]
+    assert response.json()["data"]["expires_in"] <= 2
+
+    client, _ = await WSClient.connect(f"{live_server.ws_url}?ticket={ticket}")
+    try:
+        assert await close_code(client, timeout=8) == 4401
+    finally:
+        await client.close()
+
+
+async def _second_family(live_client: httpx.AsyncClient, user: TestUser) -> dict[str, str]:
+    live_client.cookies.clear()
+    response = await live_client.post(
+        "/v1/auth/login", json={"email": user.email, "password": user.password}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json()["data"])
+
+
+async def test_refresh_reuse_closes_that_familys_sockets_only(
+    live_server: LiveServer, live_client: httpx.AsyncClient
+) -> None:
+    ada = await register_user(live_client, "Ada")
+    other = await _second_family(live_client, ada)
+    stolen, _ = await WSClient.connect(live_server.ws_url, ada.access_token)
+    spared, _ = await WSClient.connect(live_server.ws_url, other["access_token"])
+    try:
+        live_client.cookies.clear()
+        body = {"refresh_token": ada.refresh_token}
+        assert (await live_client.post("/v1/auth/refresh", json=body)).status_code == 200
+        reuse = await live_client.post("/v1/auth/refresh", json=body)
+        assert reuse.status_code == 401
+
+        assert await close_code(stolen) == 4401
+        assert (await spared.request({"type": "ping"}))["type"] == "pong"
+    finally:
+        await stolen.close()
+        await spared.close()
+
+
+async def test_logout_of_one_family_closes_its_sockets_opened_by_token_or_ticket(
+    live_server: LiveServer, live_client: httpx.AsyncClient
+) -> None:
+    ada = await register_user(live_client, "Ada")
+    other = await _second_family(live_client, ada)
+    live_client.cookies.clear()
+    response = await live_client.post("/v1/auth/ws-ticket", headers=ada.headers)
+    ticket = response.json()["data"]["ticket"]
+    by_token, _ = await WSClient.connect(live_server.ws_url, ada.access_token)
+    by_ticket, _ = await WSClient.connect(f"{live_server.ws_url}?ticket={ticket}")
+    spared, _ = await WSClient.connect(live_server.ws_url, other["access_token"])
+    try:
+        response = await live_client.post(
+            "/v1/auth/logout", json={"refresh_token": ada.refresh_token}, headers=ada.headers
+        )
+        assert response.status_code == 200, response.text
+
+        assert await close_code(by_token) == 4401
+        assert await close_code(by_ticket) == 4401
+        assert (await spared.request({"type": "ping"}))["type"] == "pong"
+    finally:
+        for client in (by_token, by_ticket, spared):
+            await client.close()
