@@ -189,6 +189,8 @@ class Member:
             joined = await self.request({"type": "join", "session_id": self.session_id}, since)
             if joined["type"] == "joined":
                 break
+            if DEBUG:
+                print(f"member {self.n} on {node.name}: {joined}")
             await asyncio.sleep(0.5)  # unavailable: Redis or the database coming back
         else:
             raise ConnectionError(f"join failed: {joined}")
@@ -479,7 +481,10 @@ def tally(
         lost += len(expected - m.messages)
         missing = sorted(seq_of.get(i, -1) for i in expected - m.messages)
         if missing and DEBUG:
-            print(f"member {m.n}: missing seqs {missing[:20]} of {len(missing)}")
+            print(
+                f"member {m.n} ({m.node.name if m.node else '-'}):"
+                f" missing seqs {missing[:20]} of {len(missing)}"
+            )
         for stream_id, question in t.asked.items():
             seen = m.streams.get(stream_id)
             answer = t.answers.get(question)
