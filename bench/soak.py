@@ -558,7 +558,7 @@ the member saw (members resume running streams from the next index they want).
 
 | what | count |
 | --- | ---: |
-| messages acknowledged / questions answered | {r.acked} / {r.answers} |
+| messages acknowledged / questions acknowledged | {r.acked} / {r.answers} |
 | lost messages (member-deliveries) | {r.lost_messages} |
 | messages delivered twice on one connection | {r.duplicated_messages} |
 | unended streams (member-streams) | {r.unended} |
