@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from tests.cluster.conftest import Node, free_port
-from tests.cluster.test_redis_restart import PrivateRedis
 from tests.conftest import TestUser
+from tests.private_redis import PrivateRedis
 from tests.wsclient import Frame, WSClient
 
 # -- Redis ----------------------------------------------------------------------------
