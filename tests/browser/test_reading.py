@@ -155,6 +155,7 @@ async def test_days_are_separated_and_stay_right_when_older_messages_load(
     assert [item[1] for item in shown if item[0] == "msg"] == list(range(1, 61))
 
 
+@pytest.mark.parametrize("server_overrides", [{"messages_per_window": 1000}])
 async def test_a_new_messages_pill_counts_what_arrives_while_scrolled_up(
     browser: Any, page_server: PageServer, watch: Watch
 ) -> None:
@@ -194,6 +195,7 @@ async def test_a_new_messages_pill_counts_what_arrives_while_scrolled_up(
 
 
 @pytest.mark.parametrize("token_delay_s", [0.1])
+@pytest.mark.parametrize("server_overrides", [{"messages_per_window": 1000}])
 async def test_the_pill_says_when_an_answer_is_being_written_out_of_sight(
     browser: Any, page_server: PageServer, watch: Watch
 ) -> None:
