@@ -20,6 +20,7 @@ client falls back to the stored message.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,6 +54,24 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
+# KEYS: deltas, meta. ARGV: this node's id, the TTL in ms, then every delta's text in
+# index order. Rewrites the list whole (unless another node settled the stream): the
+# writer's own copy of its deltas replaces what a failed append or a Redis restart
+# left. Its new length, or -1.
+_REBUILD = """
+local holder = redis.call('HGET', KEYS[2], 'settled')
+if holder and holder ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], 'broken')
+local pushed = 0
+for i = 3, #ARGV, 1000 do
+  pushed = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return pushed
+"""
+
+
 @dataclass(slots=True)
 class _Writing:
     """What this node knows of a stream it writes."""
@@ -60,6 +79,9 @@ class _Writing:
     session_id: str
     next_index: int
     renewed_at: float
+    start_frame: dict[str, Any]
+    # Every delta so far, by index: what the log is rebuilt from when it broke.
+    texts: list[str]
     broken: bool = False  # an append failed: the stored deltas cannot be trusted
     flagged: bool = False  # ... and Redis has been told so
 
@@ -90,7 +112,7 @@ class RedisStreamLog:
     async def open(self, stream_id: str, session_id: str, start_frame: dict[str, Any]) -> None:
         meta, deltas = self._keys.stream_meta(stream_id), self._keys.stream_deltas(stream_id)
         streams = self._keys.session_streams(session_id)
-        self._writing[stream_id] = _Writing(session_id, 0, time.monotonic())
+        self._writing[stream_id] = _Writing(session_id, 0, time.monotonic(), start_frame, [])
         commands: list[_redis.Command] = [
             ("DEL", meta, deltas),
             ("HSET", meta, "session_id", session_id, "start", orjson.dumps(start_frame)),
@@ -113,11 +135,12 @@ class RedisStreamLog:
             # Not opened here (or already finished): only the opener appends, so
             # this is a late write; keep it harmless, as the memory log does.
             return
-        if writing.broken:
-            await self._flag_broken(stream_id, writing)
-            return
         check_index(stream_id, writing.next_index, index)
         writing.next_index += 1
+        writing.texts.append(text)
+        if writing.broken:
+            await self._rebuild(stream_id, writing)
+            return
         now = time.monotonic()
         deltas, meta = self._keys.stream_deltas(stream_id), self._keys.stream_meta(stream_id)
         commands: list[_redis.Command] = [("EVAL", _APPEND, 2, deltas, meta, text, self._holder)]
@@ -138,12 +161,40 @@ class RedisStreamLog:
             raise StreamTakenOver(stream_id)
         if replies[0] != index + 1:
             # The list lost entries under us (Redis restarted empty, or the key was
-            # evicted): same verdict, and make sure the stray list expires.
+            # evicted): write it again from this node's copy.
             writing.broken = True
-            await self._batcher.execute(
-                ("PEXPIRE", self._keys.stream_deltas(stream_id), self._ttl_ms)
-            )
+            await self._rebuild(stream_id, writing)
+
+    async def _rebuild(self, stream_id: str, writing: _Writing) -> None:
+        """The log again, whole, from the writer's copy: after a failed append or a
+        Redis restart, members' gaps are then filled from it instead of left open
+        (the deltas published while Redis was down reached no other node). Until it
+        succeeds the log stays marked broken and reads as unknown."""
+        deltas, meta = self._keys.stream_deltas(stream_id), self._keys.stream_meta(stream_id)
+        rebuild = ("EVAL", _REBUILD, 2, deltas, meta, self._holder, self._ttl_ms, *writing.texts)
+        start = orjson.dumps(writing.start_frame)
+        commands: list[_redis.Command] = [
+            # A restarted Redis lost the meta too: it names the session and the start.
+            ("HSET", meta, "session_id", writing.session_id, "start", start),
+            rebuild,
+            ("SADD", self._keys.session_streams(writing.session_id), stream_id),
+            *self._renewals(stream_id, writing.session_id),
+        ]
+        if self._node_id is not None:
+            commands += [
+                ("HSET", meta, "node", self._node_id),
+                ("SADD", self._keys.node_streams(self._node_id), stream_id),
+            ]
+        try:
+            replies = await self._batcher.execute(*commands)
+        except ParleyError:
             await self._flag_broken(stream_id, writing)
+            raise
+        if replies[1] == -1:
+            self._writing.pop(stream_id, None)
+            raise StreamTakenOver(stream_id)
+        writing.broken = writing.flagged = False
+        writing.renewed_at = time.monotonic()
 
     async def finish(self, stream_id: str, end_frame: dict[str, Any]) -> None:
         meta = self._keys.stream_meta(stream_id)
@@ -151,7 +202,9 @@ class RedisStreamLog:
         if writing is not None:
             session_id = writing.session_id
             if writing.broken:
-                await self._flag_broken(stream_id, writing)
+                # The end frame below still lands; a log still broken reads as unknown.
+                with contextlib.suppress(ParleyError, StreamTakenOver):
+                    await self._rebuild(stream_id, writing)
         else:
             # Finished by a node that did not open it: look the session up.
             (session_id,) = await self._batcher.execute(("HGET", meta, "session_id"))

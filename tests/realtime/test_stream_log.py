@@ -168,20 +168,26 @@ async def test_concurrent_streams_appending_together_keep_their_order(log: Strea
         assert snapshot.deltas == [(i, f"{stream_id}.{i} ") for i in range(50)]
 
 
-async def test_a_redis_log_that_lost_its_deltas_reads_as_unknown(
+async def test_a_redis_log_that_lost_its_deltas_is_rebuilt_whole_by_its_writer(
     redis_url: str, prefix: str, admin: Redis
 ) -> None:
-    log = RedisStreamLog(redis_url, 60, prefix=prefix)
+    keys = Keys(prefix)
+    log = RedisStreamLog(redis_url, 60, prefix=prefix, node_id="writer")
     try:
         await write(log, ["a", "b"])
-        # As if Redis had restarted empty, or evicted the list.
-        await admin.delete(Keys(prefix).stream_deltas("st1"))
+        # As if Redis had restarted empty: the deltas and the meta are gone.
+        await admin.delete(keys.stream_deltas("st1"), keys.stream_meta("st1"))
         await log.append("st1", 2, "c")
         await log.append("st1", 3, "d")
-        assert await log.read("st1", 0) is None
-        assert await admin.pttl(Keys(prefix).stream_deltas("st1")) > 0
+
+        snapshot = await log.read("st1", 0)
+        assert snapshot is not None
+        assert snapshot.deltas == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+        assert await admin.pttl(keys.stream_deltas("st1")) > 0
+        assert ("st1", 4) in await log.running("s1")
         await log.finish("st1", END)
-        assert await log.read("st1", 0) is None
+        finished = await log.read("st1", 2)
+        assert finished is not None and finished.deltas == [(2, "c"), (3, "d")]
     finally:
         await log.close()
 
