@@ -28,7 +28,8 @@ class Envelope:
     seq: int | None = None
     user_id: str | None = None
     stream_id: str | None = None
-    # For stream frames: the delta index, or None for start/status/end.
+    # For stream frames: the delta index; for an end, how many deltas the stream had;
+    # None for start and status.
     index: int | None = None
     stream_end: bool = False
     # For control envelopes: what to do, with its arguments.

@@ -400,15 +400,32 @@ class Hub:
         conn.send(env.frame)
         self._metrics.frames_out.inc()
 
-    def _deliver_stream(self, conn: Connection, env: Envelope) -> None:
+    def _deliver_stream(self, conn: Connection, env: Envelope, *, fill_end: bool = True) -> None:
         assert env.stream_id is not None
         cursor = conn.cursors.get(env.stream_id)
         if cursor is not None and cursor.pending is not None:
             cursor.pending.append(env)
             return
+        if env.stream_end:
+            # An end names how many deltas the stream had (``index``): a member that
+            # missed the last of them (they went out while Redis was down, or their
+            # node died before publishing what it had logged) gets them from the log
+            # first, and the end after them.
+            if (
+                fill_end
+                and cursor is not None
+                and env.index is not None
+                and cursor.next_index < env.index
+            ):
+                cursor.pending = [env]
+                self._spawn(
+                    self.replay_stream(conn, env.session_id, env.stream_id, cursor.next_index)
+                )
+                return
+            conn.cursors.pop(env.stream_id, None)
+            conn.send(env.frame)
+            return
         if env.index is None:
-            if env.stream_end:
-                conn.cursors.pop(env.stream_id, None)
             conn.send(env.frame)
             return
         if cursor is None:
@@ -448,7 +465,7 @@ class Hub:
             # What waited for the log goes on as it is: a hole the log cannot fill
             # must not also swallow the rest of the stream and its end.
             for env in cursor.pending:
-                self._deliver_stream(conn, env)
+                self._deliver_stream(conn, env, fill_end=False)
             cursor.pending = None
             return False
         if before_replay is not None:
@@ -480,7 +497,8 @@ class Hub:
         cursor.first, cursor.next_index = min(offset, sent_from), next_index
         pending, cursor.pending = cursor.pending or [], None
         for env in pending:
-            self._deliver_stream(conn, env)
+            # The log had what it had: an end still ahead of it goes out as it is.
+            self._deliver_stream(conn, env, fill_end=False)
         return True
 
     async def _fill_room_gap(self, room: Room, *, wait_s: float) -> None:

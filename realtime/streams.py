@@ -169,6 +169,8 @@ class StreamPublisher:
             await self._log.finish(self.stream_id, frame)
         except ParleyError as exc:
             log.warning("stream log finish failed: %s", exc.message)
+        # ``index`` on an end: how many deltas there were, so that a member who missed
+        # the last ones is sent them from the log before the end.
         await self._hub.publish_stream(
-            self.session_id, self.stream_id, frame, end_seq=seq, is_end=True
+            self.session_id, self.stream_id, frame, index=self.frames, end_seq=seq, is_end=True
         )

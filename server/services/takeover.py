@@ -88,6 +88,9 @@ class StreamTakeover:
         publisher = StreamPublisher(
             self._hub, self._hub.stream_log, snapshot.session_id, snapshot.stream_id
         )
+        # What the dead node logged, published or not: members who missed the last
+        # deltas get them from the log before the end.
+        publisher.frames = len(snapshot.deltas)
         await publisher.end(end, seq)
 
     async def _store(

@@ -177,3 +177,57 @@ async def test_a_gap_the_log_can_no_longer_fill_still_lets_the_end_through() -> 
         assert deltas(seen) == [2] and seen[-1]["type"] == "stream.end"
     finally:
         await room.hub.close()
+
+
+async def test_an_end_ahead_of_the_members_last_delta_brings_the_missing_ones_from_the_log(
+    room: Room,
+) -> None:
+    conn = await room.member()
+    await room.delta(0, "a ")
+    # Logged but never published: they went out while Redis was down, or the node
+    # that wrote them died before publishing them.
+    await room.delta(1, "b ", log_only=True)
+    await room.delta(2, "c", log_only=True)
+    frame = {"type": "stream.end", "session_id": SESSION, "stream_id": STREAM, "seq": 1}
+    await room.log.finish(STREAM, frame)
+
+    await room.hub.publish_stream(SESSION, STREAM, frame, index=3, end_seq=1, is_end=True)
+
+    seen = await frames(conn, "stream.end")
+    assert deltas(seen) == [0, 1, 2]
+    assert [f["type"] for f in seen].count("stream.end") == 1
+
+
+async def test_deltas_whose_publish_was_lost_reach_the_member_before_the_publishers_end(
+    room: Room,
+) -> None:
+    from realtime.streams import StreamPublisher
+
+    stream_id = "st2"
+    conn = await room.member()
+    publish = room.hub.publish_stream
+    lost: list[int] = []
+
+    async def lossy(session_id: str, sid: str, frame: dict[str, Any], **kwargs: Any) -> None:
+        # The last two deltas go out while the bus is down: logged, never delivered,
+        # and no later delta shows the member the hole.
+        if frame["type"] == "stream.delta" and frame["index"] in (2, 3):
+            lost.append(frame["index"])
+            return
+        await publish(session_id, sid, frame, **kwargs)
+
+    room.hub.publish_stream = lossy  # type: ignore[method-assign]
+    publisher = StreamPublisher(room.hub, room.log, SESSION, stream_id, coalesce_s=0)
+    await publisher.start("m", "q1")
+    for text in ("a ", "b ", "c ", "d"):
+        publisher.add(text)
+        await publisher.flush_now()
+    end = {"type": "stream.end", "session_id": SESSION, "stream_id": stream_id}
+    await publisher.end(end, None)
+
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["type"] != "stream.end":
+        seen += [f for f in await frames(conn, "stream.end") if f.get("stream_id") == stream_id]
+    assert lost == [2, 3]
+    assert [f["index"] for f in seen if f["type"] == "stream.delta"] == [0, 1, 2, 3]
+    assert "".join(f["text"] for f in seen if f["type"] == "stream.delta") == "a b c d"
