@@ -74,6 +74,10 @@ async def test_a_frame_refused_by_the_database_is_unavailable_not_internal(
         session_id = await create_session(http, ada)
     client, _ = await WSClient.connect(server.ws_url, ada.access_token)
     try:
+        # Joined first: a message needs its room joined on the connection.
+        assert (await client.request({"type": "join", "session_id": session_id}))["type"] == (
+            "joined"
+        )
         await pg_proxy.refuse()
 
         for frame in (
