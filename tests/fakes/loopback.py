@@ -27,7 +27,11 @@ class LoopbackServer:
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(
             app,
-            log_level="warning",
+            # Leave this process's logging alone: uvicorn's own config would switch its
+            # loggers' propagation off and their level to WARNING for every server the
+            # tests start afterwards (their handshake and access lines then vanish).
+            log_config=None,
+            log_level=None,
             lifespan="off",
             ws="none",
             http=http,
