@@ -22,6 +22,7 @@ const TYPING_IDLE_MS = 2500;
 const TYPING_EXPIRY_MS = 8000;
 const PAGE = 50;
 const RENDER_EVERY_MS = 40;
+const JOIN_WAIT_MS = 10000;
 // Messages by the same author this close together share one header, as in Slack.
 const GROUP_WITHIN_MS = 5 * 60 * 1000;
 
@@ -48,7 +49,8 @@ export class ChatView {
     this.unseen = 0; // messages that arrived while the reader was scrolled up
     this.unseenStreams = new Set(); // answers that started then and are still being written
     this.stopTyping = debounce(() => this.sendTyping(false), TYPING_IDLE_MS);
-    this.joined = false; // typing and resume need the room joined on this connection
+    this.joined = false; // typing, resume and messages need the room joined on this connection
+    this.joinWaiters = []; // sends waiting for the join to finish
     this.onWelcome = () => {
       this.joined = false;
       this.join();
@@ -98,6 +100,7 @@ export class ChatView {
       return;
     }
     this.joined = true;
+    for (const resolve of this.joinWaiters.splice(0)) resolve(true);
     this.present.clear();
     for (const member of joined.members || []) {
       this.present.set(member.user_id, member.name);
@@ -452,7 +455,7 @@ export class ChatView {
   async sendMessage() {
     const content = this.input.value.trim();
     if (!content) return;
-    if (!this.socket.isOpen || !this.joined) {
+    if (!this.socket.isOpen || !(await this.untilJoined(JOIN_WAIT_MS))) {
       this.notify("Not connected yet — your message is still in the box.");
       return;
     }
@@ -473,6 +476,16 @@ export class ChatView {
       if (!this.input.value) this.input.value = content;
       this.notify(exc.message);
     }
+  }
+
+  // True once the room is joined on this connection (at once if it is), false if that
+  // takes longer than `ms`: a message sent right after opening a session waits for it.
+  untilJoined(ms) {
+    if (this.joined) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      this.joinWaiters.push(resolve);
+      setTimeout(() => resolve(false), ms);
+    });
   }
 
   onInput() {
