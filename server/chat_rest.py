@@ -7,33 +7,9 @@ from typing import Any
 
 import httpx
 
-from server.errors import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    InternalError,
-    NotFound,
-    ParleyError,
-    RateLimited,
-    TooLarge,
-    Unauthorized,
-    Unavailable,
-)
+from server.errors import ERROR_CLASSES, InternalError, ParleyError, Unavailable
 
-ERRORS_BY_CODE: dict[str, type[ParleyError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        Conflict,
-        TooLarge,
-        RateLimited,
-        Unavailable,
-        InternalError,
-    )
-}
+ERRORS_BY_CODE: dict[str, type[ParleyError]] = {cls.code: cls for cls in ERROR_CLASSES}
 
 
 class Rest:
