@@ -42,6 +42,21 @@ def parse_id(value: str, what: str = "session") -> uuid.UUID:
         raise NotFound(f"{what} not found") from None
 
 
+async def _audit(
+    session: Any, actor_id: uuid.UUID, action: str, session_id: uuid.UUID, details: dict[str, Any]
+) -> None:
+    """One audit row for something done to a session."""
+    await audit_repo.record(
+        session,
+        actor_id=actor_id,
+        action=action,
+        target_type="session",
+        target_id=str(session_id),
+        session_id=session_id,
+        details=details,
+    )
+
+
 class SessionService:
     def __init__(
         self,
@@ -168,14 +183,8 @@ class SessionService:
             if user is None:
                 raise NotFound("user not found")
             await sessions_repo.add_member(session, session_id, user.id)
-            await audit_repo.record(
-                session,
-                actor_id=principal.user_id,
-                action="member.add",
-                target_type="session",
-                target_id=str(session_id),
-                session_id=session_id,
-                details={"user_id": str(user.id)},
+            await _audit(
+                session, principal.user_id, "member.add", session_id, {"user_id": str(user.id)}
             )
         return {"user_id": str(user.id), "name": user.name, "role": "member"}
 
@@ -196,14 +205,12 @@ class SessionService:
             )
             if invited:
                 assert user is not None
-                await audit_repo.record(
+                await _audit(
                     session,
-                    actor_id=principal.user_id,
-                    action="member.invite",
-                    target_type="session",
-                    target_id=str(session_id),
-                    session_id=session_id,
-                    details={"user_id": str(user.id)},
+                    principal.user_id,
+                    "member.invite",
+                    session_id,
+                    {"user_id": str(user.id)},
                 )
         return {"status": "invited", "email": address, "message": INVITED_MESSAGE}
 
@@ -221,14 +228,12 @@ class SessionService:
             session_id = invitation.session_id
             if accept and not await sessions_repo.is_member(session, session_id, principal.user_id):
                 await sessions_repo.add_member(session, session_id, principal.user_id)
-                await audit_repo.record(
+                await _audit(
                     session,
-                    actor_id=principal.user_id,
-                    action="member.add",
-                    target_type="session",
-                    target_id=str(session_id),
-                    session_id=session_id,
-                    details={
+                    principal.user_id,
+                    "member.add",
+                    session_id,
+                    {
                         "user_id": str(principal.user_id),
                         "invited_by": str(invitation.inviter_id),
                     },
@@ -253,14 +258,8 @@ class SessionService:
             if not await sessions_repo.remove_member(session, session_id, user_id):
                 raise NotFound("member not found")
             removed = await users_repo.get_user(session, user_id)
-            await audit_repo.record(
-                session,
-                actor_id=principal.user_id,
-                action="member.remove",
-                target_type="session",
-                target_id=str(session_id),
-                session_id=session_id,
-                details={"user_id": str(user_id)},
+            await _audit(
+                session, principal.user_id, "member.remove", session_id, {"user_id": str(user_id)}
             )
         if self.access_changed is not None:
             self.access_changed(session_id)
