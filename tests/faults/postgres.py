@@ -3,6 +3,7 @@ or slow the database. Import the fixtures into a test module to use them."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,15 +52,23 @@ def proxied_settings(postgres_database: str, pg_proxy: TcpProxy) -> Settings:
     return make_settings(through(pg_proxy, postgres_database), **FAULT_TIMEOUTS)
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, proxy: TcpProxy) -> AsyncIterator[LiveServer]:
+    """The real app with ``settings``, on a loopback port; the proxy healed at the end
+    so that the app can shut down cleanly."""
+    server = LiveServer(create_app(settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await proxy.restore()
+        await server.stop()
+
+
 @pytest.fixture
 async def outage_server(
     proxied_settings: Settings, pg_proxy: TcpProxy
 ) -> AsyncIterator[LiveServer]:
     """The real app on PostgreSQL through ``pg_proxy``, served on a loopback port."""
-    server = LiveServer(create_app(proxied_settings))
-    await server.start()
-    try:
+    async with serving(proxied_settings, pg_proxy) as server:
         yield server
-    finally:
-        await pg_proxy.restore()
-        await server.stop()

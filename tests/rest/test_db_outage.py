@@ -11,9 +11,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from server.app import create_app
 from tests.conftest import LiveServer, make_settings, register_user
-from tests.faults.postgres import BOUND_S, outage_server, pg_proxy, proxied_settings, through
+from tests.faults.postgres import (
+    BOUND_S,
+    outage_server,
+    pg_proxy,
+    proxied_settings,
+    serving,
+    through,
+)
 from tests.faults.tcp_proxy import TcpProxy
 
 __all__ = ["outage_server", "pg_proxy", "proxied_settings"]
@@ -73,13 +79,9 @@ async def test_a_handshake_is_refused_with_503_while_the_database_is_down(
 @pytest.fixture
 async def default_server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[LiveServer]:
     """Through the proxy with the default database timeouts (seconds, not one)."""
-    server = LiveServer(create_app(make_settings(through(pg_proxy, postgres_database))))
-    await server.start()
-    try:
+    settings = make_settings(through(pg_proxy, postgres_database))
+    async with serving(settings, pg_proxy) as server:
         yield server
-    finally:
-        await pg_proxy.restore()
-        await server.stop()
 
 
 async def test_readyz_answers_503_at_once_in_a_partition(

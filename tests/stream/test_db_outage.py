@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from server.app import create_app
 from tests.conftest import LiveServer, create_session, make_settings, register_user
-from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, through
+from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, serving, through
 from tests.faults.tcp_proxy import TcpProxy
 from tests.stream.conftest import collect_stream
 from tests.wsclient import WSClient
@@ -27,13 +26,8 @@ async def server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[Li
         offline_token_delay_s=0.05,  # the answer streams for a second or two
         db_store_retry_max_s=0.5,
     )
-    live = LiveServer(create_app(settings))
-    await live.start()
-    try:
+    async with serving(settings, pg_proxy) as live:
         yield live
-    finally:
-        await pg_proxy.restore()
-        await live.stop()
 
 
 async def test_an_answer_whose_store_fails_ends_with_an_error_and_is_stored_later(

@@ -14,7 +14,7 @@ import pytest
 
 from server.app import create_app
 from tests.conftest import LiveServer, create_session, make_settings, register_user
-from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, through
+from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, serving, through
 from tests.faults.tcp_proxy import TcpProxy
 from tests.wsclient import WSClient
 
@@ -25,13 +25,9 @@ __all__ = ["pg_proxy"]
 async def server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[LiveServer]:
     # Statements may wait 3 s: the window in which the ping must be answered.
     timeouts = FAULT_TIMEOUTS | {"db_statement_timeout_s": 3.0, "db_connect_timeout_s": 3.0}
-    live = LiveServer(create_app(make_settings(through(pg_proxy, postgres_database), **timeouts)))
-    await live.start()
-    try:
+    settings = make_settings(through(pg_proxy, postgres_database), **timeouts)
+    async with serving(settings, pg_proxy) as live:
         yield live
-    finally:
-        await pg_proxy.restore()
-        await live.stop()
 
 
 async def test_ping_is_answered_while_a_message_waits_on_a_partitioned_database(
