@@ -108,7 +108,6 @@ class OwnRedis:
 class StreamView:
     indexes: Counter[int] = field(default_factory=Counter)
     ends: int = 0
-    ignoring: bool = False  # live deltas before a resume's ack: the resume replays them
     resumed_from: list[int] = field(default_factory=list)
     log: list[tuple[str, int]] = field(default_factory=list)  # (connection, index), debug
 
@@ -140,7 +139,6 @@ class Member:
         self.node: ServerNode | None = None
         self._ids = 0
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._resuming: dict[str, str] = {}  # resume frame id -> stream id
         self.connected = asyncio.Event()
 
     def contiguous_seq(self) -> int:
@@ -203,15 +201,12 @@ class Member:
             stream_id = running["stream_id"]
             view = self.streams[stream_id]
             if view.ends:
-                view.ignoring = False
                 continue
             wanted = 0
             while wanted in view.indexes:
                 wanted += 1
             view.resumed_from.append(wanted)
-            self._resuming[f"m{self.n}-{self._ids + 1}"] = stream_id
             frame = {"type": "resume", "session_id": self.session_id, "stream_id": stream_id}
-            # The reader stops ignoring at the reply itself, before any later delta.
             await self.request({**frame, "offset": wanted})
 
     async def _page(self, node: ServerNode, after: int) -> None:
@@ -250,14 +245,9 @@ class Member:
             kind = frame.get("type")
             reply = self._replies.get(str(frame.get("id")))
             if reply is not None and not reply.done() and kind not in ("message",):
-                resumed = self._resuming.pop(str(frame.get("id")), None)
-                if resumed is not None:
-                    self.streams[resumed].ignoring = False
-                if kind == "joined":
-                    # Live deltas of a running stream that follow the join are ignored
-                    # until the resume's ack: the resume sends them, each once.
-                    for running in frame.get("streams", []):
-                        self.streams[running["stream_id"]].ignoring = True
+                # Live deltas that reach a new connection before its resume's ack count
+                # like any other: the resume does not send them again (each index once
+                # per connection, issue 14.11), so ignoring them counted them lost.
                 reply.set_result(frame)
                 continue
             if kind == "message":
@@ -268,10 +258,9 @@ class Member:
                 self._got(message, live=True)
             elif kind == "stream.delta":
                 view = self.streams[frame["stream_id"]]
-                if not view.ignoring:
-                    view.indexes[frame["index"]] += 1
-                    if DEBUG:
-                        view.log.append((str(id(ws))[-4:], frame["index"]))
+                view.indexes[frame["index"]] += 1
+                if DEBUG:
+                    view.log.append((str(id(ws))[-4:], frame["index"]))
             elif kind == "stream.end":
                 self.streams[frame["stream_id"]].ends += 1
                 if frame.get("message"):
