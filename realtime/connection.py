@@ -139,7 +139,3 @@ class Connection:
     @property
     def queued(self) -> int:
         return len(self._outbox)
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued_bytes
