@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -14,18 +15,30 @@ from tests.wsclient import WSClient
 pytestmark = pytest.mark.slow
 
 
+@contextlib.asynccontextmanager
+async def joined_pair(
+    node_a: Any, node_b: Any, title: str
+) -> AsyncIterator[tuple[WSClient, WSClient, str]]:
+    """Ada on node a and Bob on node b, both joined to a new session of theirs."""
+    ada, bob, session_id = await shared_room(node_a, title)
+    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
+    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
+    try:
+        await ada_ws.request({"type": "join", "session_id": session_id})
+        await bob_ws.request({"type": "join", "session_id": session_id})
+        yield ada_ws, bob_ws, session_id
+    finally:
+        await ada_ws.close()
+        await bob_ws.close()
+
+
 async def test_members_catch_up_after_redis_restarts_under_a_live_room(
     cluster: Callable[..., Any],
     private_redis: PrivateRedis,
 ) -> None:
     node_a = await cluster("a", redis_url=private_redis.url)
     node_b = await cluster("b", redis_url=private_redis.url)
-    ada, bob, session_id = await shared_room(node_a, "outage")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
-    try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
+    async with joined_pair(node_a, node_b, "outage") as (ada_ws, bob_ws, session_id):
         await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "before", "reply": "none"}
         )
@@ -49,9 +62,6 @@ async def test_members_catch_up_after_redis_restarts_under_a_live_room(
         ]
         assert contents == ["during", "after"]
         assert bob_ws.unread("message") == []
-    finally:
-        await ada_ws.close()
-        await bob_ws.close()
 
 
 async def test_a_message_sent_through_a_node_cut_off_from_redis_reaches_the_other_node(
@@ -64,12 +74,7 @@ async def test_a_message_sent_through_a_node_cut_off_from_redis_reaches_the_othe
     # be what brings "during" to Bob.
     node_a = await cluster("a", redis_url=redis_proxy.url)
     node_b = await cluster("b", redis_url=private_redis.url)
-    ada, bob, session_id = await shared_room(node_a, "uneven")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
-    try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
+    async with joined_pair(node_a, node_b, "uneven") as (ada_ws, bob_ws, session_id):
         await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "before", "reply": "none"}
         )
@@ -89,9 +94,6 @@ async def test_a_message_sent_through_a_node_cut_off_from_redis_reaches_the_othe
         assert (await bob_ws.next("message", timeout=20))["message"]["content"] == "during"
         assert await ada_ws.next("bus", timeout=20) == {"type": "bus", "status": "restored"}
         assert bob_ws.unread("bus") == []  # b's bus never went down
-    finally:
-        await ada_ws.close()
-        await bob_ws.close()
 
 
 async def test_a_node_paused_past_the_driver_timeout_still_delivers_the_stream_end(
@@ -103,12 +105,7 @@ async def test_a_node_paused_past_the_driver_timeout_still_delivers_the_stream_e
     # a read that inherited the timeout gave up on resuming and threw it away.
     node_a = await cluster("a", redis_url=private_redis.url, presence_ttl_s="60")
     node_b = await cluster("b", redis_url=private_redis.url, presence_ttl_s="60")
-    ada, bob, session_id = await shared_room(node_a, "paused")
-    ada_ws, _ = await WSClient.connect(node_a.ws_url, ada.access_token)
-    bob_ws, _ = await WSClient.connect(node_b.ws_url, bob.access_token)
-    try:
-        await ada_ws.request({"type": "join", "session_id": session_id})
-        await bob_ws.request({"type": "join", "session_id": session_id})
+    async with joined_pair(node_a, node_b, "paused") as (ada_ws, bob_ws, session_id):
         ack = await ada_ws.request(
             {"type": "message", "session_id": session_id, "content": "Tell me a story."}
         )
@@ -127,6 +124,3 @@ async def test_a_node_paused_past_the_driver_timeout_still_delivers_the_stream_e
             "stream.end", where=lambda f: f["stream_id"] == stream_id, timeout=15
         )
         assert end["message"]["role"] == "assistant"
-    finally:
-        await ada_ws.close()
-        await bob_ws.close()

@@ -5,6 +5,7 @@ on its connection meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,14 +31,23 @@ async def server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[Li
         yield live
 
 
-async def test_ping_is_answered_while_a_message_waits_on_a_partitioned_database(
-    server: LiveServer, pg_proxy: TcpProxy
-) -> None:
+@contextlib.asynccontextmanager
+async def ada_in_a_session(server: LiveServer) -> AsyncIterator[tuple[WSClient, str]]:
+    """Ada registered, owning a new session, connected (not yet joined)."""
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         ada = await register_user(http, "Ada")
         session_id = await create_session(http, ada)
     client, _ = await WSClient.connect(server.ws_url, ada.access_token)
     try:
+        yield client, session_id
+    finally:
+        await client.close()
+
+
+async def test_ping_is_answered_while_a_message_waits_on_a_partitioned_database(
+    server: LiveServer, pg_proxy: TcpProxy
+) -> None:
+    async with ada_in_a_session(server) as (client, session_id):
         await client.request({"type": "join", "session_id": session_id})
         pg_proxy.blackhole()
 
@@ -58,18 +68,12 @@ async def test_ping_is_answered_while_a_message_waits_on_a_partitioned_database(
             timeout=BOUND_S,
         )
         assert ack["type"] == "ack"
-    finally:
-        await client.close()
 
 
 async def test_a_frame_refused_by_the_database_is_unavailable_not_internal(
     server: LiveServer, pg_proxy: TcpProxy
 ) -> None:
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        ada = await register_user(http, "Ada")
-        session_id = await create_session(http, ada)
-    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
-    try:
+    async with ada_in_a_session(server) as (client, session_id):
         # Joined first: a message needs its room joined on the connection.
         assert (await client.request({"type": "join", "session_id": session_id}))["type"] == (
             "joined"
@@ -84,33 +88,29 @@ async def test_a_frame_refused_by_the_database_is_unavailable_not_internal(
             assert reply["type"] == "error", reply
             assert reply["code"] == "unavailable"
             assert reply["retry_after"] > 0
-    finally:
-        await client.close()
 
 
 async def test_a_join_on_a_slow_database_answers_in_bounded_time(
     server: LiveServer, pg_proxy: TcpProxy
 ) -> None:
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        ada = await register_user(http, "Ada")
-        session_id = await create_session(http, ada)
-    client, _ = await WSClient.connect(server.ws_url, ada.access_token)
-    try:
-        # Every round trip takes 4 s, over the 3 s statement timeout: a join of several
-        # statements took their sum (35 s at 5 s latency) before the timeout.
-        pg_proxy.latency_s = 2.0
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        reply = await client.request({"type": "join", "session_id": session_id}, timeout=BOUND_S)
-        took = loop.time() - started
+    async with ada_in_a_session(server) as (client, session_id):
+        try:
+            # Every round trip takes 4 s, over the 3 s statement timeout: a join of several
+            # statements took their sum (35 s at 5 s latency) before the timeout.
+            pg_proxy.latency_s = 2.0
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await client.request(
+                {"type": "join", "session_id": session_id}, timeout=BOUND_S
+            )
+            took = loop.time() - started
 
-        assert reply["type"] == "error", reply
-        assert reply["code"] == "unavailable"
-        pong = await client.request({"type": "ping"}, timeout=BOUND_S)
-        assert pong["type"] == "pong"
-    finally:
-        pg_proxy.latency_s = 0.0
-        await client.close()
+            assert reply["type"] == "error", reply
+            assert reply["code"] == "unavailable"
+            pong = await client.request({"type": "ping"}, timeout=BOUND_S)
+            assert pong["type"] == "pong"
+        finally:
+            pg_proxy.latency_s = 0.0
     print(f"join answered in {took:.1f} s")
 
 
