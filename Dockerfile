@@ -15,6 +15,7 @@ COPY llm ./llm
 COPY rag ./rag
 COPY search ./search
 COPY memory ./memory
+COPY errors ./errors
 RUN pip install --upgrade pip setuptools wheel && pip install .
 
 FROM python:3.11-slim AS runtime

@@ -37,9 +37,9 @@ from db.repositories.retrieval import lexical_statement
 from llm.context import build_context
 from rag.query import postgres_query
 from rag.ranking import format_passages
+from rag.retrieval import Retriever
 from server.services.accounts import Principal
 from server.services.documents import DocumentService
-from server.services.retrieval import Retriever
 from server.services.sessions import SessionService
 
 POSTGRES_URL = os.environ.get(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from server.errors import Unavailable
+from errors import Unavailable
 
 log = logging.getLogger(__name__)
 

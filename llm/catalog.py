@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from server.errors import ParleyError
+from errors import ParleyError
 
 log = logging.getLogger(__name__)
 

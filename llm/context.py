@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from errors import TooLarge
 from llm.tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_REPLY_PRIMER,
@@ -47,7 +48,6 @@ from llm.tokens import (
     message_tokens,
     truncate_text,
 )
-from server.errors import TooLarge
 
 SECTION_CAPS: Mapping[str, float] = {
     "memory": 0.15,

@@ -34,6 +34,7 @@ import orjson
 # The decoders behind httpx-sse's aiter_sse, used a batch at a time (see _event_batches).
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
+from errors import ParleyError
 from llm.catalog import ModelCatalog
 from llm.deadline import MovingDeadline
 from llm.openrouter_errors import (
@@ -54,7 +55,6 @@ from llm.provider import (
     UpstreamUnavailable,
     Usage,
 )
-from server.errors import ParleyError
 
 log = logging.getLogger(__name__)
 

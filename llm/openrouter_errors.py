@@ -1,4 +1,4 @@
-"""OpenRouter's failures as Parley's errors (``server.errors``), in one place.
+"""OpenRouter's failures as Parley's errors (``errors``), in one place.
 
 Statuses as documented by OpenRouter: 400 bad request; 401 invalid key; 402 out of
 credit; 403 key permissions or moderation; 408 timeout; 429 rate limited (may carry
@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import orjson
 
+from errors import ParleyError, Unavailable
 from llm.provider import NoFreeConnection, UpstreamBadRequest, UpstreamUnavailable
-from server.errors import ParleyError, Unavailable
 
 
 def json_object(content: bytes) -> dict[str, Any]:

@@ -7,7 +7,7 @@ A ``ChatProvider`` turns a ``ChatRequest`` into a stream of events::
 Contract shared by every implementation (OpenRouter, offline, the resilient wrapper):
 
 - A failure *before* the first ``TextDelta``/``ToolCall`` is raised from the
-  iterator as a ``server.errors`` class (``BadRequest`` or ``Unavailable``), so that
+  iterator as a ``errors`` class (``BadRequest`` or ``Unavailable``), so that
   the caller may retry or fall back: nothing has been shown to anyone yet.
 - A failure *after* text has flowed is not raised: the stream ends with
   ``StreamFinished(finish_reason="error", error=...)`` so the partial reply is kept.
@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from server.errors import BadRequest, ParleyError, Unavailable
+from errors import BadRequest, ParleyError, Unavailable
 
 FinishReason = Literal["stop", "length", "error", "cancelled"]
 

@@ -46,6 +46,7 @@ from tenacity import (
 )
 from tenacity.stop import StopBaseT
 
+from errors import BadRequest, ParleyError, Unavailable
 from llm.breaker import Clock, UpstreamBreaker
 from llm.provider import (
     ChatEvent,
@@ -56,7 +57,6 @@ from llm.provider import (
     UpstreamUnavailable,
     is_retryable,
 )
-from server.errors import BadRequest, ParleyError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from errors import ParleyError
 from llm.provider import Usage
 from llm.tokens import count_messages, count_text
-from server.errors import ParleyError
 
 log = logging.getLogger(__name__)
 

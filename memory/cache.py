@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from server.errors import Unavailable
+from errors import Unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

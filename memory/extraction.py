@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import orjson
 
+from errors import ParleyError
 from llm.provider import ChatRequest
 from rag.query import STOP_WORDS
-from server.errors import ParleyError
 
 log = logging.getLogger(__name__)
 

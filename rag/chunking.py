@@ -24,8 +24,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from errors import BadRequest, TooLarge
 from llm.tokens import count_text, encoding
-from server.errors import BadRequest, TooLarge
 
 TARGET_TOKENS = 300
 OVERLAP_TOKENS = 40

@@ -2,7 +2,7 @@
 
 Request ``{"model": …, "input": [texts]}``; answer ``{"data": [{"index": i,
 "embedding": [floats]}, …]}``. Inputs are sent in batches; the answer's ``index`` puts
-vectors back in input order. Errors leave as ``server.errors``: the endpoint refusing
+vectors back in input order. Errors leave as ``errors``: the endpoint refusing
 our input (400, 422) is ``BadRequest``, 413 is ``TooLarge``, everything else
 (401/403 misconfiguration, 429, 5xx, timeouts, unreachable, a malformed answer) is
 ``Unavailable``, with ``retry_after`` from a 429's ``Retry-After``.
@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from server.errors import BadRequest, TooLarge, Unavailable
+from errors import BadRequest, TooLarge, Unavailable
 
 
 class EmbeddingsClient:

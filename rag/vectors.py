@@ -13,7 +13,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 
-from server.errors import BadRequest
+from errors import BadRequest
 
 
 def pack(vector: Sequence[float]) -> bytes:

@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from server.errors import InternalError, ParleyError, Unavailable
+from errors import InternalError, ParleyError, Unavailable
 
 # OSError covers refused connections that the driver lets through unwrapped.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
@@ -67,7 +67,7 @@ def connect(redis_url: str, *, decode_responses: bool = False) -> Redis:
 
 
 def to_parley_error(exc: BaseException, what: str) -> ParleyError:
-    """The ``server.errors`` class for a driver failure; the caller chains ``exc``."""
+    """The ``errors`` class for a driver failure; the caller chains ``exc``."""
     if isinstance(exc, ResponseError):
         # The server understood and refused: a bug on our side, not an outage.
         return InternalError(f"redis refused {what}: {exc}")

@@ -20,10 +20,10 @@ from redis.asyncio import Connection, ConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from errors import Unavailable
 from realtime import _redis
 from realtime.bus import GapHandler, LostHandler, MessageHandler
 from realtime.keys import DEFAULT_PREFIX, Keys
-from server.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The outbox is bounded, in frames and in bytes (characters of the encoded JSON, w
 is bytes for ASCII). Producers (the hub's fan-out, replies) never wait on a slow
 client: when the outbox is full the connection is marked for closing and dropped,
 so one slow reader can neither grow memory nor stall a room. The writer takes frames
-out only when the socket can take them (server/ws.py), so a client that stops reading
+out only when the socket can take them (server/ws/endpoint.py), so a client that stops reading
 leaves its backlog here, counted, rather than in the transport's unbounded buffer.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from server.errors import BadRequest, ParleyError
+from errors import BadRequest, ParleyError
 
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 128

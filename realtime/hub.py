@@ -32,17 +32,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from errors import ParleyError
 from realtime import envelope as kinds
 from realtime.bus import Bus
 from realtime.connection import Connection, Membership, StreamCursor
 from realtime.envelope import Envelope, pack, unpack
 from realtime.frames import BUS_DEGRADED, BUS_RESTORED, bus_notice, encode
 from realtime.keys import Keys
+from realtime.metrics import HubMetrics
 from realtime.presence import Presence, PresenceChange
 from realtime.reorder import SeqReorderer
 from realtime.stream_log import StreamLog
-from server.errors import ParleyError
-from server.metrics import Metrics
 
 log = logging.getLogger("parley.hub")
 
@@ -74,7 +74,7 @@ class Hub:
         presence: Presence,
         stream_log: StreamLog,
         fetch_messages_after: FetchMessagesAfter,
-        metrics: Metrics,
+        metrics: HubMetrics,
         keys: Keys,
     ) -> None:
         self.bus = bus_factory(self._on_bus_message, self._on_bus_gap)

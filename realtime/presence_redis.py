@@ -25,6 +25,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, cast
 
+from errors import ParleyError, Unavailable
 from realtime import _redis
 from realtime.keys import (
     DEFAULT_PREFIX,
@@ -44,7 +45,6 @@ from realtime.presence import (
     ReapedHandler,
     sort_members,
 )
-from server.errors import ParleyError, Unavailable
 
 log = logging.getLogger(__name__)
 

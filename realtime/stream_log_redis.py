@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 
+from errors import ParleyError
 from realtime import _redis
 from realtime.keys import DEFAULT_PREFIX, STREAM_LOG_TTL_S, Keys
 from realtime.stream_log import StreamSnapshot, StreamTakenOver, check_index
-from server.errors import ParleyError
 
 # KEYS: meta. ARGV: the dead node, the claimer, the TTL in ms. 1 if claimed: nobody
 # had settled the stream, or its dead writer had (it may have died storing it).

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from errors import ParleyError
 from realtime.hub import Hub
 from realtime.stream_log import StreamLog, StreamTakenOver
-from server.errors import ParleyError
 
 log = logging.getLogger("parley.streams")
 

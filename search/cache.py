@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from cachetools import TLRUCache
 
-from server.errors import Unavailable
+from errors import Unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from errors import BadRequest, ParleyError, Unavailable
 from llm.tokens import count_text, truncate_text
 from search.cache import SearchCache, cache_key
 from search.tavily import Depth, SearchResult, TavilyClient
-from server.errors import BadRequest, ParleyError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ raw_content}], "response_time", â€¦}`` and fails with ``{"detail": {"error": "â€
 one of: 400 (bad parameters), 401 (missing or invalid key), 429 (too many requests,
 with ``Retry-After``), 432 (plan limit), 433 (pay-as-you-go limit), 5xx.
 
-Failures leave this module as ``server.errors``:
+Failures leave this module as ``errors``:
 
 - an empty query, or Tavily's own 400: ``BadRequest``;
 - everything else (401, 429, 432/433, 5xx, timeouts, connection errors, an open
@@ -43,7 +43,7 @@ from tenacity import (
     wait_random,
 )
 
-from server.errors import BadRequest, Unavailable
+from errors import BadRequest, Unavailable
 
 Depth = Literal["basic", "advanced"]
 MAX_QUERY_CHARS = 400  # Tavily rejects longer queries with a 400

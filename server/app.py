@@ -15,23 +15,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.bootstrap import build_container
-from server.config import Settings, load_settings
-from server.errors import (
+from errors import (
     BadRequest,
     InternalError,
     NotFound,
     ParleyError,
     TooLarge,
 )
-from server.http import error_response
+from server.bootstrap import build_container
+from server.config import Settings, load_settings
 from server.metrics import Metrics
-from server.middleware import (
+from server.rest import auth, documents, health, memory, search, sessions
+from server.rest.http import error_response
+from server.rest.middleware import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
-from server.routes import auth, documents, health, memory, search, sessions
 
 log = logging.getLogger("parley")
 
@@ -76,7 +76,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def _routes() -> list[BaseRoute]:
-    from server import openapi, static, ws
+    from server import static
+    from server.rest import openapi
+    from server.ws import endpoint as ws
 
     return [
         *health.routes,

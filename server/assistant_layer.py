@@ -17,12 +17,12 @@ from llm.provider import ChatProvider
 from llm.resilience import ResilientProvider
 from realtime import envelope as kinds
 from realtime.envelope import Envelope
+from server.assistant.context import ContextAssembler
+from server.assistant.generation import Assistant
+from server.assistant.takeover import StreamTakeover
+from server.assistant.turn_cache import TurnCache, turn_of
 from server.container import Container
-from server.services.assistant import Assistant
-from server.services.context import ContextAssembler
-from server.services.takeover import StreamTakeover
-from server.services.turn_cache import TurnCache, turn_of
-from server.sse import SSEStreamer
+from server.rest.sse import SSEStreamer
 
 
 def build_provider(container: Container, client: httpx.AsyncClient) -> ResilientProvider:

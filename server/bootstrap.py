@@ -20,13 +20,13 @@ from typing import Any
 
 from db import migrate
 from db.engine import Database
+from errors import ParleyError
 from server.config import ConfigError, Settings
 from server.container import Container
 from server.context_layer import start_context
-from server.errors import ParleyError
 from server.metrics import Metrics
-from server.ratelimit import Limit, RateLimiter
 from server.security.callers import CallerCache
+from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, LoginLimits

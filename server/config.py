@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     stream_log_ttl_s: int = Field(600, ge=1)
 
     # Context
-    # Each node's copy of recent turns per session (server/services/turn_cache.py), in
+    # Each node's copy of recent turns per session (server/assistant/turn_cache.py), in
     # approximate megabytes (message text plus the objects holding it); 0 reads the
     # database for every answer.
     context_cache_mb: int = Field(64, ge=0)

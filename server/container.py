@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import HTTPConnection
 
 from db.engine import Database
+from errors import Forbidden, Unauthorized
 from server.config import Settings
-from server.errors import Forbidden, Unauthorized
-from server.http import bearer_or_cookie
 from server.metrics import Metrics
-from server.ratelimit import Limit, RateLimiter
+from server.rest.http import bearer_or_cookie
 from server.security.origins import origin_allowed
+from server.security.ratelimit import Limit, RateLimiter
 from server.services.accounts import AccountService, Principal
 from server.services.messages import MessageService
 from server.services.sessions import SessionService

@@ -10,7 +10,7 @@ in ``container.extras``:
 - ``"web_search"``: ``search.service.WebSearch``;
 - ``"memory"``: ``server.services.memory.MemoryService``;
 - ``"documents"``: ``server.services.documents.DocumentService``;
-- ``"retriever"``: ``server.services.retrieval.Retriever``;
+- ``"retriever"``: ``rag.retrieval.Retriever``;
 - ``"embeddings"``: ``rag.embeddings.EmbeddingsClient`` or None;
 - ``"readiness"["tavily"]``: ``"ok"`` or ``"circuit open"``, when Tavily is configured.
 """
@@ -23,6 +23,7 @@ import httpx
 
 from memory.cache import MemoryUserContextCache, RedisUserContextCache, UserContextCache
 from rag.embeddings import EmbeddingsClient
+from rag.retrieval import Retriever
 from realtime.keys import DEFAULT_KEYS, USER_CONTEXT_TTL_S
 from search.cache import MemorySearchCache, RedisSearchCache, SearchCache
 from search.service import WebSearch
@@ -30,7 +31,6 @@ from search.tavily import TavilyClient
 from server.container import Container
 from server.services.documents import DocumentService
 from server.services.memory import MemoryService
-from server.services.retrieval import Retriever
 
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from errors import ERROR_CLASSES
 from realtime.frames import CLIENT_FRAME_REPLIES, CLIENT_FRAMES
-from server.errors import ERROR_CLASSES
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 _TYPE_NAMES = {str: "string", int: "integer", bool: "boolean"}

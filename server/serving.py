@@ -19,7 +19,7 @@ from server.logging import redact_uvicorn_logs
 
 HEARTBEAT_CLOSE_CODE = 4408
 # ASGI scope extension: ``await send_texts(list_of_str)`` sends text frames with one
-# socket write. The writer (server/ws.py) falls back to ``websocket.send`` without it.
+# socket write. The writer (server/ws/endpoint.py) falls back to ``websocket.send`` without it.
 SEND_TEXTS_EXTENSION = "parley.send_texts"
 # ``await wait_writable()``: returns once the transport's buffer is below its high-water
 # mark, so that the writer leaves a backlog in the bounded outbox, not in the transport.
@@ -303,7 +303,7 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().run_asgi()
         if self.transport.get_write_buffer_size() == 0:
             return
-        # The app gave up on a peer that stopped reading (server/ws.py ``_abandon``):
+        # The app gave up on a peer that stopped reading (server/ws/endpoint.py ``_abandon``):
         # what is still buffered would never drain, and close() would wait for it.
         if not self.close_sent:
             self.transport.abort()
@@ -325,7 +325,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         {
             "header_timeout_s": settings.header_timeout_s,
             # Behind a proxy every socket comes from the proxy: the WebSocket endpoint
-            # caps by the forwarded address instead (server/ws.py).
+            # caps by the forwarded address instead (server/ws/endpoint.py).
             "max_per_ip": 0 if settings.trust_proxy_headers else settings.max_connections_per_ip,
         },
     )

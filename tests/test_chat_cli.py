@@ -49,7 +49,7 @@ async def http(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
 
 # The installed console script, as a user runs it; the module when not installed.
 PARLEY = Path(sys.executable).with_name("parley")
-COMMAND = [str(PARLEY), "chat"] if PARLEY.exists() else [sys.executable, "-m", "server.chat_cli"]
+COMMAND = [str(PARLEY), "chat"] if PARLEY.exists() else [sys.executable, "-m", "server.cli.chat"]
 
 
 async def start_chat(server: LiveServer, user: TestUser, *args: str) -> asyncio.subprocess.Process:

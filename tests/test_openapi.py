@@ -1,6 +1,6 @@
 """The OpenAPI document matches the app, and the app matches the document.
 
-The first tests keep the route table and ``server.openapi.ENDPOINTS`` in step; the
+The first tests keep the route table and ``server.rest.openapi.ENDPOINTS`` in step; the
 last one lets schemathesis generate requests from the document against the real
 in-process app and checks that nothing answers 5xx or outside the documented schemas.
 """
@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server import openapi
 from server.app import create_app
+from server.rest import openapi
 from tests.conftest import make_settings
 
 EXAMPLES_PER_OPERATION = 25

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from errors import ERROR_CODES
 from realtime.frames import CLIENT_FRAMES
 from server import protocol_doc
-from server.errors import ERROR_CODES
 
 
 def test_the_generated_tables_of_the_protocol_document_match_the_code() -> None:

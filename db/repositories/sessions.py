@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ChatSession, SessionMember, User
-from server.errors import Conflict
+from errors import Conflict
 
 
 async def create_session(

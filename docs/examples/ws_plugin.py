@@ -5,7 +5,7 @@ send a prompt and print the assistant's answer as it streams.
         python docs/examples/ws_plugin.py --session <id> "What changed since Monday?"
 
 Only ``websockets`` and ``httpx`` are needed. A real plugin also reconnects and
-resumes; see docs/protocol.md §4 and server/chat_cli.py.
+resumes; see docs/protocol.md §4 and server/cli/chat.py.
 """
 
 from __future__ import annotations

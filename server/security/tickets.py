@@ -14,7 +14,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.errors import Unavailable
+from errors import Unavailable
 
 TICKET_KEY_PREFIX = "parley:ws_ticket:"
 

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
-from server.errors import Unauthorized
+from errors import Unauthorized
 
 SYMMETRIC_ALGORITHMS = ["HS256"]
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]

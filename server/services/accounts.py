@@ -23,10 +23,10 @@ from db.engine import Database
 from db.models import User
 from db.repositories import users as users_repo
 from db.types import utcnow
-from server.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from server.ratelimit import Limit, RateLimiter
+from errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from server.security.callers import CallerCache
 from server.security.passwords import hash_password, verify_password
+from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import TicketStore
 from server.security.tokens import (
     Claims,

@@ -25,11 +25,11 @@ from db.engine import Database
 from db.models import Document
 from db.repositories import documents as documents_repo
 from db.repositories.documents import NewChunk
+from errors import BadRequest, Forbidden, NotFound, ParleyError, TooLarge
 from rag.chunking import Chunk as Piece
 from rag.chunking import chunk_document, validate_document
 from rag.embeddings import EmbeddingsClient
 from rag.vectors import pack
-from server.errors import BadRequest, Forbidden, NotFound, ParleyError, TooLarge
 from server.services.accounts import Principal
 from server.services.sessions import SessionService
 

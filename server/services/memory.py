@@ -20,10 +20,10 @@ import orjson
 from db.engine import Database
 from db.models import MemoryItem
 from db.repositories import memories as memories_repo
+from errors import BadRequest, NotFound, ParleyError, TooLarge
 from memory.cache import DEFAULT_TTL_S, UserContextCache
 from memory.extraction import KINDS, Complete, MemoryChanges, extract_memory
 from memory.extraction import MemoryItem as KnownItem
-from server.errors import BadRequest, NotFound, ParleyError, TooLarge
 from server.services.accounts import Principal
 from server.services.sessions import parse_id
 

@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
-from server.errors import BadRequest, Conflict, NotFound
+from errors import BadRequest, Conflict, NotFound
+from server.assistant.turn_cache import TurnCache, turn_of
 from server.services.accounts import Principal
-from server.services.turn_cache import TurnCache, turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.messages")

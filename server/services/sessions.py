@@ -21,7 +21,7 @@ from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
 from db.types import utcnow
-from server.errors import BadRequest, Conflict, Forbidden, NotFound
+from errors import BadRequest, Conflict, Forbidden, NotFound
 from server.services.accounts import Principal, normalise_email
 from server.services.wire import message_to_wire, session_to_wire, summary_to_wire
 

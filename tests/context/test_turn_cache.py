@@ -16,7 +16,7 @@ import pytest
 
 from db.repositories import messages as messages_repo
 from db.repositories.messages import Turn, TurnHeader
-from server.services.turn_cache import Snapshot, TurnCache
+from server.assistant.turn_cache import Snapshot, TurnCache
 from tests.conftest import TestUser
 from tests.context.answers import Answers, StartAnswers, stages
 from tests.fakes.openrouter import fake_openrouter

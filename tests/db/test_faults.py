@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from db.engine import Database
-from server.errors import Unavailable
+from errors import Unavailable
 from tests.faults.postgres import pg_proxy, through
 from tests.faults.tcp_proxy import TcpProxy
 

@@ -18,7 +18,7 @@ from db.models import Message
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
-from server.errors import Conflict, NotFound
+from errors import Conflict, NotFound
 from server.services.accounts import Principal
 from server.services.messages import MessageService
 

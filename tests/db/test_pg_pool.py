@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from db.engine import Database
-from server.errors import Unavailable
+from errors import Unavailable
 
 
 async def backend_pid(database: Database) -> int:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from errors import Unavailable
 from llm.provider import ChatRequest, StreamFinished, TextDelta
 from llm.resilience import ResilientProvider
-from server.errors import Unavailable
 from tests.fakes.openrouter import (
     Cut,
     FakeOpenRouter,

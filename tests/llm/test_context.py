@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
+from errors import TooLarge
 from llm.context import BuiltContext, build_context
 from llm.tokens import count_messages, count_text, message_tokens
-from server.errors import TooLarge
 
 
 def turns(n: int, words: int = 50) -> list[dict[str, Any]]:

@@ -7,9 +7,9 @@ import asyncio
 import orjson
 import pytest
 
+from errors import BadRequest, Unavailable
 from llm.openrouter import _StreamState
 from llm.provider import ChatRequest, StreamFinished, TextDelta, ToolCall, Usage
-from server.errors import BadRequest, Unavailable
 from tests.fakes.openrouter import FakeOpenRouter, Fast, Hang, HttpError, MidStreamError, Stream
 from tests.llm.conftest import MakeProvider
 

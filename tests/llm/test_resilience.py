@@ -7,11 +7,11 @@ import asyncio
 import httpx
 import pytest
 
+from errors import BadRequest, Unavailable
 from llm.offline import OfflineProvider
 from llm.openrouter import OpenRouterProvider
 from llm.provider import ChatRequest, NoFreeConnection, StreamFinished, TextDelta
 from llm.resilience import ResilientProvider
-from server.errors import BadRequest, Unavailable
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.llm.conftest import MakeProvider
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from errors import Unavailable
 from llm.catalog import ModelCatalog
 from llm.summarise import fit_messages, fold_request, plan_fold
 from llm.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMER, count_messages, message_tokens
-from server.errors import Unavailable
 
 SYSTEM = {"role": "system", "content": "You are Parley's assistant."}
 

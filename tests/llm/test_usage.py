@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from errors import Unavailable
 from llm.provider import ChatRequest, Usage
 from llm.tokens import count_messages, count_text
 from llm.usage import estimate_usage, recover_usage
-from server.errors import Unavailable
 from tests.fakes.openrouter import FakeOpenRouter, Stream
 from tests.llm.conftest import MakeProvider
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from errors import Unavailable
 from llm.provider import ChatRequest
 from memory.extraction import (
     Candidate,
@@ -12,7 +13,6 @@ from memory.extraction import (
     parse_extraction,
     reconcile,
 )
-from server.errors import Unavailable
 
 
 def answer(*items: dict[str, object]) -> str:

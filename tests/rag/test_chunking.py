@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
+from errors import BadRequest, TooLarge
 from llm.tokens import count_text
 from rag.chunking import chunk_document, validate_document
-from server.errors import BadRequest, TooLarge
 
 DOC = """# Guide
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from errors import BadRequest, TooLarge, Unavailable
 from rag.embeddings import EmbeddingsClient
 from rag.vectors import cosine, pack, top_k, unpack
-from server.errors import BadRequest, TooLarge, Unavailable
 
 
 def test_vectors_round_trip_as_little_endian_float32() -> None:

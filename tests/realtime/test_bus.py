@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
+from errors import Unavailable
 from realtime import keys
 from realtime.bus_memory import MemoryBus
 from realtime.bus_redis import RedisBus
-from server.errors import Unavailable
 
 ROOM = keys.room_channel("room-1")
 OTHER = keys.room_channel("room-2")

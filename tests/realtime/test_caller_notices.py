@@ -14,16 +14,16 @@ import pytest
 
 from db import migrate
 from db.engine import Database
+from errors import Unauthorized
 from realtime.bus_redis import RedisBus
 from realtime.hub import Hub
 from realtime.keys import Keys
 from realtime.presence_memory import MemoryPresence
 from realtime.stream_log_memory import MemoryStreamLog
-from server.errors import Unauthorized
 from server.metrics import Metrics
-from server.ratelimit import Limit, RateLimiter
 from server.realtime_layer import connect_caller_cache
 from server.security.callers import CallerCache
+from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import MemoryTicketStore
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, Principal

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
+from errors import Unavailable
 from realtime.keys import Keys
 from realtime.presence import Member, Presence, PresenceChange
 from realtime.presence_memory import MemoryPresence
 from realtime.presence_redis import RedisPresence
-from server.errors import Unavailable
 
 ROOM, OTHER_ROOM = "room-1", "room-2"
 

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.errors import Unauthorized
+from errors import Unauthorized
 from server.security import tokens as tokens_module
 from tests.conftest import TEST_JWT_SECRET, register_user
 from tests.rest.conftest import AppClient

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from errors import Unavailable
 from search.cache import MemorySearchCache, RedisSearchCache
-from server.errors import Unavailable
 from tests.services import require_redis
 
 

@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from errors import BadRequest, Unavailable
 from search.tavily import TavilyClient
-from server.errors import BadRequest, Unavailable
 from tests.fakes.tavily import API_KEY, FakeTavily
 
 

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from errors import Unavailable
 from search.cache import MemorySearchCache
 from search.service import WebSearch
 from search.tavily import TavilyClient
-from server.errors import Unavailable
 from tests.fakes.tavily import API_KEY, FakeTavily
 
 # Far beyond any deadline set here: a search must be over long before it.

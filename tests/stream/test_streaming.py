@@ -10,7 +10,7 @@ import pytest
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
 from realtime.stream_log import StreamSnapshot
-from server.services import takeover
+from server.assistant import takeover
 from tests.conftest import LiveServer, TestUser
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.stream.conftest import collect_stream
@@ -110,7 +110,7 @@ async def test_a_generation_another_node_took_over_stores_and_ends_nothing_more(
     live_client: httpx.AsyncClient,
 ) -> None:
     # A node paused for longer than its presence TTL is taken for dead, and another
-    # node ends its streams (server.services.takeover). When it wakes, its answers
+    # node ends its streams (server.assistant.takeover). When it wakes, its answers
     # must not be stored, nor ended, a second time.
     ada, _, session_id = room
     fake_openrouter.enqueue(Stream(["taken ", "over ", "meanwhile"], delay_s=0.05))

@@ -1,7 +1,7 @@
 """``chat_sessions.history_revision``: when a node's cached context is still current.
 
 Each node keeps the recent turns of the sessions it answers in memory
-(``server.services.turn_cache``), so the first token of an answer does not wait on
+(``server.assistant.turn_cache``), so the first token of an answer does not wait on
 reading hundreds of rows. A cached copy is current when the session's ``last_seq``
 is the one it knows (nothing was appended behind its back) and this counter is too:
 every other change to what a turn reads (a deleted message, a new summary, the

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from server.errors import BadRequest, ParleyError, Unauthorized
+from errors import BadRequest, ParleyError, Unauthorized
 from server.logging import request_id_var
 
 Body = TypeVar("Body", bound=BaseModel)

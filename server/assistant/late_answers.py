@@ -24,10 +24,10 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
+from errors import Unavailable
 from realtime.hub import Hub
-from server.errors import Unavailable
+from server.assistant.turn_cache import TurnCache, turn_of
 from server.metrics import Metrics
-from server.services.turn_cache import TurnCache, turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")

@@ -28,8 +28,8 @@ from llm.tokens import count_text
 from realtime.hub import Hub
 from realtime.stream_log import StreamSnapshot
 from realtime.streams import StreamPublisher
+from server.assistant.turn_cache import TurnCache, turn_of
 from server.metrics import Metrics
-from server.services.turn_cache import TurnCache, turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.takeover")

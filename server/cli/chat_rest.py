@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from server.errors import ERROR_CLASSES, InternalError, ParleyError, Unavailable
+from errors import ERROR_CLASSES, InternalError, ParleyError, Unavailable
 
 ERRORS_BY_CODE: dict[str, type[ParleyError]] = {cls.code: cls for cls in ERROR_CLASSES}
 

@@ -24,6 +24,7 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
+from errors import InternalError, NotFound, ParleyError, Unavailable
 from llm.provider import (
     ChatEvent,
     ChatRequest,
@@ -36,13 +37,12 @@ from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
+from server.assistant.context import ContextAssembler, TurnContext
+from server.assistant.late_answers import STORED_LATER, LateAnswer, LateAnswers
+from server.assistant.turn_cache import turn_of
 from server.config import Settings
-from server.errors import InternalError, NotFound, ParleyError, Unavailable
 from server.metrics import Metrics
 from server.services.accounts import Principal
-from server.services.context import ContextAssembler, TurnContext
-from server.services.late_answers import STORED_LATER, LateAnswer, LateAnswers
-from server.services.turn_cache import turn_of
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")
@@ -80,7 +80,7 @@ class Generation:
     cancelled_by: str | None = None
     trace: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
-    # Another node took this one for dead and ended the stream (server.services.takeover).
+    # Another node took this one for dead and ended the stream (server.assistant.takeover).
     taken_over: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 

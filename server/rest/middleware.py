@@ -13,10 +13,10 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import InternalError, TooLarge
-from server.http import error_response
+from errors import InternalError, TooLarge
 from server.logging import request_id_var
 from server.metrics import Metrics
+from server.rest.http import error_response
 
 log = logging.getLogger("parley.http")
 MAX_REQUEST_ID = 128

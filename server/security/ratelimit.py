@@ -12,7 +12,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
-from server.errors import RateLimited
+from errors import RateLimited
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,18 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from errors import Forbidden, ParleyError, RateLimited, Unauthorized
 from realtime.connection import Connection
 from realtime.frames import encode, welcome
-from realtime.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
 from realtime.hub import Hub
 from server.config import Settings
 from server.container import Container, container_of
-from server.errors import Forbidden, ParleyError, RateLimited, Unauthorized
-from server.http import error_response
 from server.logging import conn_id_var
+from server.rest.http import error_response
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
 from server.serving import CLOSE_NOW_EXTENSION, SEND_TEXTS_EXTENSION, WAIT_WRITABLE_EXTENSION
+from server.ws.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
 
 log = logging.getLogger("parley.ws")
 

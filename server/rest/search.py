@@ -11,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from errors import BadRequest
 from search.service import SearchOutcome, WebSearch
 from search.tavily import MAX_QUERY_CHARS
 from server.container import container_of
-from server.errors import BadRequest
-from server.http import ok
-from server.ratelimit import Limit
+from server.rest.http import ok
+from server.security.ratelimit import Limit
 
 SEARCH_LIMIT = Limit("search", 30, 60)
 

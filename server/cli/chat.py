@@ -33,14 +33,14 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from server.chat_rest import Rest
-from server.errors import (
+from errors import (
     BadRequest,
     Forbidden,
     InternalError,
     ParleyError,
     Unauthorized,
 )
+from server.cli.chat_rest import Rest
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 15.0

@@ -6,10 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from errors import BadRequest
 from server.container import container_of
-from server.errors import BadRequest
-from server.http import JSONResponse, client_ip, ok, read_body
-from server.schemas import LoginBody, RefreshBody, RegisterBody, UserPatchBody
+from server.rest.http import JSONResponse, client_ip, ok, read_body
+from server.rest.schemas import LoginBody, RefreshBody, RegisterBody, UserPatchBody
 from server.services.accounts import LoginResult, user_to_wire
 from server.services.sessions import parse_id
 

@@ -11,10 +11,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from realtime.connection import Connection
-from realtime.frames import ClientFrame, FrameError, encode, error_frame, parse_client_frame
-from realtime.hub import Hub
-from server.errors import (
+from errors import (
     BadRequest,
     InternalError,
     NotFound,
@@ -22,6 +19,9 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
+from realtime.connection import Connection
+from realtime.frames import ClientFrame, FrameError, encode, error_frame, parse_client_frame
+from realtime.hub import Hub
 from server.services.sessions import parse_id
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ MAX_QUEUED_FRAMES = 16
 class ConnectionHandler:
     # Per idle connection this is three references: no per-instance dict, no table of
     # bound methods, no Event. A ``refresh`` moves ``conn.expires_at``, which the expiry
-    # timer (server/ws.py) re-reads; nothing needs to wait for it.
+    # timer (server/ws/endpoint.py) re-reads; nothing needs to wait for it.
     __slots__ = ("_queued", "_worker", "conn", "container", "hub")
 
     # Frame type -> method name, once per class (a subclass's override is honoured).

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from errors import ParleyError, Unauthorized
 from server.container import Container, container_of
-from server.errors import ParleyError, Unauthorized
-from server.http import JSONResponse, ok
+from server.rest.http import JSONResponse, ok
 
 # container.extras key of the checks still running, by name (see ``_probe``).
 _IN_FLIGHT = "readiness_in_flight"

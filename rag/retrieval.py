@@ -22,13 +22,13 @@ import uuid
 from db.engine import Database
 from db.repositories import retrieval as retrieval_repo
 from db.repositories.retrieval import ChunkHit, HistoryPiece
+from errors import ParleyError
 from llm.tokens import count_text
 from rag.chunking import chunk_document
 from rag.embeddings import EmbeddingsClient
 from rag.query import postgres_query, sqlite_fts_query
 from rag.ranking import Passage, fuse
 from rag.vectors import pack, top_k
-from server.errors import ParleyError
 
 log = logging.getLogger(__name__)
 

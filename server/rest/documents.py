@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from errors import BadRequest
 from server.container import container_of
-from server.errors import BadRequest
-from server.http import ok, read_body
-from server.schemas import DocumentJsonBody
+from server.rest.http import ok, read_body
+from server.rest.schemas import DocumentJsonBody
 from server.services.accounts import Principal
 from server.services.documents import DocumentService
 from server.services.sessions import parse_id

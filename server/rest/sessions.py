@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from errors import ParleyError
 from server.container import container_of
-from server.errors import ParleyError
-from server.http import ok, query_int, read_body
-from server.schemas import MemberAddBody, MessagePostBody, SessionCreateBody, SessionPatchBody
+from server.rest.http import ok, query_int, read_body
+from server.rest.schemas import MemberAddBody, MessagePostBody, SessionCreateBody, SessionPatchBody
 from server.services.sessions import DEFAULT_PAGE, parse_id
 
 log = logging.getLogger("parley.sessions")

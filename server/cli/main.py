@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 from db import migrate
 from db.engine import Database
 from db.repositories import users as users_repo
+from errors import NotFound, ParleyError
 from server.config import ConfigError, Settings, load_settings
-from server.errors import NotFound, ParleyError
 from server.logging import configure_logging
 
 APP_FACTORY = "server.app:create_app"
@@ -39,8 +39,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chat"]:
-        # The terminal client parses its own options (see server/chat_cli.py).
-        from server.chat_cli import main as chat_main
+        # The terminal client parses its own options (see server/cli/chat.py).
+        from server.cli.chat import main as chat_main
 
         return chat_main(argv[1:])
     args = build_parser().parse_args(argv)

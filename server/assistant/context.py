@@ -8,7 +8,7 @@ request is larger than the window.
 
 When to search: always when the message says ``search: true``; otherwise, for a
 model known to support tool calling, the model decides (``WEB_SEARCH_TOOL`` is
-offered and ``stream`` runs its call, see ``server.services.search_tool``); for any
+offered and ``stream`` runs its call, see ``search.tool``); for any
 other model, the plain ``search.service.should_search`` rule. Which models support
 tools is ``extras["tool_models"]`` (a collection of model ids), published by whoever
 knows: configuration or the model catalogue. A search that fails leaves a note for
@@ -27,6 +27,7 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories.messages import Turn, TurnHeader
+from errors import Conflict, NotFound, ParleyError
 from llm.context import build_context
 from llm.provider import ChatEvent, ChatRequest
 from llm.resilience import ResilientProvider
@@ -34,10 +35,9 @@ from llm.summarise import fold, plan_fold
 from llm.tokens import count_text, message_tokens
 from rag.ranking import format_passages
 from search.service import WEB_SEARCH_TOOL, format_results, should_search
+from search.tool import stream_with_search, unavailable_detail
+from server.assistant.turn_cache import Snapshot, TurnCache, header_fits
 from server.config import Settings
-from server.errors import Conflict, NotFound, ParleyError
-from server.services.search_tool import stream_with_search, unavailable_detail
-from server.services.turn_cache import Snapshot, TurnCache, header_fits
 
 log = logging.getLogger("parley.context")
 

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server import schemas
-from server.errors import ERROR_CODES
-from server.http import JSONResponse
+from errors import ERROR_CODES
+from server.rest import schemas
+from server.rest.http import JSONResponse
 
 Schema = dict[str, Any]
 OPENAPI_PATH = "/openapi.json"

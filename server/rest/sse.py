@@ -27,7 +27,7 @@ from realtime.connection import Connection
 from realtime.frames import encode
 from realtime.hub import Hub
 from server.container import Container
-from server.schemas import MessagePostBody
+from server.rest.schemas import MessagePostBody
 from server.services.accounts import Principal
 
 SSE_FRAMES = frozenset({"message", "stream.start", "stream.status", "stream.delta", "stream.end"})

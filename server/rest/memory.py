@@ -7,8 +7,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.container import container_of
-from server.http import ok, read_body
-from server.schemas import MemoryAddBody
+from server.rest.http import ok, read_body
+from server.rest.schemas import MemoryAddBody
 from server.services.memory import MemoryService
 
 
