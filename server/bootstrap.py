@@ -34,6 +34,7 @@ from db import migrate
 from db.engine import Database
 from errors import ParleyError
 from llm import tokens
+from llm.resilience import ResilientProvider
 from memory.cache import make_user_context_cache
 from rag.embeddings import EmbeddingsClient
 from rag.retrieval import Retriever
@@ -120,36 +121,9 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
         accounts = _build_accounts(settings, database, redis, limiter, hub)
         http = _open_http(settings, stack)
         context = _build_context(settings, database, redis, http, sessions, readiness)
-        llm = make_provider(settings, metrics, http)
-        stack.push_async_callback(llm.aclose)
-        llm.warm()
-        readiness["llm"] = lambda: (
-            "ok" if "open" not in llm.breaker_states().values() else "circuit open"
+        llm, assembler, assistant = await _start_assistant(
+            settings, database, hub, turns, context, http, metrics, readiness, stack
         )
-        # Loading the tokenizer takes about 140 ms: here, before the heap is frozen
-        # (``GC_FREEZE``), rather than in front of this node's first answer.
-        await asyncio.to_thread(tokens.encoding)
-        assembler = ContextAssembler(
-            database,
-            llm,
-            settings,
-            turns=turns,
-            web_search=context.web_search,
-            memory=context.memory,
-            retriever=context.retriever,
-        )
-        assistant = Assistant(
-            database=database,
-            hub=hub,
-            provider=llm,
-            context=assembler,
-            settings=settings,
-            metrics=metrics,
-            memory=context.memory,
-        )
-        # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
-        # generations still reach members on other nodes.
-        stack.push_async_callback(assistant.drain, settings.drain_timeout_s)
         message_limit = Limit("message", settings.messages_per_window, settings.message_window_s)
         messages = MessageService(
             database,
@@ -376,6 +350,51 @@ def _build_context(
         ),
         retriever=Retriever(database, embeddings),
     )
+
+
+async def _start_assistant(
+    settings: Settings,
+    database: Database,
+    hub: Hub,
+    turns: TurnCache,
+    context: _Context,
+    http: httpx.AsyncClient,
+    metrics: Metrics,
+    readiness: dict[str, ReadinessProbe],
+    stack: contextlib.AsyncExitStack,
+) -> tuple[ResilientProvider, ContextAssembler, Assistant]:
+    """The provider, what the model is given, and the runner of answers."""
+    llm = make_provider(settings, metrics, http)
+    stack.push_async_callback(llm.aclose)
+    llm.warm()
+    readiness["llm"] = lambda: (
+        "ok" if "open" not in llm.breaker_states().values() else "circuit open"
+    )
+    # Loading the tokenizer takes about 140 ms: here, before the heap is frozen
+    # (``GC_FREEZE``), rather than in front of this node's first answer.
+    await asyncio.to_thread(tokens.encoding)
+    assembler = ContextAssembler(
+        database,
+        llm,
+        settings,
+        turns=turns,
+        web_search=context.web_search,
+        memory=context.memory,
+        retriever=context.retriever,
+    )
+    assistant = Assistant(
+        database=database,
+        hub=hub,
+        provider=llm,
+        context=assembler,
+        settings=settings,
+        metrics=metrics,
+        memory=context.memory,
+    )
+    # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
+    # generations still reach members on other nodes.
+    stack.push_async_callback(assistant.drain, settings.drain_timeout_s)
+    return llm, assembler, assistant
 
 
 async def _sweep_idle_sessions(container: Container) -> None:
