@@ -103,6 +103,8 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
         node_id = uuid.uuid4().hex[:12]
         database = await _open_database(settings, stack)
         redis = _open_redis(settings, stack)
+        # Refused configuration (PostgreSQL without JWT_SECRET) fails before any hub starts.
+        jwt_secret = resolve_jwt_secret(settings)
         limiter = RateLimiter(settings.redis_url, redis.connection_pool if redis else None)
         turns = make_turn_cache(settings)
         sessions = SessionService(
@@ -118,7 +120,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             settings, node_id, database, sessions, turns, metrics, stack
         )
         readiness["bus"] = lambda: "ok" if hub.bus.healthy else "bus disconnected"
-        accounts = _build_accounts(settings, database, redis, limiter, hub)
+        accounts = _build_accounts(settings, jwt_secret, database, redis, limiter, hub)
         http = _open_http(settings, stack)
         context = _build_context(settings, database, redis, http, sessions, readiness)
         llm, assembler, assistant = await _start_assistant(
@@ -133,8 +135,8 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             assistant=assistant,
             turns=turns,
         )
-        # ... and before that, posts whose connections were closed finish landing, so
-        # the answers they confirm are among those drained.
+        # Runs before the assistant drains: posts whose connections were closed finish
+        # landing, so the answers they confirm are among those drained.
         stack.push_async_callback(messages.landed, settings.drain_timeout_s)
         container = Container(
             settings=settings,
@@ -255,13 +257,14 @@ def _bind_back_references(presence: Presence, hub: Hub, takeover: StreamTakeover
 
 def _build_accounts(
     settings: Settings,
+    jwt_secret: str,
     database: Database,
     redis: Redis | None,
     limiter: RateLimiter,
     hub: Hub,
 ) -> AccountService:
     tokens_ = TokenService(
-        secret=resolve_jwt_secret(settings),
+        secret=jwt_secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
