@@ -94,3 +94,13 @@ class RedisUserContextCache:
             await self._redis.delete(self._prefix + user_id)
         except RedisError as exc:
             raise Unavailable("user context cache is unavailable") from exc
+
+
+def make_user_context_cache(
+    redis: Redis | None, *, prefix: str = REDIS_KEY_PREFIX
+) -> UserContextCache:
+    """Redis when the nodes share one (an invalidation reaches them all), else this
+    process."""
+    if redis is not None:
+        return RedisUserContextCache(redis, prefix=prefix)
+    return MemoryUserContextCache()

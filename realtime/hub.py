@@ -76,6 +76,7 @@ class Hub:
         fetch_messages_after: FetchMessagesAfter,
         metrics: HubMetrics,
         keys: Keys,
+        on_released: Callable[[Envelope], None] | None = None,
     ) -> None:
         self.bus = bus_factory(self._on_bus_message, self._on_bus_gap)
         self.bus.on_lost = self._on_bus_lost
@@ -102,7 +103,7 @@ class Hub:
         }
         # Told of each stored message of a room with members here (``message`` and
         # ``stream.end`` envelopes), in seq order, whichever node stored it.
-        self.on_released: Callable[[Envelope], None] | None = None
+        self.on_released = on_released
 
     # Lifecycle ----------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ dead. The hub publishes them like any other change."""
 
 
 class Presence(Protocol):
+    # Both set once the hub and the assistant exist (they need this presence first).
+    on_reaped: ReapedHandler | None
     on_node_gone: NodeGoneHandler | None
 
     async def start(self) -> None:

@@ -6,7 +6,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from realtime.keys import ONLINE_TTL_S
-from realtime.presence import Member, NodeGoneHandler, PresenceChange, sort_members
+from realtime.presence import (
+    Member,
+    NodeGoneHandler,
+    PresenceChange,
+    ReapedHandler,
+    sort_members,
+)
 
 
 class _Room:
@@ -27,6 +33,7 @@ class MemoryPresence:
         online_ttl_s: float = ONLINE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.on_reaped: ReapedHandler | None = None  # never called: nothing to reap
         self.on_node_gone: NodeGoneHandler | None = None  # never called: no other node
         self._rooms: dict[str, _Room] = {}
         self._online: dict[str, float] = {}  # user_id -> deadline on ``clock``

@@ -137,7 +137,7 @@ class RedisPresence:
         self,
         redis_url: str,
         node_id: str,
-        on_reaped: ReapedHandler,
+        on_reaped: ReapedHandler | None = None,
         *,
         ttl_s: float = PRESENCE_TTL_S,
         online_ttl_s: float = ONLINE_TTL_S,
@@ -146,7 +146,8 @@ class RedisPresence:
         if MEMBER_SEPARATOR in node_id:
             raise ValueError("node_id must not contain the member separator")
         self.node_id = node_id
-        self._on_reaped = on_reaped
+        # None until the hub that publishes the changes exists (it needs this presence).
+        self.on_reaped = on_reaped
         self.on_node_gone: NodeGoneHandler | None = None
         self._ttl_s = ttl_s
         self._online_ttl_ms = max(1, int(online_ttl_s * 1000))
@@ -413,8 +414,10 @@ class RedisPresence:
             log.exception("presence on_node_gone handler failed for node %s", node)
 
     async def _report(self, changes: list[PresenceChange]) -> None:
+        if self.on_reaped is None:
+            return
         try:
-            await self._on_reaped(changes)
+            await self.on_reaped(changes)
         except Exception:
             log.exception("presence on_reaped handler failed")
 

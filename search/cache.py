@@ -93,3 +93,8 @@ class RedisSearchCache:
             await self._redis.set(self._prefix + key, value, ex=ttl_s)
         except RedisError as exc:
             raise Unavailable("search cache is unavailable") from exc
+
+
+def make_search_cache(redis: Redis | None, *, prefix: str = REDIS_KEY_PREFIX) -> SearchCache:
+    """Redis when the nodes share one (one answer serves them all), else this process."""
+    return RedisSearchCache(redis, prefix=prefix) if redis is not None else MemorySearchCache()

@@ -1,7 +1,13 @@
-"""Everything the lifespan builds and the handlers use, in one typed place."""
+"""Everything the lifespan builds and the handlers use, in one typed place.
+
+Built only by ``server/bootstrap.py``, in dependency order; every service is a field
+of its own type (no string-keyed extras).
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +25,25 @@ from server.services.messages import MessageService
 from server.services.sessions import SessionService
 
 if TYPE_CHECKING:
+    import httpx
     from redis.asyncio import Redis
+
+    from llm.resilience import ResilientProvider
+    from rag.embeddings import EmbeddingsClient
+    from rag.retrieval import Retriever
+    from realtime.hub import Hub
+    from realtime.presence import Presence
+    from realtime.stream_log import StreamLog
+    from search.service import WebSearch
+    from server.assistant.context import ContextAssembler
+    from server.assistant.generation import Assistant
+    from server.rest.sse import SSEStreamer
+    from server.services.documents import DocumentService
+    from server.services.memory import MemoryService
+    from server.ws.endpoint import _ConnectionCaps
+
+# A readiness check beyond the database and Redis: "ok", or why not.
+ReadinessProbe = Callable[[], str]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -33,13 +57,33 @@ class Container:
     accounts: AccountService
     sessions: SessionService
     messages: MessageService
-    redis: Redis | None = None
+    redis: Redis | None
+    # This process among the cluster's nodes (presence, stream ownership).
+    node_id: str
+    http: httpx.AsyncClient
+    # Realtime: presence, the stream log and the hub over the bus.
+    hub: Hub
+    presence: Presence
+    stream_log: StreamLog
+    # Context: web search, per-user memory, documents and retrieval.
+    web_search: WebSearch
+    embeddings: EmbeddingsClient | None
+    memory: MemoryService
+    documents: DocumentService
+    retriever: Retriever
+    # The assistant: the provider, what it is given, and the runner of answers.
+    llm: ResilientProvider
+    context: ContextAssembler
+    assistant: Assistant
+    sse: SSEStreamer
+    ws_connection_caps: _ConnectionCaps
+    readiness: dict[str, ReadinessProbe] = field(default_factory=dict)
+    # The readiness checks still running, by name (``server.rest.health._probe``).
+    readiness_in_flight: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     message_limit: Limit = field(default_factory=lambda: Limit("message", 20, 10))
     typing_limit: Limit = field(default_factory=lambda: Limit("typing", 10, 5))
     join_limit: Limit = field(default_factory=lambda: Limit("join", 30, 10))
     frame_limit: Limit = field(default_factory=lambda: Limit("frame", 120, 10))
-    # Filled as the realtime, assistant and context layers start.
-    extras: dict[str, Any] = field(default_factory=dict)
 
     async def authenticate(self, connection: HTTPConnection) -> Principal:
         """The caller of a REST request: Bearer header first, then the ``jwt`` cookie."""

@@ -10,8 +10,8 @@ When to search: always when the message says ``search: true``; otherwise, for a
 model known to support tool calling, the model decides (``WEB_SEARCH_TOOL`` is
 offered and ``stream`` runs its call, see ``search.tool``); for any
 other model, the plain ``search.service.should_search`` rule. Which models support
-tools is ``extras["tool_models"]`` (a collection of model ids), published by whoever
-knows: configuration or the model catalogue. A search that fails leaves a note for
+tools is ``ContextAssembler.tool_models`` (a collection of model ids) when set by
+whoever knows (tests, operators), else the model catalogue. A search that fails leaves a note for
 the model and a ``stream.status`` whose ``detail`` says search was unavailable.
 """
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.engine import Database
 from db.repositories import messages as messages_repo
@@ -38,6 +38,11 @@ from search.service import WEB_SEARCH_TOOL, format_results, should_search
 from search.tool import stream_with_search, unavailable_detail
 from server.assistant.turn_cache import Snapshot, TurnCache, header_fits
 from server.config import Settings
+
+if TYPE_CHECKING:
+    from rag.retrieval import Retriever
+    from search.service import WebSearch
+    from server.services.memory import MemoryService
 
 log = logging.getLogger("parley.context")
 
@@ -73,21 +78,32 @@ class TurnContext:
         return basis is None or header_fits(basis, question_seq, revision)
 
 
+def make_turn_cache(settings: Settings) -> TurnCache:
+    return TurnCache(window=HISTORY_WINDOW, max_bytes=settings.context_cache_mb * 1_000_000)
+
+
 class ContextAssembler:
     def __init__(
         self,
         database: Database,
         provider: ResilientProvider,
         settings: Settings,
-        extras: dict[str, Any],
+        *,
+        turns: TurnCache,
+        web_search: WebSearch | None = None,
+        memory: MemoryService | None = None,
+        retriever: Retriever | None = None,
     ) -> None:
         self._db = database
         self._provider = provider
         self._settings = settings
-        self._extras = extras
-        self.turns = TurnCache(
-            window=HISTORY_WINDOW, max_bytes=settings.context_cache_mb * 1_000_000
-        )
+        # This node's copy of recent turns (``make_turn_cache``).
+        self.turns = turns
+        self._web_search = web_search
+        self._memory_service = memory
+        self._retriever = retriever
+        # Models known to support tool calling, when set; else the catalogue decides.
+        self.tool_models: Collection[str] | None = None
         self._warming: set[uuid.UUID] = set()
 
     async def window_for(self, model: str) -> int:
@@ -288,7 +304,7 @@ class ContextAssembler:
         self, request: ChatRequest, turn: TurnContext, status: Status
     ) -> AsyncGenerator[ChatEvent, None]:
         """The model's answer for ``turn``; runs a web search the model calls for."""
-        web_search = self._extras.get("web_search")
+        web_search = self._web_search
         if not turn.tools or web_search is None:
             return self._provider.stream(request, fallbacks=turn.fallbacks)
         return stream_with_search(
@@ -302,9 +318,9 @@ class ContextAssembler:
         )
 
     async def supports_tools(self, model: str) -> bool:
-        """``extras["tool_models"]`` when set (tests, operators), else OpenRouter's
+        """``tool_models`` when set (tests, operators), else OpenRouter's
         ``/models`` (``supported_parameters`` lists ``tools``)."""
-        listed = self._extras.get("tool_models")
+        listed = self.tool_models
         if listed is not None:
             return model in listed
         probe = getattr(self._provider, "supports_tools", None)
@@ -315,7 +331,7 @@ class ContextAssembler:
 
     async def _tools_for(self, model: str, force_search: bool) -> list[dict[str, Any]] | None:
         """The tool list to offer, or None: search already forced, or not possible."""
-        web_search = self._extras.get("web_search")
+        web_search = self._web_search
         if force_search or web_search is None or not web_search.configured:
             return None
         if not await self.supports_tools(model):
@@ -348,7 +364,7 @@ class ContextAssembler:
             await messages_repo.store_summary(
                 session, session_id, covers_seq, text, count_text(text)
             )
-        retriever = self._extras.get("retriever")
+        retriever = self._retriever
         if retriever is not None:
             # What the summary compressed stays findable word for word.
             try:
@@ -358,7 +374,7 @@ class ContextAssembler:
         return text, covers_seq
 
     async def _memory(self, user_id: uuid.UUID) -> list[str]:
-        memory = self._extras.get("memory")
+        memory = self._memory_service
         if memory is None:
             return []
         try:
@@ -369,7 +385,7 @@ class ContextAssembler:
     async def _passages(
         self, session_id: uuid.UUID, question: str, covers_seq: int, status: Status
     ) -> str:
-        retriever = self._extras.get("retriever")
+        retriever = self._retriever
         if retriever is None:
             return ""
         await status("retrieving", None)
@@ -387,7 +403,7 @@ class ContextAssembler:
         self, question: str, wanted: bool, status: Status
     ) -> tuple[str, str | None, bool]:
         """Search before the model answers: results, or a note when there are none."""
-        web_search = self._extras.get("web_search")
+        web_search = self._web_search
         if web_search is None or not wanted:
             return "", None, False
         await status("searching", None)

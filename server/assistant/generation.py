@@ -43,6 +43,7 @@ from server.assistant.turn_cache import turn_of
 from server.config import Settings
 from server.metrics import Metrics
 from server.services.accounts import Principal
+from server.services.memory import MemoryService
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")
@@ -108,7 +109,7 @@ class Assistant:
         context: ContextAssembler,
         settings: Settings,
         metrics: Metrics,
-        extras: dict[str, Any],
+        memory: MemoryService | None = None,
     ) -> None:
         self._db = database
         self._hub = hub
@@ -116,7 +117,7 @@ class Assistant:
         self._context = context
         self._settings = settings
         self._metrics = metrics
-        self._extras = extras
+        self._memory = memory
         self.running: dict[str, Generation] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.late_answers = LateAnswers(
@@ -506,7 +507,7 @@ class Assistant:
         Not with the offline model: its rule-based "extraction" would be stored as if a
         model had learned it ("Name: Ada and I prefer short answers" as one fact).
         """
-        memory = self._extras.get("memory")
+        memory = self._memory
         if memory is None or self._settings.offline_model:
             return
         task = asyncio.create_task(

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from db.repositories.messages import Turn, TurnHeader
+from realtime import envelope as kinds
+from realtime.envelope import Envelope
 
 
 def turn_of(message: dict[str, Any]) -> Turn:
@@ -183,3 +188,24 @@ class TurnCache:
 
 def _newer(held: TurnHeader, read: TurnHeader) -> bool:
     return (held.history_revision, held.last_seq) > (read.history_revision, read.last_seq)
+
+
+def remember_stored_messages(turns: TurnCache) -> Callable[[Envelope], None]:
+    """The hub's ``on_released``: extend this node's copies of recent turns with
+    messages stored on other nodes (questions, and answers in their ``stream.end``), so
+    that a conversation whose members sit on different nodes keeps starting answers
+    from the copy."""
+
+    def on_released(env: Envelope) -> None:
+        if env.seq is None or env.kind not in (kinds.MESSAGE, kinds.STREAM):
+            return
+        session_id = uuid.UUID(env.session_id)
+        # Most releases need no decoding: the message is this node's own (the copy has
+        # it), or the session has no copy here.
+        if not turns.expects(session_id, env.seq):
+            return
+        message = orjson.loads(env.frame).get("message")
+        if message:
+            turns.appended(session_id, turn_of(message), None, None)
+
+    return on_released

@@ -67,9 +67,7 @@ async def logout_all(request: Request) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
     await container.accounts.logout_all(principal.user_id)
-    hub = container.extras.get("hub")
-    if hub is not None:
-        await hub.disconnect_user(str(principal.user_id), 4401, "logged out everywhere")
+    await container.hub.disconnect_user(str(principal.user_id), 4401, "logged out everywhere")
     return _clear_cookies(ok({"logged_out": True}))
 
 
@@ -86,9 +84,8 @@ async def patch_user(request: Request) -> Response:
     user_id = parse_id(request.path_params["id"], "user")
     body = await read_body(request, UserPatchBody)
     result = await container.accounts.set_disabled(principal, user_id, body.disabled)
-    hub = container.extras.get("hub")
-    if body.disabled and hub is not None:
-        await hub.disconnect_user(str(user_id), 4403, "account disabled")
+    if body.disabled:
+        await container.hub.disconnect_user(str(user_id), 4403, "account disabled")
     return ok(result)
 
 

@@ -24,7 +24,7 @@ from server.services.sessions import parse_id
 
 
 def _documents(request: Request) -> DocumentService:
-    return container_of(request).extras["documents"]  # type: ignore[no-any-return]
+    return container_of(request).documents
 
 
 async def upload_document(request: Request) -> Response:

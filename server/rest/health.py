@@ -15,9 +15,6 @@ from errors import ParleyError, Unauthorized
 from server.container import Container, container_of
 from server.rest.http import JSONResponse, ok
 
-# container.extras key of the checks still running, by name (see ``_probe``).
-_IN_FLIGHT = "readiness_in_flight"
-
 
 async def healthz(request: Request) -> Response:
     return ok({"status": "ok"})
@@ -48,7 +45,7 @@ async def readyz(request: Request) -> Response:
             checks[name] = error.message
         else:
             checks[name] = f"unreachable: {type(error).__name__}"
-    for name, probe in container.extras.get("readiness", {}).items():
+    for name, probe in container.readiness.items():
         checks[name] = probe()
     ready = all(value == "ok" for value in checks.values())
     body = {"success": ready, "data": {"ready": ready, "checks": checks}}
@@ -62,7 +59,7 @@ def _probe(
 ) -> asyncio.Task[Any]:
     """The check ``name`` running now, or a new one. It runs to its own end (bounded by
     the database's and Redis's timeouts), whoever stopped waiting for it."""
-    in_flight: dict[str, asyncio.Task[Any]] = container.extras.setdefault(_IN_FLIGHT, {})
+    in_flight = container.readiness_in_flight
     task = in_flight.get(name)
     if task is None:
 

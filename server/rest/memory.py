@@ -13,7 +13,7 @@ from server.services.memory import MemoryService
 
 
 def _memory(request: Request) -> MemoryService:
-    return container_of(request).extras["memory"]  # type: ignore[no-any-return]
+    return container_of(request).memory
 
 
 async def list_memory(request: Request) -> Response:

@@ -50,7 +50,7 @@ async def web_search(request: Request) -> Response:
     await container.limiter.hit(
         SEARCH_LIMIT, str(principal.user_id), "too many searches, slow down"
     )
-    search: WebSearch = container.extras["web_search"]
+    search: WebSearch = container.web_search
     return ok(search_to_wire(await search.run(query)))
 
 

@@ -106,11 +106,10 @@ async def _announce_member(
 ) -> None:
     # Best effort: the change is stored; a member who misses the frame (the bus is
     # down) sees it in GET /v1/sessions/{id} and on their next join.
-    hub = container.extras.get("hub")
-    if hub is None:
-        return
     try:
-        await hub.publish_member(session_id, member["user_id"], member["name"], change=change)
+        await container.hub.publish_member(
+            session_id, member["user_id"], member["name"], change=change
+        )
     except ParleyError as exc:
         log.warning("membership change in %s not announced: %s", session_id, exc.message)
 
@@ -121,9 +120,7 @@ async def remove_member(request: Request) -> Response:
     session_id = parse_id(request.path_params["id"])
     user_id = parse_id(request.path_params["user_id"], "member")
     name = await container.sessions.remove_member(principal, session_id, user_id)
-    hub = container.extras.get("hub")
-    if hub is not None:
-        await hub.revoke_membership(str(session_id), str(user_id))
+    await container.hub.revoke_membership(str(session_id), str(user_id))
     removed = {"user_id": str(user_id), "name": name}
     await _announce_member(container, str(session_id), removed, "removed")
     return ok({"removed": True})
@@ -150,10 +147,8 @@ async def post_message(request: Request) -> Response:
     session_id = parse_id(request.path_params["id"])
     body = await read_body(request, MessagePostBody)
     if "text/event-stream" in request.headers.get("accept", ""):
-        sse = container.extras.get("sse")
-        if sse is not None:
-            last_event_id = request.headers.get("last-event-id")
-            return await sse.post_and_stream(principal, session_id, body, last_event_id)
+        last_event_id = request.headers.get("last-event-id")
+        return await container.sse.post_and_stream(principal, session_id, body, last_event_id)
     posted = await container.messages.post(
         principal,
         session_id,

@@ -26,9 +26,10 @@ from starlette.responses import StreamingResponse
 from realtime.connection import Connection
 from realtime.frames import encode
 from realtime.hub import Hub
-from server.container import Container
+from server.config import Settings
 from server.rest.schemas import MessagePostBody
 from server.services.accounts import Principal
+from server.services.messages import MessageService
 
 SSE_FRAMES = frozenset({"message", "stream.start", "stream.status", "stream.delta", "stream.end"})
 SSE_KEEPALIVE_S = 15.0
@@ -36,9 +37,10 @@ NO_TEXT = 1 << 31  # an offset past any stream's end: reading there gives its fr
 
 
 class SSEStreamer:
-    def __init__(self, container: Container, hub: Hub) -> None:
-        self._container = container
+    def __init__(self, messages: MessageService, hub: Hub, settings: Settings) -> None:
+        self._messages = messages
         self._hub = hub
+        self._settings = settings
 
     async def post_and_stream(
         self,
@@ -56,13 +58,13 @@ class SSEStreamer:
             name=principal.name,
             role=principal.role,
             expires_at=None,
-            max_outbox=self._container.settings.send_queue_frames,
-            max_outbox_bytes=self._container.settings.send_queue_bytes,
+            max_outbox=self._settings.send_queue_frames,
+            max_outbox_bytes=self._settings.send_queue_bytes,
             on_overflow=lambda _: None,
         )
         await self._hub.begin_join(listener, sid, presence=False)
         try:
-            posted = await self._container.messages.post(
+            posted = await self._messages.post(
                 principal,
                 session_id,
                 content=body.content,

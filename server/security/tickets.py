@@ -65,3 +65,9 @@ class RedisTicketStore:
         except RedisError as exc:
             raise Unavailable("ticket store unavailable") from exc
         return orjson.loads(raw) if raw else None
+
+
+def make_ticket_store(redis: Redis | None) -> TicketStore:
+    """Redis when there are several nodes (a ticket issued on one is redeemed on any),
+    else this process."""
+    return RedisTicketStore(redis) if redis is not None else MemoryTicketStore()

@@ -112,6 +112,8 @@ class AccountService:
         login_limit: Limit | LoginLimits,
         family_max_age_s: int = 90 * 24 * 3600,
         callers: CallerCache | None = None,
+        on_caller_changed: CallerChanged | None = None,
+        on_family_revoked: FamilyRevoked | None = None,
     ) -> None:
         self._db = database
         self.tokens = tokens
@@ -131,11 +133,11 @@ class AccountService:
         )
         # TTL 0: every authentication reads the database, as without a cache.
         self.callers = callers if callers is not None else CallerCache(0)
-        # Set by the realtime layer: publishes the change to every node (this one too).
-        # Left None on a single node without a hub, where the local drop is all it takes.
-        self.on_caller_changed: CallerChanged | None = None
-        # Set by the realtime layer: closes the family's sockets with 4401.
-        self.on_family_revoked: FamilyRevoked | None = None
+        # Publishes the change to every node, this one too (server.services.hub_links).
+        # None without a hub, where the local drop is all it takes.
+        self.on_caller_changed = on_caller_changed
+        # Closes the family's sockets with 4401 (server.services.hub_links).
+        self.on_family_revoked = on_family_revoked
 
     async def register(
         self, *, email: str, password: str, name: str, role: str = "user"

@@ -65,16 +65,19 @@ class MessageService:
         *,
         max_content_chars: int,
         quota: Callable[[str], Awaitable[None]] | None = None,
+        fanout: MessageFanout | None = None,
+        assistant: AssistantTrigger | None = None,
+        turns: TurnCache | None = None,
     ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
         # The per-user message quota (raises RateLimited), charged here so that every
         # way in (WebSocket, REST, REST with SSE) spends the one quota.
         self._quota = quota
-        self.fanout: MessageFanout | None = None
-        self.assistant: AssistantTrigger | None = None
+        self.fanout = fanout
+        self.assistant = assistant
         # The assistant's copy of recent turns, told of every message stored here.
-        self.turns: TurnCache | None = None
+        self.turns = turns
         self._landing: set[asyncio.Future[PostedMessage]] = set()
 
     def validate(

@@ -64,6 +64,7 @@ class SessionService:
         *,
         idle_expiry_s: int,
         allowed_models: Sequence[str] | None = None,
+        access_changed: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
         self._db = database
         self._idle_expiry = timedelta(seconds=idle_expiry_s)
@@ -71,7 +72,7 @@ class SessionService:
         self._allowed_models = frozenset(allowed_models) if allowed_models is not None else None
         # Told when a session closes or loses a member here, so that this node's copy
         # of its turns does not start an answer that the store will refuse.
-        self.access_changed: Callable[[uuid.UUID], None] | None = None
+        self.access_changed = access_changed
 
     async def create(
         self, principal: Principal, *, title: str, model: str | None, system_prompt: str | None

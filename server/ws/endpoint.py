@@ -73,7 +73,7 @@ async def authenticate_handshake(container: Container, websocket: WebSocket) -> 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     container = container_of(websocket)
-    hub: Hub = container.extras["hub"]
+    hub: Hub = container.hub
     try:
         principal = await authenticate_handshake(container, websocket)
     except ParleyError as exc:
@@ -375,10 +375,7 @@ class _ConnectionCaps:
 
 
 def _connection_caps(container: Container) -> _ConnectionCaps:
-    caps = container.extras.get("ws_connection_caps")
-    if caps is None:
-        caps = container.extras["ws_connection_caps"] = _ConnectionCaps()
-    return caps  # type: ignore[no-any-return]
+    return container.ws_connection_caps
 
 
 class _WebSocketApp:

@@ -225,9 +225,7 @@ class ConnectionHandler:
         self.conn.send(encode(reply))
         if fresh:
             self.hub.finish_join(self.conn, sid, last_seq)
-            generations = self.container.extras.get("generations")
-            if generations is not None:
-                generations.warm(session_id, uuid.UUID(self.conn.user_id))
+            self.container.assistant.warm(session_id, uuid.UUID(self.conn.user_id))
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
@@ -271,10 +269,9 @@ class ConnectionHandler:
     async def cancel(self, frame: ClientFrame) -> dict[str, Any]:
         session_id = parse_id(frame["session_id"])
         await self.container.sessions.require_member(self._principal(), session_id)
-        generations = self.container.extras.get("generations")
-        if generations is None:
-            raise NotFound("stream not found")
-        await generations.cancel(str(session_id), frame["stream_id"], self.conn.user_id)
+        await self.container.assistant.cancel(
+            str(session_id), frame["stream_id"], self.conn.user_id
+        )
         return {"type": "ack"}
 
     async def resume(self, frame: ClientFrame) -> None:

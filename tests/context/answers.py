@@ -58,7 +58,7 @@ class Answers:
     async def settled(self, stream_id: str) -> None:
         """Wait for the generation to finish its bookkeeping and for what it started
         in the background (memory learning), so the next request sees its effects."""
-        assistant = self.server.container.extras["assistant"]
+        assistant = self.server.container.assistant
         generation = assistant.running.get(stream_id)
         if generation is not None:
             await generation.done.wait()

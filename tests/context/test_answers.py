@@ -146,7 +146,7 @@ async def test_with_tavily_failing_the_answer_still_comes_and_says_search_was_un
 
 async def test_a_tool_calling_model_searches_when_it_calls_the_tool(answers: Answers) -> None:
     answers.fake.tool_models = {MODEL}  # the catalogue lists tools and tool_choice
-    await answers.server.container.extras["llm"].provider().catalog.refresh()
+    await answers.server.container.llm.provider().catalog.refresh()
     call = {
         "id": "call_1",
         "type": "function",
@@ -176,7 +176,7 @@ async def test_a_tool_calling_model_searches_when_it_calls_the_tool(answers: Ans
 async def test_a_model_that_calls_the_tool_again_gets_one_round_and_its_text_is_kept(
     answers: Answers,
 ) -> None:
-    answers.server.container.extras["tool_models"] = {MODEL}
+    answers.server.container.context.tool_models = {MODEL}
 
     def call(n: int) -> dict[str, Any]:
         arguments = orjson.dumps({"query": f"parley {n}"}).decode()
@@ -200,7 +200,7 @@ async def test_a_model_that_calls_the_tool_again_gets_one_round_and_its_text_is_
 
 
 async def test_a_tool_calling_model_is_not_searched_for_by_the_rule(answers: Answers) -> None:
-    answers.server.container.extras["tool_models"] = {MODEL}
+    answers.server.container.context.tool_models = {MODEL}
     ada = await answers.user()
 
     await answers.ask(ada, await answers.session(ada), "latest news about parley")

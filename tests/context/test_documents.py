@@ -104,7 +104,7 @@ async def test_deleting_a_document_removes_it_and_its_chunks(client: httpx.Async
     assert response.status_code == 200
     assert await documents_of(client, user, session_id) == []
     assert await chunk_rows(client, session_id) == 0
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
     found = await retriever.retrieve(uuid.UUID(session_id), "nightly backup", budget_tokens=500)
     assert found == []
 

@@ -115,7 +115,7 @@ async def test_the_prompts_view_of_memory_follows_every_change(
     client: httpx.AsyncClient,
 ) -> None:
     user = await register_user(client)
-    memory = container_of_app(client).extras["memory"]
+    memory = container_of_app(client).memory
     user_id = uuid.UUID(user.id)
     assert await memory.context_items(user_id) == []  # now cached as empty
 
@@ -130,7 +130,7 @@ async def test_learned_items_are_stored_but_never_overwrite_what_the_user_wrote(
     client: httpx.AsyncClient,
 ) -> None:
     user = await register_user(client)
-    memory = container_of_app(client).extras["memory"]
+    memory = container_of_app(client).memory
     user_id = uuid.UUID(user.id)
     typed = await remember(client, user, "prefers Python", "preference")
     await memory.context_items(user_id)
@@ -158,7 +158,7 @@ async def test_a_learned_item_can_be_replaced_by_a_later_guess(
     client: httpx.AsyncClient,
 ) -> None:
     user = await register_user(client)
-    memory = container_of_app(client).extras["memory"]
+    memory = container_of_app(client).memory
     user_id = uuid.UUID(user.id)
     await memory.apply_changes(user_id, MemoryChanges(add=[Candidate("fact", "lives in Oslo")]))
     [learned] = await memory.known_items(user_id)

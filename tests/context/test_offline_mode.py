@@ -28,7 +28,7 @@ async def test_the_offline_model_names_itself_and_learns_nothing_about_the_user(
         }
     )
     streamed = await collect_stream(ws, ack["stream_id"])
-    assistant = live_server.container.extras["assistant"]
+    assistant = live_server.container.assistant
     await asyncio.gather(*list(assistant._background), return_exceptions=True)
 
     assert streamed.start["model"] == OFFLINE_MODEL

@@ -47,7 +47,7 @@ async def test_a_fact_from_an_uploaded_document_is_found_by_a_questions_words(
         json={"title": "Staff handbook", "content": HANDBOOK},
         headers=user.headers,
     )
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
 
     passages = await retriever.retrieve(
         uuid.UUID(session_id), "How many holiday days do employees get?", budget_tokens=400
@@ -68,7 +68,7 @@ async def test_retrieval_stays_inside_its_session(client: httpx.AsyncClient) -> 
         json={"title": "Staff handbook", "content": HANDBOOK},
         headers=user.headers,
     )
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
 
     passages = await retriever.retrieve(uuid.UUID(mine), "holiday days", budget_tokens=400)
 
@@ -85,7 +85,7 @@ async def test_a_question_of_only_stop_words_or_operators_finds_nothing_and_fail
         json={"title": "Staff handbook", "content": HANDBOOK},
         headers=user.headers,
     )
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
 
     for question in ("what is it?", '"" OR NEAR( * ) -', ""):
         assert await retriever.retrieve(uuid.UUID(session_id), question, budget_tokens=400) == []
@@ -101,7 +101,7 @@ async def test_history_indexing_makes_an_old_message_retrievable_once(
     )
     for n in range(3):
         await post_message(client, user, session_id, f"small talk number {n}")
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
     sid = uuid.UUID(session_id)
     assert (
         await retriever.retrieve(sid, "when does the staging password rotate", budget_tokens=300)
@@ -128,7 +128,7 @@ async def test_indexed_messages_after_the_cut_or_deleted_are_not_retrieved(
     session_id = await create_session(client, user)
     first = await post_message(client, user, session_id, "Kiwi harvest starts in May.")
     second = await post_message(client, user, session_id, "Kiwi exports go to Japan.")
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
     sid = uuid.UUID(session_id)
     await retriever.index_history(sid, up_to_seq=second)
 
@@ -151,7 +151,7 @@ async def test_retrieved_passages_fit_into_the_built_context(client: httpx.Async
         json={"title": "Staff handbook", "content": HANDBOOK},
         headers=user.headers,
     )
-    retriever = container_of_app(client).extras["retriever"]
+    retriever = container_of_app(client).retriever
     question = "When are laptops replaced?"
 
     passages = await retriever.retrieve(uuid.UUID(session_id), question, budget_tokens=300)

@@ -112,6 +112,6 @@ async def test_readiness_reports_the_tavily_circuit(
     app_with: AppClient, fake_tavily: FakeTavily
 ) -> None:
     async with app_with(**tavily_settings(fake_tavily)) as client:
-        probe = client.container.extras["readiness"]["tavily"]  # type: ignore[attr-defined]
+        probe = client.container.readiness["tavily"]  # type: ignore[attr-defined]
 
         assert probe() == "ok"

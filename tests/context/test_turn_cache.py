@@ -295,7 +295,7 @@ async def test_a_member_who_joins_has_their_first_question_start_from_the_copy(
             break
         await asyncio.sleep(0.02)
     # The read has started; the copy holds the session once it is done.
-    await asyncio.gather(*answers.server.container.extras["assistant"]._background)
+    await asyncio.gather(*answers.server.container.assistant._background)
     assert history_reads == [uuid.UUID(session_id)]  # read on joining, before any question
 
     await answers.ask(ada, session_id, "First question.")

@@ -21,12 +21,12 @@ from realtime.keys import Keys
 from realtime.presence_memory import MemoryPresence
 from realtime.stream_log_memory import MemoryStreamLog
 from server.metrics import Metrics
-from server.realtime_layer import connect_caller_cache
 from server.security.callers import CallerCache
 from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import MemoryTicketStore
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, Principal
+from server.services.hub_links import CallerNotices
 from tests.conftest import TEST_JWT_SECRET
 
 # An hour: only the notice, never the expiry, can make node B see a change.
@@ -66,6 +66,8 @@ async def nodes(
             )
             await hub.start()
             stack.push_async_callback(hub.close)
+            callers = CallerCache(LONG_TTL_S)
+            notices = CallerNotices(hub, callers)
             accounts = AccountService(
                 database,
                 TokenService(
@@ -80,9 +82,10 @@ async def nodes(
                 refresh_ttl_s=3600,
                 ticket_ttl_s=60,
                 login_limit=Limit("login", 100, 60),
-                callers=CallerCache(LONG_TTL_S),
+                callers=callers,
+                on_caller_changed=notices.caller_changed,
+                on_family_revoked=notices.family_revoked,
             )
-            connect_caller_cache(hub, accounts)
             services.append(accounts)
         yield services
 

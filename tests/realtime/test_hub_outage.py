@@ -62,7 +62,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
 
 
 def bus_of(server: LiveServer) -> Any:
-    return server.container.extras["hub"].bus
+    return server.container.hub.bus
 
 
 async def test_a_join_refused_during_an_outage_leaves_nothing_half_done(
@@ -72,7 +72,7 @@ async def test_a_join_refused_during_an_outage_leaves_nothing_half_done(
     ada_ws, _ = await WSClient.connect(server.ws_url, ada.access_token)
     bob_ws, _ = await WSClient.connect(server.ws_url, bob.access_token)
     sockets += [ada_ws, bob_ws]
-    hub = server.container.extras["hub"]
+    hub = server.container.hub
 
     private_redis.stop()
     await until(lambda: not bus_of(server).healthy)

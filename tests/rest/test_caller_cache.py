@@ -57,7 +57,7 @@ async def test_with_the_bus_down_a_revocation_still_takes_effect_on_this_node(
     user = await register_user(client)
     assert (await client.get("/v1/me", headers=user.headers)).status_code == 200
     # No notice comes back over the bus: only the node's own drop can help.
-    await container.extras["hub"].bus.close()
+    await container.hub.bus.close()
 
     response = await client.post("/v1/auth/logout-all", headers=user.headers)
 

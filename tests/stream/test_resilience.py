@@ -156,11 +156,11 @@ async def test_a_node_whose_stream_another_node_took_stops_its_answer_and_stores
         ack = await ada_ws.request(frame)
         await ada_ws.next("stream.delta")
 
-        (taken,) = await taker.claim_orphans(server.container.extras["node_id"])
+        (taken,) = await taker.claim_orphans(server.container.node_id)
 
         assert taken.stream_id == ack["stream_id"]
         assert await fake_openrouter.wait_disconnect(2.0)  # it stopped asking
-        generation = server.container.extras["assistant"].running.get(ack["stream_id"])
+        generation = server.container.assistant.running.get(ack["stream_id"])
         if generation is not None:
             await asyncio.wait_for(generation.done.wait(), 5)
         await asyncio.sleep(0.2)

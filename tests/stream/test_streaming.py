@@ -118,9 +118,9 @@ async def test_a_generation_another_node_took_over_stores_and_ends_nothing_more(
     await ada_ws.request({"type": "join", "session_id": session_id})
     ack = await ada_ws.request({"type": "message", "session_id": session_id, "content": "go"})
     await ada_ws.next("stream.delta")
-    generation = live_server.container.extras["assistant"].running[ack["stream_id"]]
+    generation = live_server.container.assistant.running[ack["stream_id"]]
 
-    assert await live_server.container.extras["stream_log"].settle(ack["stream_id"])
+    assert await live_server.container.stream_log.settle(ack["stream_id"])
     await asyncio.wait_for(generation.done.wait(), 5)
 
     history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
@@ -206,7 +206,7 @@ async def test_a_rate_limited_upstream_is_retried_then_the_fallback_model_answer
         *[HttpError(429, "slow down", retry_after=0.01)] * 3, model="openai/gpt-4o-mini"
     )
     fake_openrouter.enqueue(Stream(["fallback ", "here"]), model="meta-llama/llama-3-8b-instruct")
-    live_server.container.extras["llm"].fallback_models = ["meta-llama/llama-3-8b-instruct"]
+    live_server.container.llm.fallback_models = ["meta-llama/llama-3-8b-instruct"]
     live_server.container.settings.llm_fallback_models = ["meta-llama/llama-3-8b-instruct"]
     ada_ws = await connect(ada)
     await ada_ws.request({"type": "join", "session_id": session_id})
@@ -277,8 +277,8 @@ async def node_dies_leaving(
     async def claim_orphans(node_id: str) -> list[StreamSnapshot]:
         return [orphan] if node_id == "dead-node" else []
 
-    monkeypatch.setattr(server.container.extras["stream_log"], "claim_orphans", claim_orphans)
-    await server.container.extras["presence"].on_node_gone("dead-node")
+    monkeypatch.setattr(server.container.stream_log, "claim_orphans", claim_orphans)
+    await server.container.presence.on_node_gone("dead-node")
 
 
 def orphan_stream(session_id: str, stream_id: str, question_id: str, text: str) -> StreamSnapshot:

@@ -120,7 +120,7 @@ async def test_a_reader_that_stops_is_closed_1013_once_its_backlog_passes_the_by
         messages_per_window=10_000,
         frames_per_window=10_000,
     ) as server:
-        hub = server.container.extras["hub"]
+        hub = server.container.hub
         ada, bob, session_id = await pair(server)
         sender, _ = await WSClient.connect(server.ws_url, ada.access_token)
         slow = await RawWebSocket.connect(server.port, bob.access_token, receive_buffer=4096)
@@ -340,7 +340,7 @@ async def test_websocket_connections_per_user_are_capped_with_429_at_the_handsha
     database_url: str,
 ) -> None:
     async with serve(database_url, max_connections_per_user=2) as server:
-        hub = server.container.extras["hub"]
+        hub = server.container.hub
         ada, bob, _ = await pair(server)
         first, _ = await WSClient.connect(server.ws_url, ada.access_token)
         second, _ = await WSClient.connect(server.ws_url, ada.access_token)

@@ -136,7 +136,7 @@ async def test_the_idle_sweeper_spares_an_occupied_session_and_expires_it_once_e
 ) -> None:
     ada, _, session_id = room
     sessions = live_server.container.sessions
-    presence = live_server.container.extras["presence"]
+    presence = live_server.container.presence
     client = await connect(ada)
     await client.request({"type": "join", "session_id": session_id})
 
@@ -185,7 +185,7 @@ async def test_a_connection_that_closes_leaves_no_trace_in_the_hub(
     live_server: LiveServer, live_client: httpx.AsyncClient
 ) -> None:
     eve = await register_user(live_client, "Eve")
-    hub = live_server.container.extras["hub"]
+    hub = live_server.container.hub
     client, _ = await WSClient.connect(live_server.ws_url, eve.access_token)
     assert len(hub.connections) == 1
     await client.close()

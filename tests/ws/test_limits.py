@@ -155,7 +155,7 @@ async def test_a_peer_that_answers_no_ping_is_closed_with_4408_and_a_live_one_st
             code = await asyncio.wait_for(silent.recv_close(), 10 * heartbeat)
             assert code == 4408
             assert asyncio.get_running_loop().time() - started >= 2 * heartbeat - 0.05
-            await eventually(lambda: len(server.container.extras["hub"].connections) == 1)
+            await eventually(lambda: len(server.container.hub.connections) == 1)
 
             # The websockets client answers every ping: still there well after.
             await asyncio.sleep(
@@ -183,7 +183,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_keeps_flowing
         max_content_chars=big,
         max_frame_bytes=1_048_576,
     ) as server:
-        hub = server.container.extras["hub"]
+        hub = server.container.hub
         ada, bob, session_id = await pair(server)
         sender, _ = await WSClient.connect(server.ws_url, ada.access_token, max_size=2**21)
         slow = await RawWebSocket.connect(server.port, bob.access_token, receive_buffer=4096)
