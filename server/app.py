@@ -25,7 +25,7 @@ from errors import (
 from server.bootstrap import build_container
 from server.config import Settings, load_settings
 from server.metrics import Metrics
-from server.rest import auth, documents, health, memory, search, sessions
+from server.rest import api_keys, auth, documents, health, memory, search, sessions
 from server.rest.http import error_response
 from server.rest.middleware import (
     BodyLimitMiddleware,
@@ -87,6 +87,7 @@ def _routes() -> list[BaseRoute]:
         *memory.routes,
         *documents.routes,
         *search.routes,
+        *api_keys.routes,
         *ws.routes,
         *openapi.routes,
         *static.routes,

@@ -175,6 +175,7 @@ INVITATION = obj(
     id=UUID, session_id=UUID, session_title=STRING, invited_by=nullable(STRING), created_at=TIME
 )
 DONE = obj(logged_out={"type": "boolean"})
+API_KEY = obj(id=UUID, name=STRING, prefix=STRING, created_at=TIME, last_used_at=nullable(TIME))
 READINESS = obj(
     success={"type": "boolean"},
     data=obj(ready={"type": "boolean"}, checks={"type": "object"}),
@@ -388,6 +389,25 @@ ENDPOINTS: dict[str, Doc] = {
     ),
     "DELETE /v1/sessions/{id}/documents/{doc_id}": Doc(
         "Remove a document", "documents", obj(removed={"type": "boolean"}), errors=(403,)
+    ),
+    "POST /v1/me/api-keys": Doc(
+        "Create an API key for the OpenAI-compatible front door; the secret (key) is "
+        "shown in this answer only, and stored as a hash",
+        "api-keys",
+        extend(API_KEY, key=STRING),
+        201,
+        schemas.ApiKeyCreateBody,
+        errors=(409,),
+    ),
+    "GET /v1/me/api-keys": Doc(
+        "The caller's live API keys (prefix, name, created, last used; never the secret)",
+        "api-keys",
+        obj(api_keys=array(API_KEY)),
+    ),
+    "DELETE /v1/me/api-keys/{id}": Doc(
+        "Revoke an API key: requests with it are refused from now on",
+        "api-keys",
+        obj(revoked={"const": True}),
     ),
     "GET /v1/search": Doc(
         "Web search (cached; says so when the search service is unavailable)",

@@ -74,3 +74,7 @@ class MemoryAddBody(Strict):
 class DocumentJsonBody(Strict):
     title: str = Field(min_length=1, max_length=300)
     content: str = Field(min_length=1)
+
+
+class ApiKeyCreateBody(Strict):
+    name: str = Field(min_length=1, max_length=100)
