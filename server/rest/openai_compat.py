@@ -170,15 +170,18 @@ class _Answer:
         completion = self.completion
         ended = False
         try:
-            yield completion.chunk({"role": "assistant", "content": ""})
+            # The role chunk goes out in one write with the text held so far: the
+            # first token is not a write (and a read) behind it.
+            role = completion.chunk({"role": "assistant", "content": ""})
             if self._stored is not None:
-                yield completion.chunk({"content": self._stored["content"]})
+                yield role + completion.chunk({"content": self._stored["content"]})
                 ended, self.end = True, {}
             else:
                 pending: list[dict[str, Any]] = list(self._held)
                 while True:
-                    out = [self._event(frame) for frame in pending]
-                    if out:
+                    out = [role, *(self._event(frame) for frame in pending)]
+                    role = b""
+                    if any(out):
                         yield b"".join(out)
                     if self.end is not None:
                         ended = True
