@@ -170,6 +170,8 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             join_limit=Limit("join", settings.joins_per_window, settings.join_window_s),
             frame_limit=Limit("frame", settings.frames_per_window, settings.frame_window_s),
         )
+        # API keys' last-use writes finish before the database closes.
+        stack.push_async_callback(container.api_keys.drain)
         sweeper = asyncio.create_task(_sweep_idle_sessions(container), name="session-sweeper")
         stack.callback(sweeper.cancel)
         yield container

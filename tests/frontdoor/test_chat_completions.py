@@ -170,3 +170,37 @@ async def test_models_lists_the_operators_allow_list(
     ids = [model.id for model in page.data]
     assert ids == [*live_server.container.settings.allowed_models, "parley"]
     assert {model.object for model in page.data} == {"model"}
+
+
+async def test_a_retry_while_the_answer_runs_follows_the_same_answer_from_its_start(
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    openai_for: OpenAIFor,
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["slow ", "and ", "steady ", "wins"], delay_s=0.1))
+    client = openai_for(ada.access_token)
+    request = {
+        "model": "parley",
+        "messages": [{"role": "user", "content": "tell me slowly"}],
+        "extra_headers": {"X-Parley-Session": session_id},
+        "stream": True,
+    }
+
+    first = await client.chat.completions.create(**request)  # type: ignore[call-overload]
+    first_text = ""
+    async for chunk in first:  # up to the first text: the answer is running
+        if chunk.choices and chunk.choices[0].delta.content:
+            first_text = chunk.choices[0].delta.content
+            break
+    retry = await client.chat.completions.create(**request)  # type: ignore[call-overload]
+    retried = "".join([c.choices[0].delta.content or "" async for c in retry if c.choices])
+    rest = "".join([c.choices[0].delta.content or "" async for c in first if c.choices])
+
+    assert retried == first_text + rest == "slow and steady wins"
+    assert len([r for r in fake_openrouter.chat_requests if (r.json or {}).get("stream")]) == 1
+    history = (
+        await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    ).json()["data"]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"]

@@ -3,6 +3,9 @@ shape and statuses, as the ``openai`` package sees them."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -20,6 +23,16 @@ def _shape(body: object) -> dict[str, object]:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     return error
+
+
+async def _listed_once_used(client: httpx.AsyncClient, user: TestUser) -> dict[str, Any]:
+    """The key list, once the key's last use is recorded (written off the request's path)."""
+    for _ in range(100):
+        listed = (await client.get("/v1/me/api-keys", headers=user.headers)).json()["data"]
+        if listed["api_keys"][0]["last_used_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    return listed  # type: ignore[no-any-return]
 
 
 async def test_an_api_key_drives_the_front_door_until_it_is_revoked(
@@ -41,7 +54,7 @@ async def test_an_api_key_drives_the_front_door_until_it_is_revoked(
         messages=[{"role": "user", "content": "with a key"}],
         extra_headers={"X-Parley-Session": session_id},
     )
-    listed = (await live_client.get("/v1/me/api-keys", headers=ada.headers)).json()["data"]
+    listed = await _listed_once_used(live_client, ada)
     await live_client.delete(f"/v1/me/api-keys/{key['id']}", headers=ada.headers)
     with pytest.raises(openai.AuthenticationError) as refused:
         await client.models.list()
@@ -52,6 +65,7 @@ async def test_an_api_key_drives_the_front_door_until_it_is_revoked(
     ).json()["data"]["messages"]
     assert history[0]["user_id"] == ada.id  # the key's owner asked
     assert listed["api_keys"][0]["id"] == key["id"]
+    assert listed["api_keys"][0]["last_used_at"] is not None
     assert refused.value.status_code == 401
     assert _shape({"error": refused.value.body})["type"] == "authentication_error"
 
