@@ -160,6 +160,9 @@ class _Answer:
                 if batch[-1][0]["type"] == "stream.end":
                     self.end = batch[-1][0]
         await self._room.close()
+        error = fmt.error_of_end(self.end or {})
+        if error is not None:
+            raise error  # failed part-way: the part is in the room, not a whole answer
         stored = (self.end or {}).get("message") or {}
         text = stored.get("content") if stored else _text(frames)
         return self.completion.whole(

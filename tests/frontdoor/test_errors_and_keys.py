@@ -12,7 +12,7 @@ import pytest
 
 from server.app import create_app
 from tests.conftest import LiveServer, TestUser, make_settings, register_user
-from tests.fakes.openrouter import FakeOpenRouter, HttpError, Stream
+from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.frontdoor.conftest import OpenAIFor
 
 MODEL = "openai/gpt-4o-mini"
@@ -184,3 +184,34 @@ async def test_over_the_message_quota_the_answer_is_a_429_with_retry_after(
     assert limited.value.status_code == 429
     assert limited.value.response.headers.get("retry-after")
     assert _shape({"error": limited.value.body})["code"] == "rate_limit_exceeded"
+
+
+async def test_an_answer_that_fails_part_way_is_an_error_whole_and_an_error_event_streamed(
+    room: tuple[TestUser, TestUser, str],
+    openai_for: OpenAIFor,
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(MidStreamError(["Half "]), MidStreamError(["Part "]))
+    client = openai_for(ada.access_token)
+    headers = {"X-Parley-Session": session_id}
+
+    with pytest.raises(openai.APIStatusError) as whole:
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "one"}], extra_headers=headers
+        )
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "two"}],
+        extra_headers=headers,
+        stream=True,
+    )
+    seen = ""
+    with pytest.raises(openai.APIError) as streamed:
+        async for chunk in stream:
+            seen += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+
+    assert whole.value.status_code >= 500
+    assert _shape({"error": whole.value.body})["type"] == "server_error"
+    assert seen == "Part "
+    assert streamed.value.message
