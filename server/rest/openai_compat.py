@@ -92,6 +92,9 @@ async def chat_completions(request: Request) -> Response:
         response = fmt.error_response(exc)
         response.headers.update(headers)
         return response
+    except BaseException:
+        answer.abandon()  # a bug or a shutdown: the listener must not stay in the room
+        raise
     return StreamingResponse(
         answer.events(),
         media_type="text/event-stream",
