@@ -28,7 +28,7 @@ from server.container import Container, container_of
 from server.rest import openai_format as fmt
 from server.rest.http import JSONResponse, bearer_or_cookie, validate
 from server.rest.schemas import ChatCompletionBody
-from server.rest.sse import RoomTurn, SSEStreamer
+from server.rest.sse import RoomTurn
 from server.services.accounts import Principal
 from server.services.api_keys import looks_like_key
 from server.services.frontdoor import SESSION_HEADER, FrontDoor, FrontDoorTurn
@@ -68,7 +68,7 @@ async def chat_completions(request: Request) -> Response:
             session_header=request.headers.get(SESSION_HEADER),
             idempotency_key=request.headers.get("idempotency-key"),
         )
-        room = await _streamer(container).open_turn(
+        room = await container.sse.open_turn(
             principal, turn.session_id, content=turn.content, client_msg_id=turn.client_msg_id
         )
     except ParleyError as exc:
@@ -232,15 +232,12 @@ class _Answer:
         try:
             if room.stream_id is not None and self.end is None and policy != "keep":
                 if policy == "cancel_if_alone":
-                    presence = container.extras.get("presence")
-                    present = await presence.occupied([room.session_id]) if presence else set()
+                    present = await container.presence.occupied([room.session_id])
                     if room.session_id in present:
                         return  # members are watching: it finishes for the room
-                generations = container.extras.get("generations")
-                if generations is not None:
-                    await generations.cancel(
-                        room.session_id, room.stream_id, str(self._principal.user_id)
-                    )
+                await container.assistant.cancel(
+                    room.session_id, room.stream_id, str(self._principal.user_id)
+                )
         except NotFound:
             pass  # it ended meanwhile
         except ParleyError as exc:
@@ -254,13 +251,6 @@ class _Answer:
 def _text(frames: list[dict[str, Any]]) -> str:
     deltas = sorted((f for f in frames if f["type"] == "stream.delta"), key=lambda f: f["index"])
     return "".join(f["text"] for f in deltas)
-
-
-def _streamer(container: Container) -> SSEStreamer:
-    streamer = container.extras.get("sse")
-    if streamer is None:
-        raise Unavailable("the assistant is not running on this server")
-    return streamer  # type: ignore[no-any-return]
 
 
 async def _body(request: Request) -> ChatCompletionBody:

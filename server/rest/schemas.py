@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.services import frontdoor
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -80,23 +82,6 @@ class ApiKeyCreateBody(Strict):
     name: str = Field(min_length=1, max_length=100)
 
 
-class ChatMessageIn(BaseModel):
-    """One message of an OpenAI chat request. Lenient (``extra="allow"``): clients
-    send fields (``name``, ``tool_calls``…) that the room has no use for."""
-
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, object]] | None = None
-
-
-class ChatCompletionBody(BaseModel):
-    """``POST /v1/chat/completions``, as OpenAI's clients send it. Sampling fields
-    (temperature, top_p…) are accepted and left to the room's settings."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, object] | None = None
-    user: str | None = Field(default=None, max_length=256)
-    metadata: dict[str, str] | None = None
+# The front door's body is the service's own input (server/services/frontdoor.py):
+# named here too, for the OpenAPI document.
+ChatCompletionBody = frontdoor.ChatCompletionBody

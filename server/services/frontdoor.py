@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from errors import BadRequest, NotFound
 from server.config import Settings
-from server.rest.schemas import ChatCompletionBody, ChatMessageIn
 from server.services.accounts import Principal
 from server.services.sessions import SessionService
 
@@ -30,6 +30,28 @@ ROOM_MODEL = "parley"
 SESSION_HEADER = "x-parley-session"
 TITLE_CHARS = 60
 MAX_SYSTEM_PROMPT = 8000
+
+
+class ChatMessageIn(BaseModel):
+    """One message of an OpenAI chat request. Lenient (``extra="allow"``): clients
+    send fields (``name``, ``tool_calls``…) that the room has no use for."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, object]] | None = None
+
+
+class ChatCompletionBody(BaseModel):
+    """``POST /v1/chat/completions``, as OpenAI's clients send it. Sampling fields
+    (temperature, top_p…) are accepted and left to the room's settings."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, object] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
