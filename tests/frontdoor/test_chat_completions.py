@@ -204,3 +204,39 @@ async def test_a_retry_while_the_answer_runs_follows_the_same_answer_from_its_st
         await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
     ).json()["data"]["messages"]
     assert [m["role"] for m in history] == ["user", "assistant"]
+
+
+async def test_metadata_or_user_can_name_the_room_and_a_closed_room_is_a_409(
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    openai_for: OpenAIFor,
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["by metadata"]), Stream(["by user"]))
+    client = openai_for(ada.access_token)
+
+    by_metadata = await client.chat.completions.with_raw_response.create(
+        model="parley",
+        messages=[{"role": "user", "content": "one"}],
+        metadata={"session_id": session_id},
+    )
+    by_user = await client.chat.completions.with_raw_response.create(
+        model="parley", messages=[{"role": "user", "content": "two"}], user=session_id
+    )
+    await live_client.post(f"/v1/sessions/{session_id}/close", headers=ada.headers)
+    closed = await live_client.post(
+        "/v1/chat/completions",
+        json={"model": "parley", "messages": [{"role": "user", "content": "three"}]},
+        headers={**ada.headers, "X-Parley-Session": session_id},
+    )
+
+    assert by_metadata.headers["x-parley-session"] == session_id
+    assert by_user.headers["x-parley-session"] == session_id
+    assert by_user.parse().choices[0].message.content == "by user"
+    assert closed.status_code == 409
+    assert closed.json()["error"]["type"] == "invalid_request_error"
+    history = (
+        await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    ).json()["data"]["messages"]
+    assert [m["content"] for m in history] == ["one", "by metadata", "two", "by user"]
