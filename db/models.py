@@ -88,6 +88,24 @@ class ExternalIdentity(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ApiKey(Base):
+    """A user's long-lived key for the OpenAI-compatible front door. Only the SHA-256
+    of the secret is kept; ``prefix`` lets the owner tell keys apart."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_api_keys_user", "user_id"),)
+
+
 class Invitation(Base):
     """An owner asked a user to join a session; the user becomes a member on accepting."""
 

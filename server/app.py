@@ -25,7 +25,7 @@ from errors import (
 from server.bootstrap import build_container
 from server.config import Settings, load_settings
 from server.metrics import Metrics
-from server.rest import auth, documents, health, memory, search, sessions
+from server.rest import api_keys, auth, documents, health, memory, openai_compat, search, sessions
 from server.rest.http import error_response
 from server.rest.middleware import (
     BodyLimitMiddleware,
@@ -59,8 +59,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 allow_origins=settings.allowed_origins,
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept"],
-                expose_headers=["X-Request-ID", "Retry-After"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-Request-ID",
+                    "Accept",
+                    "X-Parley-Session",
+                ],
+                expose_headers=["X-Request-ID", "Retry-After", "X-Parley-Session"],
             ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
@@ -87,6 +93,8 @@ def _routes() -> list[BaseRoute]:
         *memory.routes,
         *documents.routes,
         *search.routes,
+        *api_keys.routes,
+        *openai_compat.routes,
         *ws.routes,
         *openapi.routes,
         *static.routes,

@@ -60,6 +60,7 @@ from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import make_ticket_store
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, LoginLimits
+from server.services.api_keys import ApiKeyService
 from server.services.documents import DocumentService
 from server.services.hub_links import CallerNotices, HubFanout
 from server.services.memory import MemoryService
@@ -146,6 +147,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             accounts=accounts,
             sessions=sessions,
             messages=messages,
+            api_keys=ApiKeyService(database, accounts),
             redis=redis,
             node_id=node_id,
             http=http,
@@ -168,6 +170,8 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             join_limit=Limit("join", settings.joins_per_window, settings.join_window_s),
             frame_limit=Limit("frame", settings.frames_per_window, settings.frame_window_s),
         )
+        # API keys' last-use writes finish before the database closes.
+        stack.push_async_callback(container.api_keys.drain)
         sweeper = asyncio.create_task(_sweep_idle_sessions(container), name="session-sweeper")
         stack.callback(sweeper.cancel)
         yield container

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     session_idle_expiry_s: int = Field(1800, ge=1)
     sweep_interval_s: float = Field(30.0, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
+    # What a front-door caller (POST /v1/chat/completions) closing its connection does
+    # to the answer: "cancel_if_alone" stops it when no member is in the room to see
+    # it, "keep" lets it finish for the room (as when a WebSocket asker leaves),
+    # "cancel" always stops it. The answer is stored either way, partial if stopped.
+    frontdoor_on_disconnect: Literal["cancel_if_alone", "keep", "cancel"] = "cancel_if_alone"
     # A ``joined`` replays at most this many messages and (past the first) this many
     # characters of them; the rest is paged over REST (docs/protocol.md).
     replay_limit: int = Field(100, ge=1)

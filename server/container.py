@@ -21,6 +21,7 @@ from server.rest.http import bearer_or_cookie
 from server.security.origins import origin_allowed
 from server.security.ratelimit import Limit, RateLimiter
 from server.services.accounts import AccountService, Principal
+from server.services.api_keys import ApiKeyService
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
 
@@ -57,6 +58,7 @@ class Container:
     accounts: AccountService
     sessions: SessionService
     messages: MessageService
+    api_keys: ApiKeyService
     redis: Redis | None
     # This process among the cluster's nodes (presence, stream ownership).
     node_id: str

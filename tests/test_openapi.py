@@ -141,6 +141,8 @@ SEMANTIC_400 = {
     "POST /v1/auth/login": "email address syntax",
     # the refresh token comes from the body or from the cookie: one of them is needed.
     "POST /v1/auth/refresh": "a refresh token in the body or the cookie",
+    # the last of the messages must be the user's turn, with text in it.
+    "POST /v1/chat/completions": "the last message must be a user turn with text",
 }
 # It revokes every token of the fuzzing user, which would turn the rest into 401s.
 NOT_FUZZED = ["POST /v1/auth/logout-all"]

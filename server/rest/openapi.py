@@ -111,6 +111,14 @@ COMPONENTS: dict[str, Schema] = {
         required=("id", "title", "chunks", "created_at"),
     ),
     "Message": MESSAGE,
+    "OpenAIError": obj(
+        error=obj(
+            message=STRING,
+            type=STRING,
+            param=nullable(STRING),
+            code=nullable(STRING),
+        )
+    ),
     "ErrorEnvelope": obj(
         success={"const": False},
         error=obj(
@@ -152,6 +160,10 @@ class Doc:
     multipart: Schema | None = None  # a multipart/form-data alternative to ``body``
     # A response that is not the JSON envelope: (status → (media type, schema)).
     raw: dict[int, tuple[str, Schema]] = field(default_factory=dict)
+    # Also answers ``text/event-stream`` with this status (a streamed answer).
+    streamed: int | None = None
+    # Errors in OpenAI's shape (the front door), not the envelope.
+    openai_errors: bool = False
 
 
 INT64: Schema = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
@@ -175,6 +187,26 @@ INVITATION = obj(
     id=UUID, session_id=UUID, session_title=STRING, invited_by=nullable(STRING), created_at=TIME
 )
 DONE = obj(logged_out={"type": "boolean"})
+COMPLETION = obj(
+    id=STRING,
+    object={"const": "chat.completion"},
+    created={"type": "integer"},
+    model=STRING,
+    choices=array({"type": "object"}),
+    usage=obj(
+        prompt_tokens={"type": "integer"},
+        completion_tokens={"type": "integer"},
+        total_tokens={"type": "integer"},
+    ),
+    required=("id", "object", "created", "model", "choices", "usage"),
+)
+MODELS = obj(
+    object={"const": "list"},
+    data=array(
+        obj(id=STRING, object={"const": "model"}, created={"type": "integer"}, owned_by=STRING)
+    ),
+)
+API_KEY = obj(id=UUID, name=STRING, prefix=STRING, created_at=TIME, last_used_at=nullable(TIME))
 READINESS = obj(
     success={"type": "boolean"},
     data=obj(ready={"type": "boolean"}, checks={"type": "object"}),
@@ -389,6 +421,53 @@ ENDPOINTS: dict[str, Doc] = {
     "DELETE /v1/sessions/{id}/documents/{doc_id}": Doc(
         "Remove a document", "documents", obj(removed={"type": "boolean"}), errors=(403,)
     ),
+    "POST /v1/me/api-keys": Doc(
+        "Create an API key for the OpenAI-compatible front door; the secret (key) is "
+        "shown in this answer only, and stored as a hash",
+        "api-keys",
+        extend(API_KEY, key=STRING),
+        201,
+        schemas.ApiKeyCreateBody,
+        errors=(409,),
+    ),
+    "GET /v1/me/api-keys": Doc(
+        "The caller's live API keys (prefix, name, created, last used; never the secret)",
+        "api-keys",
+        obj(api_keys=array(API_KEY)),
+    ),
+    "DELETE /v1/me/api-keys/{id}": Doc(
+        "Revoke an API key: requests with it are refused from now on",
+        "api-keys",
+        obj(revoked={"const": True}),
+    ),
+    "POST /v1/chat/completions": Doc(
+        "OpenAI-compatible chat completion: a turn in the room named by X-Parley-Session "
+        "(or metadata.session_id, or a session id as user), else in a new room whose id "
+        "the X-Parley-Session header of the answer carries. With stream: true, "
+        "chat.completion.chunk events and data: [DONE]. Bearer: an access token or an "
+        "API key (pk_…). Errors in OpenAI's shape",
+        "openai",
+        body=schemas.ChatCompletionBody,
+        raw={200: ("application/json", COMPLETION)},
+        streamed=200,
+        errors=(404, 409, 429),
+        openai_errors=True,
+        query=(
+            Query("X-Parley-Session", UUID, "the room this turn is in", where="header"),
+            Query(
+                "Idempotency-Key",
+                STRING,
+                "a retry with the same key is the same turn (default: the messages' hash)",
+                where="header",
+            ),
+        ),
+    ),
+    "GET /v1/models": Doc(
+        "OpenAI-compatible list of the models the operator offers, and parley (the room's)",
+        "openai",
+        raw={200: ("application/json", MODELS)},
+        openai_errors=True,
+    ),
     "GET /v1/search": Doc(
         "Web search (cached; says so when the search service is unavailable)",
         "search",
@@ -458,7 +537,11 @@ def build_document(routes: list[BaseRoute]) -> Schema:
                 "Error": {
                     "description": "the error envelope; the status says which kind",
                     "content": {"application/json": {"schema": ref("ErrorEnvelope")}},
-                }
+                },
+                "OpenAIError": {
+                    "description": "an error in OpenAI's shape (the front door)",
+                    "content": {"application/json": {"schema": ref("OpenAIError")}},
+                },
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
@@ -512,6 +595,9 @@ def _responses(doc: Doc, has_ids: bool) -> Schema:
     responses: Schema = {}
     for status, (media, schema) in doc.raw.items():
         responses[str(status)] = {"description": "answer", "content": {media: {"schema": schema}}}
+    if doc.streamed is not None:
+        answer = responses.setdefault(str(doc.streamed), {"description": "answer", "content": {}})
+        answer["content"]["text/event-stream"] = {"schema": STRING}
     if doc.data is not None:
         envelope = obj(success={"const": True}, data=doc.data)
         for status in {doc.ok, *(s for s in doc.errors if s < 300)}:
@@ -528,8 +614,9 @@ def _responses(doc: Doc, has_ids: bool) -> Schema:
         errors.add(404)
     if doc.data is not None and doc.public:
         errors.add(503)
+    error = "#/components/responses/" + ("OpenAIError" if doc.openai_errors else "Error")
     for status in sorted(errors):
-        responses[str(status)] = {"$ref": "#/components/responses/Error"}
+        responses[str(status)] = {"$ref": error}
     return responses
 
 
@@ -560,6 +647,10 @@ def _offered_models(document: Schema, models: list[str]) -> None:
         model = document["components"]["schemas"].get(name, {}).get("properties", {}).get("model")
         if model is not None:
             model["anyOf"] = [{"type": "string", "enum": list(models)}, {"type": "null"}]
+    # The front door also takes "parley": whatever the room is set to.
+    chat = document["components"]["schemas"].get("ChatCompletionBody", {}).get("properties", {})
+    if "model" in chat:
+        chat["model"] = {"type": "string", "enum": [*models, "parley"]}
 
 
 async def openapi_json(request: Request) -> Response:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.services import frontdoor
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -74,3 +76,12 @@ class MemoryAddBody(Strict):
 class DocumentJsonBody(Strict):
     title: str = Field(min_length=1, max_length=300)
     content: str = Field(min_length=1)
+
+
+class ApiKeyCreateBody(Strict):
+    name: str = Field(min_length=1, max_length=100)
+
+
+# The front door's body is the service's own input (server/services/frontdoor.py):
+# named here too, for the OpenAPI document.
+ChatCompletionBody = frontdoor.ChatCompletionBody

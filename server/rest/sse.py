@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -36,6 +37,52 @@ SSE_KEEPALIVE_S = 15.0
 NO_TEXT = 1 << 31  # an offset past any stream's end: reading there gives its frames only
 
 
+@dataclass
+class RoomTurn:
+    """A message posted to a room, with a listener on the room that receives its
+    answer through the same delivery rules as any member (order, stream cursors).
+
+    ``stream_id`` is the answer's, or None when there is none to follow (``reply``
+    was ``"none"``, or a retry whose answer is no longer running). ``close`` must be
+    called once the turn is done with: it takes the listener off the room.
+    """
+
+    hub: Hub
+    listener: Connection
+    session_id: str
+    message: dict[str, Any]
+    stream_id: str | None
+    created: bool
+    closed: bool = False
+
+    async def frames(self) -> AsyncIterator[list[tuple[dict[str, Any], str]]]:
+        """The answer's frames (decoded and as sent), in the batches they were queued
+        in, through its ``stream.end``."""
+        if self.stream_id is None:
+            return
+        while True:
+            batch, closing = await self.listener.next_batch()
+            frames: list[tuple[dict[str, Any], str]] = []
+            ended = False
+            for text in batch:
+                frame = orjson.loads(text)
+                if frame.get("type") not in SSE_FRAMES or frame.get("stream_id") != self.stream_id:
+                    continue
+                frames.append((frame, text))
+                if frame["type"] == "stream.end":
+                    ended = True
+                    break
+            if frames:
+                yield frames
+            if ended or closing is not None:
+                return
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.hub.leave(self.listener, self.session_id, presence=False)
+
+
 class SSEStreamer:
     def __init__(self, messages: MessageService, hub: Hub, settings: Settings) -> None:
         self._messages = messages
@@ -49,6 +96,35 @@ class SSEStreamer:
         body: MessagePostBody,
         last_event_id: str | None = None,
     ) -> StreamingResponse:
+        turn = await self.open_turn(
+            principal,
+            session_id,
+            content=body.content,
+            client_msg_id=body.client_msg_id,
+            reply=body.reply,
+            search=body.search,
+            last_event_id=last_event_id,
+        )
+        return StreamingResponse(
+            self._events(turn),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            status_code=201 if turn.created else 200,
+        )
+
+    async def open_turn(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        *,
+        content: str,
+        client_msg_id: str | None,
+        reply: str = "auto",
+        search: bool = False,
+        last_event_id: str | None = None,
+    ) -> RoomTurn:
+        """Post ``content`` to the room as ``principal`` and follow its answer: the one
+        way in for every caller that streams a turn over HTTP (SSE, the front door)."""
         sid = str(session_id)
         # No membership read first: ``post`` refuses a non-member before anything is
         # sent, and until it succeeds the listener sends nothing.
@@ -67,17 +143,17 @@ class SSEStreamer:
             posted = await self._messages.post(
                 principal,
                 session_id,
-                content=body.content,
-                client_msg_id=body.client_msg_id,
-                reply=body.reply,
-                search=body.search,
+                content=content,
+                client_msg_id=client_msg_id,
+                reply=reply,
+                search=search,
             )
         except BaseException:
             await self._hub.leave(listener, sid, presence=False)
             raise
         message = posted.message
         stream_id = posted.stream_id
-        if not posted.created and body.reply != "none":
+        if not posted.created and reply != "none":
             # A retry: the answer may still be in the stream log, or running. The replay
             # sets the listener's cursor before the frames held since begin_join are let
             # through, so that each index goes out once, in order.
@@ -88,12 +164,7 @@ class SSEStreamer:
                 raise
         # Everything after the message before ours is released to the listener.
         self._hub.finish_join(listener, sid, message["seq"] - 1)
-        return StreamingResponse(
-            self._events(listener, sid, message, stream_id, posted.created),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            status_code=201 if posted.created else 200,
-        )
+        return RoomTurn(self._hub, listener, sid, message, stream_id, posted.created)
 
     async def _resume(
         self, listener: Connection, sid: str, message_id: str, last_event_id: str | None
@@ -132,37 +203,20 @@ class SSEStreamer:
         )
         return stream_id if found else None
 
-    async def _events(
-        self,
-        listener: Connection,
-        sid: str,
-        message: dict[str, Any],
-        stream_id: str | None,
-        created: bool,
-    ) -> AsyncIterator[bytes]:
+    async def _events(self, turn: RoomTurn) -> AsyncIterator[bytes]:
         try:
-            yield _event("message", {"type": "message", "session_id": sid, "message": message})
-            if stream_id is None:
-                return
-            while True:
-                batch, closing = await listener.next_batch()
+            message = turn.message
+            yield _event(
+                "message", {"type": "message", "session_id": turn.session_id, "message": message}
+            )
+            async for frames in turn.frames():
                 # What was queued together goes out in one write.
-                events: list[bytes] = []
-                ended = False
-                for text in batch:
-                    frame = orjson.loads(text)
-                    if frame.get("type") not in SSE_FRAMES or frame.get("stream_id") != stream_id:
-                        continue
-                    events.append(_event(frame["type"], frame, raw=text, event_id=_event_id(frame)))
-                    if frame["type"] == "stream.end":
-                        ended = True
-                        break
-                if events:
-                    yield b"".join(events)
-                if ended or closing is not None:
-                    return
+                yield b"".join(
+                    _event(frame["type"], frame, raw=text, event_id=_event_id(frame))
+                    for frame, text in frames
+                )
         finally:
-            await self._hub.leave(listener, sid, presence=False)
+            await turn.close()
 
 
 def _event(

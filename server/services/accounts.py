@@ -340,6 +340,13 @@ class AccountService:
             family_id=claims.family_id,
         )
 
+    async def principal_for_key(self, user_id: uuid.UUID, created_at: datetime) -> Principal:
+        """The owner of an API key, checked like a token issued when the key was made:
+        a disabled account or a "sign out everywhere" after that stops the key too."""
+        return await self._principal_for(
+            user_id, issued_at=created_at, expires_at=None, family_id=None
+        )
+
     async def _external_user(self, claims: Claims) -> uuid.UUID:
         """Another issuer's user, by (issuer, subject): the first sight creates a local
         row of its own; a subject that equals a local user's id means nothing here."""

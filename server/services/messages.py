@@ -159,6 +159,14 @@ class MessageService:
         landing.add_done_callback(self._landed)
         return await asyncio.shield(landing)
 
+    async def answer_to(
+        self, session_id: uuid.UUID, question_id: uuid.UUID
+    ) -> dict[str, Any] | None:
+        """The stored answer to a question (for a retry that comes after it ended)."""
+        async with self._db.read() as session:
+            answer = await messages_repo.find_answer(session, session_id, question_id)
+        return message_to_wire(answer) if answer is not None else None
+
     async def landed(self, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) for posts whose callers were cancelled to finish
         storing and fanning out."""

@@ -2,6 +2,7 @@
 // Plain ES modules, no framework; every node is built with createElement (see dom.js).
 
 import { ApiError, authEvents, get, patch, post } from "./api.js";
+import { ApiKeysPanel } from "./apikeys.js";
 import { ChatView } from "./chat.js";
 import { clear, formatTime, h } from "./dom.js";
 import { DetailsPanel, MemoryPanel } from "./panels.js";
@@ -124,6 +125,7 @@ function showMain(me) {
   ui.newTitle = h("input", { type: "text", testid: "session-new-title", placeholder: "New session title", "aria-label": "New session title", maxlength: "200" });
   ui.chatPane = h("section", { class: "chat-pane", testid: "chat-view" }, emptyChat());
   ui.memory = new MemoryPanel({ notify, onClose: () => (ui.memory.el.hidden = true) });
+  ui.apiKeys = new ApiKeysPanel({ notify, onClose: () => (ui.apiKeys.el.hidden = true) });
   ui.layout = h(
     "div",
     { class: "layout" },
@@ -145,9 +147,10 @@ function showMain(me) {
     h("span", { class: "spacer" }),
     h("span", { class: "me", testid: "me-name", text: me.name }),
     h("button", { type: "button", class: "link", testid: "memory-open", onclick: openMemory }, "Memory"),
+    h("button", { type: "button", class: "link", testid: "api-keys-open", onclick: openApiKeys }, "API keys"),
     h("button", { type: "button", class: "link", testid: "logout", onclick: logout }, "Log out"),
   );
-  clear(root).append(topbar, ui.layout, ui.memory.el, noticeEl);
+  clear(root).append(topbar, ui.layout, ui.memory.el, ui.apiKeys.el, noticeEl);
 
   const socket = new ParleySocket();
   state.socket = socket;
@@ -169,6 +172,11 @@ function showConnection(connection) {
 function openMemory() {
   ui.memory.el.hidden = false;
   ui.memory.load();
+}
+
+function openApiKeys() {
+  ui.apiKeys.el.hidden = false;
+  ui.apiKeys.load();
 }
 
 // Sessions ---------------------------------------------------------------------------

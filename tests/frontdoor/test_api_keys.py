@@ -1,0 +1,69 @@
+"""``/v1/me/api-keys``: create (the secret once), list, revoke; stored hashed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+from sqlalchemy import select
+
+from db.models import ApiKey
+from tests.conftest import register_user
+
+
+async def test_a_key_is_shown_once_listed_by_prefix_and_stored_as_its_hash(
+    client: httpx.AsyncClient, app: object
+) -> None:
+    ada = await register_user(client, "Ada")
+
+    created = await client.post("/v1/me/api-keys", json={"name": "laptop"}, headers=ada.headers)
+
+    assert created.status_code == 201, created.text
+    key = created.json()["data"]
+    assert key["key"].startswith("pk_") and len(key["key"]) > 40
+    assert key["key"].startswith(key["prefix"]) and key["name"] == "laptop"
+    listed = (await client.get("/v1/me/api-keys", headers=ada.headers)).json()["data"]
+    assert [k["id"] for k in listed["api_keys"]] == [key["id"]]
+    assert "key" not in listed["api_keys"][0]
+    assert listed["api_keys"][0]["last_used_at"] is None
+    database = app.state.container.database  # type: ignore[attr-defined]
+    async with database.read() as session:
+        row = (await session.execute(select(ApiKey))).scalar_one()
+    assert row.key_hash == hashlib.sha256(key["key"].encode()).hexdigest()
+    assert key["key"] not in (row.key_hash, row.prefix)
+
+
+async def test_a_revoked_key_leaves_the_list_and_another_user_cannot_revoke_it(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await register_user(client, "Ada")
+    eve = await register_user(client, "Eve")
+    key = (await client.post("/v1/me/api-keys", json={"name": "ci"}, headers=ada.headers)).json()[
+        "data"
+    ]
+
+    by_eve = await client.delete(f"/v1/me/api-keys/{key['id']}", headers=eve.headers)
+    revoked = await client.delete(f"/v1/me/api-keys/{key['id']}", headers=ada.headers)
+    again = await client.delete(f"/v1/me/api-keys/{key['id']}", headers=ada.headers)
+
+    assert by_eve.status_code == 404
+    assert revoked.status_code == 200 and revoked.json()["data"] == {"revoked": True}
+    assert again.status_code == 404
+    listed = (await client.get("/v1/me/api-keys", headers=ada.headers)).json()["data"]
+    assert listed["api_keys"] == []
+
+
+async def test_keys_are_managed_with_a_session_token_only(client: httpx.AsyncClient) -> None:
+    ada = await register_user(client, "Ada")
+    key = (await client.post("/v1/me/api-keys", json={"name": "ide"}, headers=ada.headers)).json()[
+        "data"
+    ]["key"]
+
+    client.cookies.clear()  # the login's jwt cookie would authenticate otherwise
+    response = await client.get("/v1/me/api-keys", headers={"Authorization": f"Bearer {key}"})
+    anonymous = await client.post("/v1/me/api-keys", json={"name": "x"})
+    empty_name = await client.post("/v1/me/api-keys", json={"name": ""}, headers=ada.headers)
+
+    assert response.status_code == 401
+    assert anonymous.status_code == 401
+    assert empty_name.status_code == 400
