@@ -224,7 +224,7 @@ class ConnectionHandler:
             reply["id"] = frame.id
         self.conn.send(encode(reply))
         if fresh:
-            self.hub.finish_join(self.conn, sid, last_seq)
+            self.hub.finish_join(self.conn, sid, last_seq, [s for s, _ in running])
             self.container.assistant.warm(session_id, uuid.UUID(self.conn.user_id))
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:
