@@ -52,8 +52,8 @@ GAP_WAIT_S = 0.15
 LOG_RETRY_S = 3.0
 LOG_RETRY_FIRST_DELAY_S = 0.05
 LOG_RETRY_MAX_DELAY_S = 0.5
-# How long a stream's end waits for the resume of a client told of the stream in
-# joined.streams, so that the end comes after what the resume brings.
+# How long a stream's live frames wait for the resume of a client told of the stream
+# in joined.streams, so that they come after what the resume brings.
 RESUME_WAIT_S = 2.0
 # Stream cursors a connection keeps before dropping the oldest ended ones.
 MAX_CURSORS = 64
@@ -100,6 +100,7 @@ class Hub:
         self.presence = presence
         self.stream_log = stream_log
         self.log_retry_s = LOG_RETRY_S
+        self.resume_wait_s = RESUME_WAIT_S
         self._fetch_after = fetch_messages_after
         self._metrics = metrics
         self._keys = keys
@@ -440,13 +441,14 @@ class Hub:
             # the stream started, so every index is owed to it, from 0, even those that
             # never reached this node (published while Redis was down).
             cursor = conn.cursors[stream_id] = StreamCursor(base=0)
+        if fill and cursor.base is None:
+            # The client was told of this stream in joined.streams and its resume is on
+            # its way: live frames wait for it (briefly), so that the client gets every
+            # index from its offset in order, and the end last.
+            cursor.pending = [env]
+            self._spawn(self._release_unless_resumed(conn, cursor))
+            return
         if env.stream_end:
-            if fill and cursor.base is None:
-                # The client was told of this stream in joined.streams and its resume
-                # is on its way: the end waits for it (briefly), so that it comes last.
-                cursor.pending = [env]
-                self._spawn(self._end_unless_resumed(conn, cursor))
-                return
             # An end names how many deltas the stream had (``index``): a member that
             # missed some (they went out while Redis was down, or their node died
             # before publishing what it had logged) gets them from the log first.
@@ -574,9 +576,9 @@ class Hub:
         for env in pending:
             self._deliver_stream(conn, env, fill=fill)
 
-    async def _end_unless_resumed(self, conn: Connection, cursor: StreamCursor) -> None:
-        await asyncio.sleep(RESUME_WAIT_S)
-        if cursor.base is None:  # no resume came: the end goes out as it is
+    async def _release_unless_resumed(self, conn: Connection, cursor: StreamCursor) -> None:
+        await asyncio.sleep(self.resume_wait_s)
+        if cursor.base is None:  # no resume came: what waited goes out as it is
             self._release_pending(conn, cursor, fill=False)
 
     def _send_end(self, conn: Connection, cursor: StreamCursor, frame: str) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from errors import Unavailable
-from realtime import hub as hub_module
 from realtime.stream_log import StreamSnapshot
 from realtime.stream_log_memory import MemoryStreamLog
 from tests.realtime.test_hub_streams import SESSION, STREAM, Room, deltas, frames
@@ -115,11 +114,11 @@ async def test_a_resume_whose_first_log_read_fails_tries_again() -> None:
 
 
 async def test_a_resume_after_the_live_end_sends_the_missing_deltas_but_no_second_end(
-    room: Room, monkeypatch: pytest.MonkeyPatch
+    room: Room,
 ) -> None:
     # Ada joined mid-stream (it was listed) and got 2 live; the end came before her
     # resume (she did not resume in time).
-    monkeypatch.setattr(hub_module, "RESUME_WAIT_S", 0.05)
+    room.hub.resume_wait_s = 0.05
     for index in range(2):
         await room.delta(index, f"d{index} ", log_only=True)
     conn = await room.member(streams=(STREAM,))
@@ -175,3 +174,21 @@ async def test_two_replays_racing_the_live_frames_send_each_index_and_the_end_on
 
     assert sorted(deltas(seen)) == list(range(8))
     assert [f["type"] for f in seen].count("stream.end") == 1
+
+
+async def test_live_deltas_wait_for_the_resume_of_a_member_told_of_the_stream(
+    room: Room,
+) -> None:
+    # joined.streams listed the stream at offset 3; 3 and 4 come live before her
+    # resume from 0 is read: she still gets 0-4 in order, each once.
+    for index in range(3):
+        await room.delta(index, f"d{index} ", log_only=True)
+    conn = await room.member(streams=(STREAM,))
+    await room.delta(3, "d3 ")
+    await room.delta(4, "d4 ")
+
+    assert await room.hub.replay_stream(conn, SESSION, STREAM, 0)
+    await room.delta(5, "d5 ")
+    await room.end(seq=1)
+
+    assert deltas(await frames(conn, "stream.end")) == [0, 1, 2, 3, 4, 5]
