@@ -10,7 +10,7 @@ each room releases them through a ``SeqReorderer``. A gap that does not close wi
 ``GAP_WAIT_S`` (or a lost subscription) is filled from the database, which is the
 source of truth. Deltas carry an index; each connection keeps a cursor per stream
 and fills a gap in it from the stream log, so a client sees every index once, in
-order.
+order (``realtime/stream_delivery.py``).
 
 Outages: while the bus is down, or a publish fails, this node's members get events
 from here only; they are told (a ``bus`` frame, ``degraded`` then ``restored``). Rooms
@@ -42,21 +42,12 @@ from realtime.keys import Keys
 from realtime.metrics import HubMetrics
 from realtime.presence import Presence, PresenceChange
 from realtime.reorder import SeqReorderer
-from realtime.stream_log import StreamLog, StreamSnapshot
+from realtime.stream_delivery import StreamDelivery
+from realtime.stream_log import StreamLog
 
 log = logging.getLogger("parley.hub")
 
 GAP_WAIT_S = 0.15
-# How long a gap fill or a resume keeps trying a stream log read that failed or came
-# up short (Redis restarting, a writer rebuilding its log) before giving up on it.
-LOG_RETRY_S = 3.0
-LOG_RETRY_FIRST_DELAY_S = 0.05
-LOG_RETRY_MAX_DELAY_S = 0.5
-# How long a stream's live frames wait for the resume of a client told of the stream
-# in joined.streams, so that they come after what the resume brings.
-RESUME_WAIT_S = 2.0
-# Stream cursors a connection keeps before dropping the oldest ended ones.
-MAX_CURSORS = 64
 # Rooms named in one resync notice; past this the notice says "every room".
 RESYNC_MAX_ROOMS = 1000
 RESYNC_FIRST_DELAY_S = 0.05
@@ -99,8 +90,7 @@ class Hub:
         self._bus_back = asyncio.Event()
         self.presence = presence
         self.stream_log = stream_log
-        self.log_retry_s = LOG_RETRY_S
-        self.resume_wait_s = RESUME_WAIT_S
+        self.streams = StreamDelivery(lambda: self.stream_log, self._spawn)
         self._fetch_after = fetch_messages_after
         self._metrics = metrics
         self._keys = keys
@@ -415,182 +405,10 @@ class Hub:
         ):
             return  # covered by the joined reply (a stream the client saw still ends)
         if env.kind == kinds.STREAM and env.stream_id is not None:
-            self._deliver_stream(conn, env)
+            self.streams.deliver(conn, env)
             return
         conn.send(env.frame)
         self._metrics.frames_out.inc()
-
-    def _deliver_stream(self, conn: Connection, env: Envelope, *, fill: bool = True) -> None:
-        """One live stream frame to one connection: each index once, the end once, and
-        no index left out ahead of the one being sent (it is filled from the log first).
-        ``fill=False`` after a log read that came up short: send what there is."""
-        stream_id = env.stream_id
-        assert stream_id is not None
-        cursor = conn.cursors.get(stream_id)
-        if cursor is not None:
-            if cursor.pending is not None:
-                cursor.pending.append(env)
-                return
-            if cursor.ended:
-                return  # its end went out: nothing after it (a late live copy)
-        if env.index is None and not env.stream_end:
-            conn.send(env.frame)  # stream.start, stream.status
-            return
-        if cursor is None:
-            # Not listed in this connection's joined.streams: it was in the room when
-            # the stream started, so every index is owed to it, from 0, even those that
-            # never reached this node (published while Redis was down).
-            cursor = conn.cursors[stream_id] = StreamCursor(base=0)
-        if fill and cursor.base is None:
-            # The client was told of this stream in joined.streams and its resume is on
-            # its way: live frames wait for it (briefly), so that the client gets every
-            # index from its offset in order, and the end last.
-            cursor.pending = [env]
-            self._spawn(self._release_unless_resumed(conn, cursor))
-            return
-        if env.stream_end:
-            # An end names how many deltas the stream had (``index``): a member that
-            # missed some (they went out while Redis was down, or their node died
-            # before publishing what it had logged) gets them from the log first.
-            gap = cursor.first_missing(cursor.base or 0, env.index or 0) if fill else None
-            if gap is not None:
-                self._fill(conn, env.session_id, stream_id, cursor, env, gap, env.index or 0)
-                return
-            self._send_end(conn, cursor, env.frame)
-            return
-        index = env.index
-        assert index is not None
-        if cursor.base is None:
-            cursor.base = index  # the client resumes for what came before
-        if cursor.was_sent(index) or index < cursor.base:
-            return
-        gap = cursor.first_missing(cursor.base, index) if fill else None
-        if gap is not None:
-            self._fill(conn, env.session_id, stream_id, cursor, env, gap, index)
-            return
-        cursor.mark(index)
-        conn.send(env.frame)
-
-    def _fill(
-        self,
-        conn: Connection,
-        session_id: str,
-        stream_id: str,
-        cursor: StreamCursor,
-        env: Envelope,
-        start: int,
-        stop: int,
-    ) -> None:
-        """Indices ``start`` to ``stop - 1`` from the log, then ``env`` and what follows."""
-        cursor.pending = [env]
-
-        async def fill() -> None:
-            complete = False
-            try:
-                snapshot = await self._read_log(cursor, session_id, stream_id, start, stop)
-                if snapshot is not None:
-                    complete = self._covers(snapshot, start, stop)
-                    self._send_snapshot(conn, cursor, snapshot)
-            finally:
-                # A log that cannot fill the hole must not also hold back the rest of
-                # the stream and its end.
-                self._release_pending(conn, cursor, fill=complete)
-
-        self._spawn(fill())
-
-    @staticmethod
-    def _covers(snapshot: StreamSnapshot, start: int, stop: int) -> bool:
-        return snapshot.end is not None or (snapshot.next_offset or start) >= stop
-
-    async def _read_log(
-        self,
-        cursor: StreamCursor,
-        session_id: str,
-        stream_id: str,
-        offset: int,
-        stop: int,
-        *,
-        raise_errors: bool = False,
-    ) -> StreamSnapshot | None:
-        """The log from ``offset``, holding the cursor's live frames meanwhile.
-
-        A read that fails, or finds the log unknown or short of ``stop`` (Redis came
-        back empty and the writer has not rebuilt it yet; a broken log reads as
-        unknown), is tried again for ``log_retry_s`` before the hole is given up on.
-        """
-        cursor.readers += 1
-        if cursor.pending is None:
-            cursor.pending = []
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.log_retry_s
-            delay = LOG_RETRY_FIRST_DELAY_S
-            while True:
-                error: ParleyError | None = None
-                snapshot: StreamSnapshot | None = None
-                try:
-                    snapshot = await self.stream_log.read(stream_id, offset)
-                except ParleyError as exc:
-                    error = exc
-                if snapshot is not None and snapshot.session_id != session_id:
-                    return None
-                if snapshot is not None and self._covers(snapshot, offset, stop):
-                    return snapshot
-                if loop.time() + delay > deadline:
-                    if error is not None and raise_errors:
-                        raise error
-                    return snapshot
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOG_RETRY_MAX_DELAY_S)
-        finally:
-            cursor.readers -= 1
-
-    def _send_snapshot(
-        self, conn: Connection, cursor: StreamCursor, snapshot: StreamSnapshot
-    ) -> None:
-        """What the log holds that this connection was not sent (from ``base`` on)."""
-        base = cursor.base or 0
-        for index, text in snapshot.deltas:
-            if index < base or cursor.was_sent(index):
-                continue
-            cursor.mark(index)
-            conn.send(
-                encode(
-                    {
-                        "type": "stream.delta",
-                        "session_id": snapshot.session_id,
-                        "stream_id": snapshot.stream_id,
-                        "index": index,
-                        "text": text,
-                    }
-                )
-            )
-        if snapshot.end is not None and not cursor.ended:
-            self._send_end(conn, cursor, encode(snapshot.end))
-
-    def _release_pending(self, conn: Connection, cursor: StreamCursor, *, fill: bool) -> None:
-        """Once no read of the log is in flight, the live frames that waited go on."""
-        if cursor.readers or cursor.pending is None:
-            return
-        pending, cursor.pending = cursor.pending, None
-        for env in pending:
-            self._deliver_stream(conn, env, fill=fill)
-
-    async def _release_unless_resumed(self, conn: Connection, cursor: StreamCursor) -> None:
-        await asyncio.sleep(self.resume_wait_s)
-        if cursor.base is None:  # no resume came: what waited goes out as it is
-            self._release_pending(conn, cursor, fill=False)
-
-    def _send_end(self, conn: Connection, cursor: StreamCursor, frame: str) -> None:
-        cursor.ended = True
-        cursor.pending = None
-        conn.send(frame)
-        # An ended stream's cursor stays (a late resume or live copy must not bring its
-        # end again), but only the latest few of them.
-        if len(conn.cursors) > MAX_CURSORS:
-            ended = [sid for sid, c in conn.cursors.items() if c.ended]
-            for sid in ended[: max(0, len(ended) - MAX_CURSORS // 2)]:
-                del conn.cursors[sid]
 
     async def replay_stream(
         self,
@@ -600,33 +418,8 @@ class Hub:
         offset: int,
         before_replay: Callable[[], None] | None = None,
     ) -> bool:
-        """Send the stream from ``offset`` out of the log, then continue live.
-
-        Each index goes to a connection once: what it was sent already (live deltas
-        that reached a member who joined mid-stream, before its resume) is skipped, and
-        so is an end it was sent. Returns False when the log no longer holds the
-        stream. ``before_replay`` runs just before the first replayed frame is queued
-        (the resume ``ack``).
-        """
-        offset = max(0, offset)
-        cursor = conn.cursors.get(stream_id)
-        if cursor is None:
-            cursor = conn.cursors[stream_id] = StreamCursor(base=offset)
-        found = False
-        try:
-            snapshot = await self._read_log(
-                cursor, session_id, stream_id, offset, offset, raise_errors=True
-            )
-            if snapshot is not None:
-                found = True
-                if before_replay is not None:
-                    before_replay()
-                # The client holds what is before ``offset``.
-                cursor.base = offset
-                self._send_snapshot(conn, cursor, snapshot)
-        finally:
-            self._release_pending(conn, cursor, fill=found)
-        return found
+        """A ``resume``: see ``StreamDelivery.replay``."""
+        return await self.streams.replay(conn, session_id, stream_id, offset, before_replay)
 
     async def _fill_room_gap(self, room: Room, *, wait_s: float) -> None:
         try:

@@ -118,7 +118,7 @@ async def test_a_resume_after_the_live_end_sends_the_missing_deltas_but_no_secon
 ) -> None:
     # Ada joined mid-stream (it was listed) and got 2 live; the end came before her
     # resume (she did not resume in time).
-    room.hub.resume_wait_s = 0.05
+    room.hub.streams.resume_wait_s = 0.05
     for index in range(2):
         await room.delta(index, f"d{index} ", log_only=True)
     conn = await room.member(streams=(STREAM,))

@@ -116,7 +116,7 @@ async def joined_mid_stream(room: Room) -> Connection:
         await room.delta(index, f"d{index} ", log_only=True)
     conn = await room.member(streams=(STREAM,))
     # Her resume comes late: the live ones stop waiting for it and go out first.
-    room.hub.resume_wait_s = 0.05
+    room.hub.streams.resume_wait_s = 0.05
     for index in range(7, 10):
         await room.delta(index, f"d{index} ")
     assert deltas(await frames(conn, "stream.delta")) == [7, 8, 9]
@@ -165,7 +165,7 @@ async def test_a_gap_the_log_can_no_longer_fill_still_lets_the_end_through() -> 
     now = [0.0]
     room = Room()
     room.log = room.hub.stream_log = MemoryStreamLog(60, clock=lambda: now[0])
-    room.hub.log_retry_s = 0.3  # the log is gone for good: give up on it soon
+    room.hub.streams.log_retry_s = 0.3  # the log is gone for good: give up on it soon
     await room.hub.start()
     try:
         await room.log.open(STREAM, SESSION, {"type": "stream.start", "stream_id": STREAM})
