@@ -19,7 +19,8 @@ At the end (load stopped, 30 s to settle) it counts, per member:
 - unended streams: an acknowledged answer of which the member got neither the one
   ``stream.end`` nor the stored answer in a join's history;
 - lost / duplicated deltas: of a stream whose end the member saw, an index it never got,
-  or got twice;
+  or got twice; an index it never got that went out (reached its first member) while
+  this member was between connections is counted apart, as missed while away;
 and the RSS of each node (the survivor's growth from the end of the first minute).
 """
 
@@ -118,6 +119,8 @@ class Totals:
     asked: dict[str, str] = field(default_factory=dict)  # stream id -> question id
     answers: dict[str, str] = field(default_factory=dict)  # question id -> answer id
     deltas: dict[str, int] = field(default_factory=dict)  # stream id -> highest index + 1
+    # (stream id, index) -> when the first member got it: about when it went out.
+    first_seen: dict[tuple[str, int], float] = field(default_factory=dict)
     sent: int = 0
     send_failures: int = 0
     connects: int = 0
@@ -140,6 +143,11 @@ class Member:
         self._ids = 0
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.connected = asyncio.Event()
+        # (joined at, dropped at or None): when this member had a joined connection.
+        self.online: list[tuple[float, float | None]] = []
+
+    def was_online(self, at: float) -> bool:
+        return any(start <= at and (end is None or at <= end) for start, end in self.online)
 
     def contiguous_seq(self) -> int:
         seq = 0
@@ -169,6 +177,9 @@ class Member:
             self.ws = ws
             reader = asyncio.create_task(self._read(ws))
             try:
+                # Online from the join on: what goes out before it, the join's streams
+                # and resumes are for.
+                self.online.append((time.monotonic(), None))
                 await self._join(node)
                 self.totals.connects += 1
                 self.connected.set()
@@ -177,6 +188,8 @@ class Member:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
+                if self.online and self.online[-1][1] is None:
+                    self.online[-1] = (self.online[-1][0], time.monotonic())
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
                 self.ws = None
@@ -259,6 +272,9 @@ class Member:
             elif kind == "stream.delta":
                 view = self.streams[frame["stream_id"]]
                 view.indexes[frame["index"]] += 1
+                self.totals.first_seen.setdefault(
+                    (frame["stream_id"], frame["index"]), time.monotonic()
+                )
                 if DEBUG:
                     view.log.append((str(id(ws))[-4:], frame["index"]))
             elif kind == "stream.end":
@@ -287,6 +303,7 @@ class Report:
     unended: int
     lost_deltas: int
     duplicated_deltas: int
+    away_deltas: int
     acked: int
     answers: int
     connects: int
@@ -464,7 +481,7 @@ def tally(
             if view.indexes:
                 t.deltas[stream_id] = max(t.deltas.get(stream_id, 0), max(view.indexes) + 1)
     expected = set(t.acked) | set(t.answers.values())
-    lost = unended = lost_deltas = dup_deltas = 0
+    lost = unended = lost_deltas = dup_deltas = away_deltas = 0
     seq_of = {**t.acked}
     for m in members:
         lost += len(expected - m.messages)
@@ -484,7 +501,16 @@ def tally(
             if seen is not None and seen.ends:
                 view = seen
                 n = t.deltas.get(stream_id, 0)
-                lost_deltas += sum(1 for i in range(n) if i not in view.indexes)
+                for i in range(n):
+                    if i in view.indexes:
+                        continue
+                    went_out = t.first_seen.get((stream_id, i))
+                    if went_out is not None and not m.was_online(went_out):
+                        away_deltas += 1  # it went out while this member was away
+                    else:
+                        lost_deltas += 1
+                        if DEBUG:
+                            print(f"member {m.n} stream {stream_id[:6]}: lost {i}")
                 dup_deltas += sum(c - 1 for c in view.indexes.values() if c > 1)
                 if DEBUG and any(c > 1 for c in view.indexes.values()):
                     print(f"member {m.n} stream {stream_id[:6]}: {view.resumed_from} {view.log}")
@@ -496,6 +522,7 @@ def tally(
         unended=unended,
         lost_deltas=lost_deltas,
         duplicated_deltas=dup_deltas,
+        away_deltas=away_deltas,
         acked=len(t.acked),
         answers=len(t.asked),
         connects=t.connects,
@@ -543,7 +570,9 @@ is an acknowledged message or stored answer the member never received (live, or 
 join's `history` with `since_seq`); an *unended stream* is an acknowledged question whose
 answer's `stream.end` the member never got and whose stored answer it never received
 either; *lost / duplicated deltas* are indexes missing or repeated in a stream whose end
-the member saw (members resume running streams from the next index they want).
+the member saw (members resume running streams from the next index they want), except
+those that went out while the member was between connections, counted on their own
+row (they reach it in the stored answer; a resume that still ran brings them).
 
 | what | count |
 | --- | ---: |
@@ -552,6 +581,7 @@ the member saw (members resume running streams from the next index they want).
 | messages delivered twice on one connection | {r.duplicated_messages} |
 | unended streams (member-streams) | {r.unended} |
 | lost deltas / duplicated deltas | {r.lost_deltas} / {r.duplicated_deltas} |
+| deltas missed while between connections (not lost) | {r.away_deltas} |
 | sends not acknowledged (node or Redis down) | {r.send_failures} |
 | (re)connects / failed attempts | {r.connects} / {r.connect_failures} |
 | joins answered `recovered: false` (paged over REST) | {r.not_recovered} |

@@ -30,15 +30,34 @@ class Membership:
     pending: list[Envelope] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamCursor:
-    """What this connection was sent of one stream: the indices ``first`` to
-    ``next_index - 1``, each once (a resume sends none of them again)."""
+    """What this connection was sent of one stream: each index once, the end once,
+    whichever way an index comes (live, a gap fill from the log, a resume)."""
 
-    next_index: int
-    first: int = 0
-    # While a resume or gap fill reads the stream log, live deltas wait here.
+    # Indices below ``base`` are the client's own business (it resumed past them, or
+    # joined mid-stream and resumes for them). None: the stream was listed in this
+    # connection's ``joined.streams``, so the client's ``resume`` will say where it is.
+    base: int | None = 0
+    sent: int = 0  # bit i set: index i went out on this connection
+    ended: bool = False  # the stream.end went out
+    # While the stream log is read for this connection, live frames wait here.
     pending: list[Envelope] | None = None
+    readers: int = 0  # log reads in flight for it
+
+    def was_sent(self, index: int) -> bool:
+        return bool(self.sent >> index & 1)
+
+    def mark(self, index: int) -> None:
+        self.sent |= 1 << index
+
+    def first_missing(self, start: int, stop: int) -> int | None:
+        """The lowest index in ``[start, stop)`` not sent yet, or None."""
+        if stop <= start:
+            return None
+        wanted = ((1 << stop) - 1) ^ ((1 << start) - 1)
+        missing = wanted & ~self.sent
+        return (missing & -missing).bit_length() - 1 if missing else None
 
 
 @dataclass(eq=False, slots=True)  # slots: no per-instance __dict__ for idle connections

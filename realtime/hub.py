@@ -10,7 +10,7 @@ each room releases them through a ``SeqReorderer``. A gap that does not close wi
 ``GAP_WAIT_S`` (or a lost subscription) is filled from the database, which is the
 source of truth. Deltas carry an index; each connection keeps a cursor per stream
 and fills a gap in it from the stream log, so a client sees every index once, in
-order.
+order (``realtime/stream_delivery.py``).
 
 Outages: while the bus is down, or a publish fails, this node's members get events
 from here only; they are told (a ``bus`` frame, ``degraded`` then ``restored``). Rooms
@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from realtime.keys import Keys
 from realtime.metrics import HubMetrics
 from realtime.presence import Presence, PresenceChange
 from realtime.reorder import SeqReorderer
+from realtime.stream_delivery import StreamDelivery
 from realtime.stream_log import StreamLog
 
 log = logging.getLogger("parley.hub")
@@ -89,6 +90,7 @@ class Hub:
         self._bus_back = asyncio.Event()
         self.presence = presence
         self.stream_log = stream_log
+        self.streams = StreamDelivery(lambda: self.stream_log, self._spawn)
         self._fetch_after = fetch_messages_after
         self._metrics = metrics
         self._keys = keys
@@ -179,8 +181,15 @@ class Hub:
             raise
         return True
 
-    def finish_join(self, conn: Connection, session_id: str, last_seq: int) -> None:
-        """The joined reply is queued: release what waited, after ``last_seq``."""
+    def finish_join(
+        self, conn: Connection, session_id: str, last_seq: int, streams: Iterable[str] = ()
+    ) -> None:
+        """The joined reply is queued: release what waited, after ``last_seq``.
+        ``streams``: those the reply listed as running; the client resumes them from
+        where it is, so only what comes live from now on is this connection's to send
+        unasked (the rest of a stream is owed from its start)."""
+        for stream_id in streams:
+            conn.cursors.setdefault(stream_id, StreamCursor(base=None))
         room = self.rooms[session_id]
         if room.reorder is None:
             room.reorder = SeqReorderer(last_seq)
@@ -396,49 +405,10 @@ class Hub:
         ):
             return  # covered by the joined reply (a stream the client saw still ends)
         if env.kind == kinds.STREAM and env.stream_id is not None:
-            self._deliver_stream(conn, env)
+            self.streams.deliver(conn, env)
             return
         conn.send(env.frame)
         self._metrics.frames_out.inc()
-
-    def _deliver_stream(self, conn: Connection, env: Envelope, *, fill_end: bool = True) -> None:
-        assert env.stream_id is not None
-        cursor = conn.cursors.get(env.stream_id)
-        if cursor is not None and cursor.pending is not None:
-            cursor.pending.append(env)
-            return
-        if env.stream_end:
-            # An end names how many deltas the stream had (``index``): a member that
-            # missed the last of them (they went out while Redis was down, or their
-            # node died before publishing what it had logged) gets them from the log
-            # first, and the end after them.
-            if (
-                fill_end
-                and cursor is not None
-                and env.index is not None
-                and cursor.next_index < env.index
-            ):
-                cursor.pending = [env]
-                self._spawn(
-                    self.replay_stream(conn, env.session_id, env.stream_id, cursor.next_index)
-                )
-                return
-            conn.cursors.pop(env.stream_id, None)
-            conn.send(env.frame)
-            return
-        if env.index is None:
-            conn.send(env.frame)
-            return
-        if cursor is None:
-            conn.cursors[env.stream_id] = StreamCursor(next_index=env.index + 1, first=env.index)
-            conn.send(env.frame)
-        elif env.index == cursor.next_index:
-            cursor.next_index += 1
-            conn.send(env.frame)
-        elif env.index > cursor.next_index:
-            cursor.pending = [env]
-            self._spawn(self.replay_stream(conn, env.session_id, env.stream_id, cursor.next_index))
-        # An index below the cursor was already sent: drop it.
 
     async def replay_stream(
         self,
@@ -448,59 +418,8 @@ class Hub:
         offset: int,
         before_replay: Callable[[], None] | None = None,
     ) -> bool:
-        """Send the stream from ``offset`` out of the log, then continue live.
-
-        Each index goes to a connection once: what it was sent already (live deltas
-        that reached a member who joined mid-stream, before its resume) is skipped.
-        Returns False when the log no longer holds the stream. ``before_replay`` runs
-        just before the first replayed frame is queued (the resume ``ack``).
-        """
-        cursor = conn.cursors.get(stream_id)
-        if cursor is None:
-            cursor = conn.cursors[stream_id] = StreamCursor(next_index=offset, first=offset)
-        if cursor.pending is None:
-            cursor.pending = []
-        snapshot = await self.stream_log.read(stream_id, offset)
-        if snapshot is None or snapshot.session_id != session_id:
-            conn.cursors.pop(stream_id, None)
-            # What waited for the log goes on as it is: a hole the log cannot fill
-            # must not also swallow the rest of the stream and its end.
-            for env in cursor.pending:
-                self._deliver_stream(conn, env, fill_end=False)
-            cursor.pending = None
-            return False
-        if before_replay is not None:
-            before_replay()
-        # Read after the log: another replay may have moved the cursor meanwhile.
-        if offset > cursor.next_index:
-            # The client holds everything before ``offset`` (from an earlier connection).
-            cursor.first = cursor.next_index = offset
-        sent_from, next_index = cursor.first, cursor.next_index
-        for index, text in snapshot.deltas:
-            if sent_from <= index < next_index:
-                continue  # sent to this connection already
-            conn.send(
-                encode(
-                    {
-                        "type": "stream.delta",
-                        "session_id": session_id,
-                        "stream_id": stream_id,
-                        "index": index,
-                        "text": text,
-                    }
-                )
-            )
-            next_index = max(next_index, index + 1)
-        if snapshot.end is not None:
-            conn.cursors.pop(stream_id, None)
-            conn.send(encode(snapshot.end))
-            return True
-        cursor.first, cursor.next_index = min(offset, sent_from), next_index
-        pending, cursor.pending = cursor.pending or [], None
-        for env in pending:
-            # The log had what it had: an end still ahead of it goes out as it is.
-            self._deliver_stream(conn, env, fill_end=False)
-        return True
+        """A ``resume``: see ``StreamDelivery.replay``."""
+        return await self.streams.replay(conn, session_id, stream_id, offset, before_replay)
 
     async def _fill_room_gap(self, room: Room, *, wait_s: float) -> None:
         try:

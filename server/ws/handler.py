@@ -195,6 +195,9 @@ class ConnectionHandler:
         await self.container.sessions.require_member(self._principal(), session_id)
         fresh = await self.hub.begin_join(self.conn, sid)
         try:
+            # The running streams before the history: a stream that ends in between is
+            # then in both (its resume finds the end), rather than in neither.
+            running = await self.hub.stream_log.running(sid)
             last_seq, history, recovered = await self.container.sessions.join_state(
                 session_id,
                 frame["since_seq"],
@@ -202,7 +205,6 @@ class ConnectionHandler:
                 self.container.settings.replay_max_chars,
             )
             members = await self.hub.presence.members(sid)
-            running = await self.hub.stream_log.running(sid)
         except BaseException:
             if fresh:
                 await self.hub.leave(self.conn, sid)
@@ -224,7 +226,7 @@ class ConnectionHandler:
             reply["id"] = frame.id
         self.conn.send(encode(reply))
         if fresh:
-            self.hub.finish_join(self.conn, sid, last_seq)
+            self.hub.finish_join(self.conn, sid, last_seq, [s for s, _ in running])
             self.container.assistant.warm(session_id, uuid.UUID(self.conn.user_id))
 
     async def leave(self, frame: ClientFrame) -> dict[str, Any]:

@@ -118,3 +118,34 @@ async def test_members_joining_while_answers_run_miss_nothing(world: MakeWorld) 
         assert late_indexes == sorted(set(late_indexes))
     finally:
         await late.close()
+
+
+async def test_an_answer_started_while_redis_is_down_reaches_the_other_node_whole(
+    world: MakeWorld,
+) -> None:
+    # The soak's lost deltas, cause (a): the answer starts while Redis is down, so its
+    # first deltas reach the answering node's members only. Once Redis is back (empty),
+    # members on the other node, in the room all along, must still get every index
+    # from 0, once and in order, and the one end: the writer rebuilds the log from its
+    # own copy and their node fills them in from it.
+    w = await world(n_nodes=2, members=2)
+    w.fake.default = Stream([f"o{i} " for i in range(150)], delay_s=0.02)
+    asker, other = w.members  # asker on node a, other on node b
+    w.redis.stop()
+    ack = await asker.ask("start in the dark")
+    stream_id = ack["stream_id"]
+    await asker.ws.next("stream.delta", timeout=10)
+    await asyncio.sleep(0.5)
+    await w.redis.start()
+    for member in w.members:
+        await member.end_of(stream_id, timeout=30)
+    await other.ws.request({"type": "ping"})  # nothing more behind the end
+    for member in w.members:
+        seen = [f for f in member.ws.seen if f.get("stream_id") == stream_id]
+        indexes = [f["index"] for f in seen if f["type"] == "stream.delta"]
+        assert indexes == list(range(len(indexes))), (member.node.name, indexes)
+        assert [f["type"] for f in seen].count("stream.end") == 1, member.node.name
+        end = next(f for f in seen if f["type"] == "stream.end")
+        text = "".join(f["text"] for f in seen if f["type"] == "stream.delta")
+        assert end["message"]["content"] == text, member.node.name
+    assert_no_tracebacks(*w.nodes)

@@ -75,6 +75,10 @@ async def test_resuming_an_ended_stream_replays_its_rest_then_it_is_not_found(
     first = await collect_stream(ada_ws, ack["stream_id"])
     assert first.end is not None
 
+    # On another connection: this one was sent every index and the end once already,
+    # and a resume here sends none of them again (once per connection).
+    ada_ws = await connect(ada)
+    await ada_ws.request({"type": "join", "session_id": session_id})
     ack2 = await ada_ws.request(
         {"type": "resume", "session_id": session_id, "stream_id": ack["stream_id"], "offset": 1}
     )
