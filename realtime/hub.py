@@ -35,6 +35,7 @@ from typing import Any
 from errors import ParleyError
 from realtime import envelope as kinds
 from realtime.bus import Bus
+from realtime.close_codes import CloseCode
 from realtime.connection import Connection, Membership, StreamCursor
 from realtime.envelope import Envelope, pack, unpack
 from realtime.frames import BUS_DEGRADED, BUS_RESTORED, bus_notice, encode
@@ -113,7 +114,9 @@ class Hub:
         await self.bus.subscribe(self._keys.control_channel())
         await self.presence.start()
 
-    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    async def close(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
         for conn in list(self.connections.values()):
             conn.close(code, reason)
         for task in list(self._tasks):
@@ -652,7 +655,9 @@ class Hub:
         family = action.get("family")
         for conn in list(self.connections.values()):
             if conn.user_id == action.get("user_id") and (family is None or conn.family == family):
-                conn.close(int(action.get("code", 4401)), str(action.get("reason", "")))
+                conn.close(
+                    int(action.get("code", CloseCode.TOKEN_EXPIRED)), str(action.get("reason", ""))
+                )
 
     async def _control_remove_member(self, action: dict[str, Any]) -> None:
         session_id = str(action.get("session_id"))
