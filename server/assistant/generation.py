@@ -35,6 +35,7 @@ from llm.provider import (
 )
 from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
+from realtime.control import ControlOp
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.assistant.context import ContextAssembler, TurnContext
@@ -123,7 +124,7 @@ class Assistant:
         self.late_answers = LateAnswers(
             database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
         )
-        hub.control_handlers["cancel_stream"] = self._on_cancel_control
+        hub.control_handlers[ControlOp.CANCEL_STREAM] = self._on_cancel_control
 
     # AssistantTrigger ------------------------------------------------------------------
 
@@ -171,7 +172,12 @@ class Assistant:
             if stream_id not in {sid for sid, _ in running}:
                 raise NotFound("no such running stream in this session")
         await self._hub.send_control(
-            {"op": "cancel_stream", "stream_id": stream_id, "session_id": session_id, "by": by_user}
+            {
+                "op": ControlOp.CANCEL_STREAM,
+                "stream_id": stream_id,
+                "session_id": session_id,
+                "by": by_user,
+            }
         )
 
     def _on_cancel_control(self, action: dict[str, Any]) -> None:
