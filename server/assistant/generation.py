@@ -227,9 +227,7 @@ class Assistant:
                 stopped = generation.draining or generation.taken_over
                 result.outcome = "error" if stopped else "cancelled"
                 if generation.draining:
-                    error = ParleyError("the server restarted before the answer finished")
-                    error.code = "unavailable"
-                    result.error = error
+                    result.error = Unavailable("the server restarted before the answer finished")
             except ParleyError as exc:
                 result.outcome, result.error = "error", exc
             except Exception:
