@@ -22,7 +22,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from server import serving
-from server.config import Settings
+from tests.conftest import make_settings
 
 # The minor the patch was written against; pyproject.toml pins the same.
 PATCHED_MINOR = "0.55"
@@ -65,7 +65,7 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _config() -> uvicorn.Config:
-    config = serving.uvicorn_config(_app, Settings(), lifespan="off")
+    config = serving.uvicorn_config(_app, make_settings("sqlite+aiosqlite://"), lifespan="off")
     config.load()
     return config
 
