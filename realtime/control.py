@@ -18,8 +18,8 @@ one during a rolling deploy.
                                                peer's events reached nobody, re-read them
     cancel_stream    server/assistant/         ``stream_id``, ``session_id``, ``by``: stop
                      generation.py             the generation if it runs here
-    caller_changed   the realtime layer        ``user_id``: drop the cached caller row
-                     (server/*)
+    caller_changed   server/services/          ``user_id``: drop the cached caller row
+                     hub_links.py
     ================ ========================= ===========================================
 """
 
