@@ -122,3 +122,32 @@ ERROR_CLASSES: tuple[type[ParleyError], ...] = (
     InternalError,
 )
 ERROR_CODES = tuple(cls.code for cls in ERROR_CLASSES)
+
+
+# Refinements: the same wire codes, for callers that handle one case of them.
+
+
+class ClientMsgIdTaken(Conflict):
+    """The session already holds a message with this ``client_msg_id`` (a retry, or a
+    racing copy of it). Raised by ``db.repositories.messages``, so that the services see
+    no database error; ``MessageService`` answers a retry with the stored message."""
+
+    def __init__(self, client_msg_id: str) -> None:
+        super().__init__("client_msg_id was already used", details={"client_msg_id": client_msg_id})
+
+
+class MethodNotAllowed(BadRequest):
+    """A path that exists, asked with a method it does not serve (HTTP 405)."""
+
+    status = 405
+
+    def __init__(self, message: str = "method not allowed on this endpoint") -> None:
+        super().__init__(message)
+
+
+class HttpError(BadRequest):
+    """A refusal Starlette made before any route ran, with its own HTTP status."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -139,8 +139,23 @@ def build_context(
         raise TooLarge("the message is too long for this model's context window")
     room = max(0, target - fixed)
 
+    sections = _sections(memory_items, summary, passages_text, search_text)
+    fit = _Fit(sections, list(older), list(older_costs), current_cost)
+    fit.into(room)
+    messages = _assemble(fixed_text, sections, note, fit.turns, current)
+    # The sum of parts can differ from the real count by a token or two per join;
+    # the ceiling is checked on the real thing, removing in the same order.
+    while fit.prompt_tokens(messages) > limit:
+        fit.drop_one()
+        messages = _assemble(fixed_text, sections, note, fit.turns, current)
+    return BuiltContext(messages, fit.prompt_tokens(messages), fit.dropped)
+
+
+def _sections(
+    memory_items: list[str], summary: str | None, passages_text: str, search_text: str
+) -> dict[str, _Section]:
     items = [f"- {item.strip()}" for item in memory_items if item.strip()]
-    sections = {
+    return {
         "memory": _Section("memory", "What you know about the user:", "\n".join(items), items),
         "summary": _Section(
             "summary", "Summary of the earlier conversation:", (summary or "").strip()
@@ -148,53 +163,70 @@ def build_context(
         "passages": _Section("passages", "", passages_text.strip()),
         "search": _Section("search", "", search_text.strip()),
     }
-    dropped = {name: 0 for name in (*sections, "turns")}
-    for name, section in sections.items():
-        dropped[name] += section.trim_to(int(room * SECTION_CAPS[name]))
 
-    turns = list(older)
-    turn_costs = list(older_costs)
 
-    def total() -> int:
-        return sum(s.cost() for s in sections.values()) + sum(turn_costs)
+class _Fit:
+    """The sections and the older turns, cut down in the module docstring's order;
+    ``dropped`` counts the tokens each lost."""
 
-    def drop_oldest_turns(keep: int) -> None:
-        while total() > room and len(turns) > keep:
-            turns.pop(0)
-            dropped["turns"] += turn_costs.pop(0) - TOKENS_PER_MESSAGE
+    def __init__(
+        self,
+        sections: dict[str, _Section],
+        turns: list[dict[str, Any]],
+        turn_costs: list[int],
+        current_cost: int,
+    ) -> None:
+        self.sections = sections
+        self.turns = turns
+        self.turn_costs = turn_costs
+        self.current_cost = current_cost
+        self.dropped = {name: 0 for name in (*sections, "turns")}
+        self._room = 0
 
-    def trim(name: str) -> None:
-        over = total() - room
-        if over > 0:
-            section = sections[name]
-            dropped[name] += section.trim_to(max(0, section.cost() - over))
+    def into(self, room: int) -> None:
+        """Cap each section at its share, then drop and trim until all fits ``room``."""
+        self._room = room
+        for name, section in self.sections.items():
+            self.dropped[name] += section.trim_to(int(room * SECTION_CAPS[name]))
+        self._drop_oldest_turns(KEEP_TURNS)
+        for name in TRIM_ORDER:
+            self._trim(name)
+        self._drop_oldest_turns(0)
+        self._trim("memory")
 
-    drop_oldest_turns(KEEP_TURNS)
-    for name in TRIM_ORDER:
-        trim(name)
-    drop_oldest_turns(0)
-    trim("memory")
+    def drop_one(self) -> None:
+        """One more step in the same order: the oldest turn, else a bit of a section."""
+        if self.turns:
+            self._drop_oldest_turn()
+            return
+        left = [n for n in (*TRIM_ORDER, "memory") if self.sections[n].body]
+        if not left:
+            raise TooLarge("the message is too long for this model's context window")
+        section = self.sections[left[0]]
+        self.dropped[left[0]] += section.trim_to(section.cost() - 8)
 
-    def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         # What ``count_messages`` would say, without counting every turn again: only
         # the system message is more than the sum of its parts.
         system = TOKENS_PER_MESSAGE + count_text(messages[0]["content"])
-        return TOKENS_REPLY_PRIMER + system + sum(turn_costs) + current_cost
+        return TOKENS_REPLY_PRIMER + system + sum(self.turn_costs) + self.current_cost
 
-    messages = _assemble(fixed_text, sections, note, turns, current)
-    # The sum of parts can differ from the real count by a token or two per join;
-    # the ceiling is checked on the real thing, removing in the same order.
-    while prompt_tokens(messages) > limit:
-        if turns:
-            turns.pop(0)
-            dropped["turns"] += turn_costs.pop(0) - TOKENS_PER_MESSAGE
-        else:
-            left = [n for n in (*TRIM_ORDER, "memory") if sections[n].body]
-            if not left:
-                raise TooLarge("the message is too long for this model's context window")
-            dropped[left[0]] += sections[left[0]].trim_to(sections[left[0]].cost() - 8)
-        messages = _assemble(fixed_text, sections, note, turns, current)
-    return BuiltContext(messages, prompt_tokens(messages), dropped)
+    def _total(self) -> int:
+        return sum(s.cost() for s in self.sections.values()) + sum(self.turn_costs)
+
+    def _drop_oldest_turn(self) -> None:
+        self.turns.pop(0)
+        self.dropped["turns"] += self.turn_costs.pop(0) - TOKENS_PER_MESSAGE
+
+    def _drop_oldest_turns(self, keep: int) -> None:
+        while self._total() > self._room and len(self.turns) > keep:
+            self._drop_oldest_turn()
+
+    def _trim(self, name: str) -> None:
+        over = self._total() - self._room
+        if over > 0:
+            section = self.sections[name]
+            self.dropped[name] += section.trim_to(max(0, section.cost() - over))
 
 
 def _assemble(

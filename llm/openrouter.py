@@ -133,114 +133,106 @@ class OpenRouterProvider:
     # -- streaming ---------------------------------------------------------------
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        total_at = started + self._total_timeout_s
-        deadline = min(started + self._first_token_timeout_s, total_at)
-        body = _body(request, stream=True)
-        if "tool_choice" in body and request.model not in self._tool_choice_capable:
-            # A provider that does not take it may refuse the whole request.
-            del body["tool_choice"]
+        """The answer as events, ending with ``StreamFinished``.
+
+        One policy for every failure (refused, unreachable, late, cut, an error chunk,
+        an early end): before the first text it is raised, so that the caller may
+        retry or fall back with nothing shown; after it the stream ends with an
+        ``error`` finish, so that what was shown stays.
+        """
         state = _StreamState(request.model)
+        try:
+            # Closed with this generator, so that an abandoned stream lets go of the
+            # upstream request at once.
+            async with aclosing(self._events(request, state)) as events:
+                async for event in events:
+                    yield event
+        except ParleyError as error:
+            if not state.text_seen:
+                raise
+            yield state.finished("error", error)
+            return
+        yield state.finished(state.finish_reason or "stop", None)
 
+    async def _events(
+        self, request: ChatRequest, state: _StreamState
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """Text deltas and tool calls; any failure raised as a ``ParleyError``."""
+        clock = _Clock.start(self._first_token_timeout_s, self._total_timeout_s)
         async with AsyncExitStack() as stack:
-            try:
-                # The first-token deadline also covers connecting and the headers.
-                async with asyncio.timeout_at(deadline):
-                    response = await stack.enter_async_context(
-                        self._client.stream(
-                            "POST",
-                            f"{self._base_url}/chat/completions",
-                            content=orjson.dumps(body),
-                            headers=self._stream_headers,
-                            timeout=self._timeout,
-                            extensions=_sent_hook(request.on_sent),
-                        )
-                    )
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise status_error(response)
-            except TimeoutError as exc:
-                raise deadline_error("did not start answering", deadline - started) from exc
-            except httpx.HTTPError as exc:
-                raise request_error(exc) from exc
-
+            response = await self._open(request, clock, stack)
             state.generation_id = response.headers.get("x-generation-id")
-            if request.trace is not None and state.generation_id:
-                request.trace["generation_id"] = state.generation_id
+            _trace_generation(request, state, None)
             if not _is_event_stream(response):
                 raise UpstreamUnavailable("the model answered with something other than a stream")
             batches = await stack.enter_async_context(aclosing(_event_batches(response)))
-            content_deadline = MovingDeadline(deadline)
+            content_deadline = MovingDeadline(clock.deadline)
             stack.callback(content_deadline.close)
             done = False
             while not done:
                 try:
-                    content_deadline.read_started()
-                    try:
-                        batch = await anext(batches)
-                    except BaseException as exc:
-                        content_deadline.read_finished(exc)
-                        raise
-                    content_deadline.read_finished()
+                    batch = await _read(batches, content_deadline)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
-                    if deadline >= total_at:
-                        error = deadline_error("did not finish", self._total_timeout_s)
-                    elif state.text_seen:
-                        error = deadline_error("sent nothing more", self._idle_timeout_s)
-                    else:
-                        error = deadline_error("did not start answering", deadline - started)
-                    if not state.text_seen:
-                        raise error from exc
-                    yield state.finished("error", error)
-                    return
+                    raise self._late(clock, state.text_seen) from exc
                 except httpx.HTTPError as exc:
-                    error = transport_error(exc)
-                    if not state.text_seen:
-                        raise error from exc
-                    yield state.finished("error", error)
-                    return
-
+                    raise transport_error(exc) from exc
+                known_id = state.generation_id
                 # Everything that arrived in one read is one delta: per event, the hops
                 # through this generator and its callers were most of the relay's cost.
-                known_id = state.generation_id
-                texts: list[str] = []
-                content = False
-                for data in batch:
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    if text := state.feed(data):
-                        texts.append(text)
-                    content = content or state.content_at_last_feed
-                    if state.error is not None:
-                        break
-                if request.trace is not None and state.generation_id != known_id:
-                    request.trace["generation_id"] = state.generation_id
+                texts, content, done = _take(batch, state)
+                _trace_generation(request, state, known_id)
                 if texts:
                     yield TextDelta("".join(texts))
                 if state.error is not None:
-                    if not state.text_seen:
-                        raise state.error
-                    yield state.finished("error", state.error)
-                    return
+                    raise state.error
                 if content:
-                    deadline = min(loop.time() + self._idle_timeout_s, total_at)
-                    content_deadline.extend(deadline)
+                    content_deadline.extend(clock.content_arrived(self._idle_timeout_s))
             if done:
                 await _read_to_the_end(batches)
+        for call in state.tool_calls():
+            yield call
+        if state.finish_reason is None and not state.done_ok:
+            raise UpstreamUnavailable("the model's stream ended early")
 
-            for call in state.tool_calls():
-                yield call
-            if state.finish_reason is None and not state.done_ok:
-                error = UpstreamUnavailable("the model's stream ended early")
-                if not state.text_seen:
-                    raise error
-                yield state.finished("error", error)
-                return
-            yield state.finished(state.finish_reason or "stop", None)
+    async def _open(
+        self, request: ChatRequest, clock: _Clock, stack: AsyncExitStack
+    ) -> httpx.Response:
+        """Send the request; the response, once its status is 200."""
+        body = _body(request, stream=True)
+        if "tool_choice" in body and request.model not in self._tool_choice_capable:
+            # A provider that does not take it may refuse the whole request.
+            del body["tool_choice"]
+        try:
+            # The first-token deadline also covers connecting and the headers.
+            async with asyncio.timeout_at(clock.deadline):
+                response = await stack.enter_async_context(
+                    self._client.stream(
+                        "POST",
+                        f"{self._base_url}/chat/completions",
+                        content=orjson.dumps(body),
+                        headers=self._stream_headers,
+                        timeout=self._timeout,
+                        extensions=_sent_hook(request.on_sent),
+                    )
+                )
+                if response.status_code != 200:
+                    await response.aread()
+                    raise status_error(response)
+        except TimeoutError as exc:
+            raise deadline_error("did not start answering", clock.first_wait) from exc
+        except httpx.HTTPError as exc:
+            raise request_error(exc) from exc
+        return response
+
+    def _late(self, clock: _Clock, text_seen: bool) -> ParleyError:
+        """Which content deadline passed."""
+        if clock.deadline >= clock.total_at:
+            return deadline_error("did not finish", self._total_timeout_s)
+        if text_seen:
+            return deadline_error("sent nothing more", self._idle_timeout_s)
+        return deadline_error("did not start answering", clock.first_wait)
 
     # -- one-shot ------------------------------------------------------------------
 
@@ -334,6 +326,66 @@ class OpenRouterProvider:
     async def aclose(self) -> None:
         """The httpx client belongs to the lifespan, which closes it."""
         await self.catalog.aclose()
+
+
+class _Clock:
+    """A stream's content deadlines: the first token's, then the idle gap's, never past
+    the total's (event-loop time)."""
+
+    __slots__ = ("deadline", "started", "total_at")
+
+    def __init__(self, started: float, deadline: float, total_at: float) -> None:
+        self.started = started
+        self.deadline = deadline
+        self.total_at = total_at
+
+    @classmethod
+    def start(cls, first_token_s: float, total_s: float) -> _Clock:
+        started = asyncio.get_running_loop().time()
+        total_at = started + total_s
+        return cls(started, min(started + first_token_s, total_at), total_at)
+
+    @property
+    def first_wait(self) -> float:
+        return self.deadline - self.started
+
+    def content_arrived(self, idle_s: float) -> float:
+        """Content came: the next deadline, one idle gap from now."""
+        self.deadline = min(asyncio.get_running_loop().time() + idle_s, self.total_at)
+        return self.deadline
+
+
+async def _read(batches: AsyncGenerator[list[str], None], deadline: MovingDeadline) -> list[str]:
+    """The next batch, the read timed by the content deadline."""
+    deadline.read_started()
+    try:
+        batch = await anext(batches)
+    except BaseException as exc:
+        deadline.read_finished(exc)
+        raise
+    deadline.read_finished()
+    return batch
+
+
+def _take(batch: list[str], state: _StreamState) -> tuple[list[str], bool, bool]:
+    """Feed one read's events to ``state``: their texts, whether any carried content,
+    and whether ``[DONE]`` came. Stops at an error chunk (``state.error``)."""
+    texts: list[str] = []
+    content = False
+    for data in batch:
+        if data == "[DONE]":
+            return texts, content, True
+        if text := state.feed(data):
+            texts.append(text)
+        content = content or state.content_at_last_feed
+        if state.error is not None:
+            break
+    return texts, content, False
+
+
+def _trace_generation(request: ChatRequest, state: _StreamState, known_id: str | None) -> None:
+    if request.trace is not None and state.generation_id and state.generation_id != known_id:
+        request.trace["generation_id"] = state.generation_id
 
 
 class _StreamState:

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from realtime.close_codes import CloseCode
 from realtime.envelope import Envelope
-
-SLOW_CLIENT_CLOSE_CODE = 1013  # "try again later": the client could not keep up
 
 
 @dataclass
@@ -103,7 +102,7 @@ class Connection:
             self._outbox.clear()
             self._queued_bytes = 0
             self.overflowed = True
-            self.close(SLOW_CLIENT_CLOSE_CODE, "client too slow: outbox full")
+            self.close(CloseCode.TRY_AGAIN_LATER, "client too slow: outbox full")
             self.on_overflow(self)
             return
         self._outbox.append(text)

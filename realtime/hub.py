@@ -35,7 +35,9 @@ from typing import Any
 from errors import ParleyError
 from realtime import envelope as kinds
 from realtime.bus import Bus
+from realtime.close_codes import CloseCode
 from realtime.connection import Connection, Membership, StreamCursor
+from realtime.control import ControlOp
 from realtime.envelope import Envelope, pack, unpack
 from realtime.frames import BUS_DEGRADED, BUS_RESTORED, bus_notice, encode
 from realtime.keys import Keys
@@ -98,10 +100,11 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Keyed by ``ControlOp`` (a ``str``, so an op read off the bus finds its handler).
         self.control_handlers: dict[str, ControlHandler] = {
-            "disconnect_user": self._control_disconnect_user,
-            "remove_member": self._control_remove_member,
-            "resync": self._control_resync,
+            ControlOp.DISCONNECT_USER: self._control_disconnect_user,
+            ControlOp.REMOVE_MEMBER: self._control_remove_member,
+            ControlOp.RESYNC: self._control_resync,
         }
         # Told of each stored message of a room with members here (``message`` and
         # ``stream.end`` envelopes), in seq order, whichever node stored it.
@@ -115,7 +118,9 @@ class Hub:
         await self.bus.subscribe(self._keys.control_channel())
         await self.presence.start()
 
-    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    async def close(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
         for conn in list(self.connections.values()):
             conn.close(code, reason)
         for task in list(self._tasks):
@@ -330,14 +335,19 @@ class Hub:
     ) -> None:
         """Close the user's connections on every node; with ``family``, only those
         opened with that refresh family's credentials."""
-        action = {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
+        action = {
+            "op": ControlOp.DISCONNECT_USER,
+            "user_id": user_id,
+            "code": code,
+            "reason": reason,
+        }
         if family is not None:
             action["family"] = family
         await self.send_control(action)
 
     async def revoke_membership(self, session_id: str, user_id: str) -> None:
         await self.send_control(
-            {"op": "remove_member", "session_id": session_id, "user_id": user_id}
+            {"op": ControlOp.REMOVE_MEMBER, "session_id": session_id, "user_id": user_id}
         )
 
     # Receiving ----------------------------------------------------------------------
@@ -526,7 +536,7 @@ class Hub:
                 await self._bus_back.wait()
                 owed, self._owed = self._owed, set()
                 action = {
-                    "op": "resync",
+                    "op": ControlOp.RESYNC,
                     "from": self._hub_id,
                     "sessions": None if owed is None else sorted(owed),
                 }
@@ -571,7 +581,9 @@ class Hub:
         family = action.get("family")
         for conn in list(self.connections.values()):
             if conn.user_id == action.get("user_id") and (family is None or conn.family == family):
-                conn.close(int(action.get("code", 4401)), str(action.get("reason", "")))
+                conn.close(
+                    int(action.get("code", CloseCode.TOKEN_EXPIRED)), str(action.get("reason", ""))
+                )
 
     async def _control_remove_member(self, action: dict[str, Any]) -> None:
         session_id = str(action.get("session_id"))

@@ -16,8 +16,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from errors import (
-    BadRequest,
+    HttpError,
     InternalError,
+    MethodNotAllowed,
     NotFound,
     ParleyError,
     TooLarge,
@@ -115,8 +116,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and not allowed:
         mapped = NotFound("no such endpoint")
     elif exc.status_code in (404, 405):
-        mapped = BadRequest("method not allowed on this endpoint")
-        mapped.status = 405
+        mapped = MethodNotAllowed()
         response = error_response(mapped)
         # Not an API path: the static files, which serve GET and HEAD only.
         response.headers["Allow"] = ", ".join(allowed or ["GET", "HEAD"])
@@ -124,8 +124,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 413:
         mapped = TooLarge(str(exc.detail))
     else:
-        mapped = BadRequest(str(exc.detail))
-        mapped.status = exc.status_code
+        mapped = HttpError(str(exc.detail), status=exc.status_code)
     return error_response(mapped)
 
 

@@ -14,10 +14,10 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from realtime.close_codes import CloseCode
 from server.config import Settings
 from server.logging import redact_uvicorn_logs
 
-HEARTBEAT_CLOSE_CODE = 4408
 # ASGI scope extension: ``await send_texts(list_of_str)`` sends text frames with one
 # socket write. The writer (server/ws/endpoint.py) falls back to ``websocket.send`` without it.
 SEND_TEXTS_EXTENSION = "parley.send_texts"
@@ -216,7 +216,8 @@ class _WritableFlag:
 
 
 class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, closing a silent peer with 4408 instead of 1011.
+    """uvicorn's WebSocket protocol, closing a silent peer with ``HEARTBEAT_TIMEOUT``
+    (4408) instead of 1011.
 
     uvicorn pings every ``ws_ping_interval`` and gives up after ``ws_ping_timeout``;
     with both at the heartbeat interval a peer that answers nothing for two intervals
@@ -294,7 +295,7 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pending_ping_payload = None
         if self.close_sent or self.transport.is_closing():
             return
-        self.conn.fail(HEARTBEAT_CLOSE_CODE, "no frame for two heartbeat intervals")
+        self.conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "no frame for two heartbeat intervals")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.transport.close()

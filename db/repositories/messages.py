@@ -7,12 +7,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, case, exists, insert, select, true, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ChatSession, Chunk, Message, SessionMember, Summary
 from db.one_trip import OneTripStatement
 from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
+from errors import ClientMsgIdTaken
 
 
 async def find_by_client_msg_id(
@@ -63,7 +65,7 @@ async def append_message(
     or the database write lock (SQLite) until commit, so concurrent writers into one
     session, from any node, queue here and each gets the next number. A unique
     ``client_msg_id`` collision rolls the whole transaction back, bump included, so
-    no ``seq`` is ever skipped. Callers handle that IntegrityError (see
+    no ``seq`` is ever skipped, and raises ``ClientMsgIdTaken`` (see
     ``server.services.messages``).
     """
     appended = await _append(
@@ -258,6 +260,18 @@ async def _append(
     is one statement on both back ends (see ``Database.single_statement``); an
     assistant's answer on SQLite is the bump, then the insert, in its transaction.
     """
+    try:
+        return await _append_rows(session, appends, params, values)
+    except IntegrityError as exc:
+        # The one unique key a caller can collide with: (session_id, client_msg_id).
+        if values.get("client_msg_id") is None:
+            raise
+        raise ClientMsgIdTaken(values["client_msg_id"]) from exc
+
+
+async def _append_rows(
+    session: AsyncSession, appends: _Appends, params: dict[str, Any], values: dict[str, Any]
+) -> Appended | None:
     now = utcnow()
     connection = await session.connection()
     row = {name: None for name in _INSERTED_COLUMNS} | values | {"created_at": now}

@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from db.engine import Database
 from db.repositories import messages as messages_repo
@@ -80,6 +80,17 @@ class TurnContext:
 
 def make_turn_cache(settings: Settings) -> TurnCache:
     return TurnCache(window=HISTORY_WINDOW, max_bytes=settings.context_cache_mb * 1_000_000)
+
+
+class _Fitted(NamedTuple):
+    """The history part of a context (``ContextAssembler._fit``)."""
+
+    system_prompt: str
+    summary: str | None
+    covers: int  # the summary covers the turns up to this seq
+    turns: list[dict[str, Any]]
+    costs: list[int]  # tokens of each turn, then of the question
+    has_passages: bool
 
 
 class ContextAssembler:
@@ -151,43 +162,13 @@ class ContextAssembler:
             model = self._settings.model_for(header.model)
             fallbacks = [m for m in self._settings.llm_fallback_models if m != model]
             window = await self.window_for(model)
-            budget = window - self._settings.llm_reply_reserve_tokens
-            covers = header.summary_covers_seq or 0
-            summary_text = header.summary
-            live = [m for m in recent if m.seq > covers]
-            turns = [{"role": m.role, "content": m.content} for m in live]
             asked = _turn_dict(current)
-            # Counted once here for both the fold plan and the builder: counting 400
-            # turns (cached texts) took 0.15 ms a pass in front of the request.
-            costs = [message_tokens(turn) for turn in (*turns, asked)]
-            system_prompt = header.system_prompt or DEFAULT_SYSTEM_PROMPT
-
-            summary_cap = max(64, int(budget * SUMMARY_SHARE))
-            history = [{"role": "system", "content": system_prompt}, *turns, asked]
-            folded = plan_fold(
-                history,
-                count_text(summary_text or "") if summary_text else 0,
-                int(budget * 0.6),
-                KEEP_RECENT_TURNS,
-                costs=costs,
-            )
-            has_passages = header.has_passages
-            if folded:
-                await status("summarising", None)
-                summary_text, covers = await self._fold(
-                    session_id,
-                    model,
-                    summary_text,
-                    turns[:folded],
-                    live[folded - 1].seq,
-                    summary_cap,
-                    window,
-                )
-                turns, costs = turns[folded:], costs[folded:]
-                has_passages = True  # the folded turns were just indexed
+            fitted = await self._fit(session_id, header, recent, asked, model, window, status)
             # Skipped outright for a session with no documents and nothing summarised.
             passages_text = (
-                await self._passages(session_id, question, covers, status) if has_passages else ""
+                await self._passages(session_id, question, fitted.covers, status)
+                if fitted.has_passages
+                else ""
             )
             tools = await self._tools_for(model, force_search)
             memory_items = await memory if memory is not None else await self._memory(user_id)
@@ -198,16 +179,16 @@ class ContextAssembler:
             question, force_search or (tools is None and _rule(current)), status
         )
         built = build_context(
-            system_prompt=system_prompt,
+            system_prompt=fitted.system_prompt,
             memory_items=memory_items,
-            summary=summary_text,
+            summary=fitted.summary,
             passages_text=passages_text,
             search_text=search_text,
             search_note=search_note,
-            history_turns=[*turns, asked],
+            history_turns=[*fitted.turns, asked],
             window_tokens=window,
             reply_reserve_tokens=self._settings.llm_reply_reserve_tokens,
-            history_costs=costs,
+            history_costs=fitted.costs,
         )
         return TurnContext(
             model,
@@ -219,6 +200,51 @@ class ContextAssembler:
             question,
             read_before_store=header if current.get("seq") is None else None,
         )
+
+    async def _fit(
+        self,
+        session_id: uuid.UUID,
+        header: TurnHeader,
+        recent: list[Turn],
+        asked: dict[str, Any],
+        model: str,
+        window: int,
+        status: Status,
+    ) -> _Fitted:
+        """The history as the model is given it: when it takes more than its share of
+        the window, its oldest turns are folded into the summary (announced as
+        ``summarising``) and leave the turns."""
+        budget = window - self._settings.llm_reply_reserve_tokens
+        covers = header.summary_covers_seq or 0
+        summary_text = header.summary
+        live = [m for m in recent if m.seq > covers]
+        turns = [{"role": m.role, "content": m.content} for m in live]
+        # Counted once here for both the fold plan and the builder: counting 400
+        # turns (cached texts) took 0.15 ms a pass in front of the request.
+        costs = [message_tokens(turn) for turn in (*turns, asked)]
+        system_prompt = header.system_prompt or DEFAULT_SYSTEM_PROMPT
+        history = [{"role": "system", "content": system_prompt}, *turns, asked]
+        folded = plan_fold(
+            history,
+            count_text(summary_text or "") if summary_text else 0,
+            int(budget * 0.6),
+            KEEP_RECENT_TURNS,
+            costs=costs,
+        )
+        if not folded:
+            return _Fitted(system_prompt, summary_text, covers, turns, costs, header.has_passages)
+        await status("summarising", None)
+        summary_text, covers = await self._fold(
+            session_id,
+            model,
+            summary_text,
+            turns[:folded],
+            live[folded - 1].seq,
+            max(64, int(budget * SUMMARY_SHARE)),
+            window,
+        )
+        # has_passages: the folded turns were just indexed.
+        return _Fitted(system_prompt, summary_text, covers, turns[folded:], costs[folded:], True)
 
     async def _history(
         self,

@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any
 
 from db.engine import Database
-from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
 from errors import InternalError, NotFound, ParleyError, Unavailable
 from llm.provider import (
@@ -35,16 +34,22 @@ from llm.provider import (
 )
 from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
+from realtime.control import ControlOp
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.assistant.context import ContextAssembler, TurnContext
-from server.assistant.late_answers import STORED_LATER, LateAnswer, LateAnswers
+from server.assistant.late_answers import (
+    STORED_LATER,
+    LateAnswer,
+    LateAnswers,
+    Written,
+    write_answer,
+)
 from server.assistant.turn_cache import turn_of
 from server.config import Settings
 from server.metrics import Metrics
 from server.services.accounts import Principal
 from server.services.memory import MemoryService
-from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.assistant")
 
@@ -99,6 +104,26 @@ class _Result:
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _end_frame(
+    generation: Generation, result: _Result, answer: LateAnswer, stored: dict[str, Any] | None
+) -> dict[str, Any]:
+    end: dict[str, Any] = {
+        "type": "stream.end",
+        "session_id": generation.session_id,
+        "stream_id": generation.stream_id,
+        "finish_reason": result.outcome,
+        "model": answer.model,
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+        },
+        "message": stored,
+    }
+    if result.error is not None:
+        end["error"] = {"code": result.error.code, "message": result.error.message}
+    return end
+
+
 class Assistant:
     def __init__(
         self,
@@ -123,7 +148,7 @@ class Assistant:
         self.late_answers = LateAnswers(
             database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
         )
-        hub.control_handlers["cancel_stream"] = self._on_cancel_control
+        hub.control_handlers[ControlOp.CANCEL_STREAM] = self._on_cancel_control
 
     # AssistantTrigger ------------------------------------------------------------------
 
@@ -171,7 +196,12 @@ class Assistant:
             if stream_id not in {sid for sid, _ in running}:
                 raise NotFound("no such running stream in this session")
         await self._hub.send_control(
-            {"op": "cancel_stream", "stream_id": stream_id, "session_id": session_id, "by": by_user}
+            {
+                "op": ControlOp.CANCEL_STREAM,
+                "stream_id": stream_id,
+                "session_id": session_id,
+                "by": by_user,
+            }
         )
 
     def _on_cancel_control(self, action: dict[str, Any]) -> None:
@@ -221,9 +251,7 @@ class Assistant:
                 stopped = generation.draining or generation.taken_over
                 result.outcome = "error" if stopped else "cancelled"
                 if generation.draining:
-                    error = ParleyError("the server restarted before the answer finished")
-                    error.code = "unavailable"
-                    result.error = error
+                    result.error = Unavailable("the server restarted before the answer finished")
             except ParleyError as exc:
                 result.outcome, result.error = "error", exc
             except Exception:
@@ -330,10 +358,52 @@ class Assistant:
         Both writes come before ``stream.end``, so a client that saw the end finds the
         message in history and the generation in the usage record.
         """
-        text = publisher.text
         finish = result.finish
         answered_by = finish.model if finish is not None else result.model_asked
+        text = publisher.text
         usage = (finish.usage if finish else None) or estimate_usage(result.messages, text)
+        ended_elsewhere = not await self._settle_stream(generation, publisher, result)
+        if ended_elsewhere:
+            text = ""  # the node that ended it stored its text
+        duration = time.perf_counter() - result.started
+        ttft = result.first_token_at - result.started if result.first_token_at is not None else None
+        answer = LateAnswer(
+            session_id=uuid.UUID(generation.session_id),
+            user_id=uuid.UUID(generation.user_id),
+            reply_to=uuid.UUID(generation.reply_to["id"]),
+            text=text,
+            status={"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome),
+            model=answered_by,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            ttft_ms=round(ttft * 1000) if ttft is not None else None,
+            duration_ms=round(duration * 1000),
+            outcome=result.outcome,
+        )
+        written = await self._write(generation, answer, result)
+        stored = written.message if written is not None else None
+        if written is not None and stored is not None:
+            # Committed: only now may this node's copy of the history hold it.
+            self._context.turns.appended(
+                answer.session_id, turn_of(stored), written.history_revision, None
+            )
+            self._metrics.messages_stored.labels("assistant").inc()
+        if not ended_elsewhere:
+            end = _end_frame(generation, result, answer, stored)
+            await publisher.end(end, written.seq if written is not None else None)
+        self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
+        reported = finish is not None and finish.usage is not None
+        generation_id = generation.trace.get("generation_id")
+        if not reported and written is not None and generation_id:
+            self._recover_usage_later(written.usage_event_id, str(generation_id))
+        if stored is not None and result.outcome in ("stop", "length"):
+            self._learn_later(generation, stored)
+
+    async def _settle_stream(
+        self, generation: Generation, publisher: StreamPublisher, result: _Result
+    ) -> bool:
+        """Get every delta out and settle the stream in its log; False when another node
+        ended it (and then this one stores nothing and sends no ``stream.end``)."""
         if generation.announcements is not None:
             await generation.announcements.settled()
         if not publisher.started:
@@ -345,103 +415,38 @@ class Assistant:
         # After the start: opening a stream's log starts it afresh. Only losing the
         # settle means another node ended the stream: then, and only then, this node
         # sends no stream.end (it must not send two, and must never send none).
-        ended_elsewhere = not await self._settle(generation.stream_id)
-        if ended_elsewhere:
-            # This node was taken for dead (a pause longer than the node TTL) and
-            # another one ended the stream and stored its text: storing it again would
-            # answer the question twice. What the upstream was paid for is recorded.
-            log.warning("stream %s was ended by another node", generation.stream_id)
-            generation.taken_over, result.outcome, text = True, "error", ""
-            await publisher.stop()
-        stored: dict[str, Any] | None = None
-        seq: int | None = None
-        revision = 0
-        session_uuid = uuid.UUID(generation.session_id)
-        duration = time.perf_counter() - result.started
-        ttft = result.first_token_at - result.started if result.first_token_at is not None else None
-        status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
-        event_id: uuid.UUID | None = None
+        if await self._settle(generation.stream_id):
+            return True
+        # This node was taken for dead (a pause longer than the node TTL) and another
+        # one ended the stream and stored its text: storing it again would answer the
+        # question twice. What the upstream was paid for is recorded.
+        log.warning("stream %s was ended by another node", generation.stream_id)
+        generation.taken_over, result.outcome = True, "error"
+        await publisher.stop()
+        return False
+
+    async def _write(
+        self, generation: Generation, answer: LateAnswer, result: _Result
+    ) -> Written | None:
+        """Store the answer and its usage event; None when that failed, the failure
+        then in ``result`` (and the answer kept to be stored later, if the database was
+        out of reach)."""
         try:
-            async with self._db.transaction() as session:
-                if text:
-                    message = await messages_repo.append_answer(
-                        session,
-                        session_id=session_uuid,
-                        content=text,
-                        status=status,
-                        model=answered_by,
-                        reply_to=uuid.UUID(generation.reply_to["id"]),
-                    )
-                    stored, seq = message_to_wire(message.message), message.message.seq
-                    revision = message.history_revision
-                event = await usage_repo.record_usage(
-                    session,
-                    user_id=uuid.UUID(generation.user_id),
-                    session_id=session_uuid,
-                    message_id=uuid.UUID(stored["id"]) if stored else None,
-                    model=answered_by,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
-                    duration_ms=round(duration * 1000),
-                    outcome=result.outcome,
-                )
-                event_id = event.id
+            return await write_answer(self._db, answer)
         except Unavailable as exc:
             # The room must not wait on the database: the stream ends now, with the
             # error, and the answer is stored (and sent as a message) once it is back.
-            stored, seq = None, None
-            self.late_answers.keep(
-                LateAnswer(
-                    session_id=session_uuid,
-                    user_id=uuid.UUID(generation.user_id),
-                    reply_to=uuid.UUID(generation.reply_to["id"]),
-                    text=text,
-                    status=status,
-                    model=answered_by,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    ttft_ms=round(ttft * 1000) if ttft is not None else None,
-                    duration_ms=round(duration * 1000),
-                    outcome=result.outcome,
-                )
-            )
-            if text:
+            self.late_answers.keep(answer)
+            if answer.text:
                 result.error = Unavailable(STORED_LATER, retry_after=exc.retry_after)
             elif result.error is None:
                 result.error = exc  # only the usage event waits: nothing will follow
-            result.outcome = "error"
         except Exception:
             # Not an outage: storing it again would fail again. The stream still ends.
             log.exception("storing the answer of stream %s failed", generation.stream_id)
-            stored, seq = None, None
-            result.outcome, result.error = "error", InternalError("the answer could not be stored")
-        if stored is not None:
-            # Committed: only now may this node's copy of the history hold it.
-            self._context.turns.appended(session_uuid, turn_of(stored), revision, None)
-            self._metrics.messages_stored.labels("assistant").inc()
-        end: dict[str, Any] = {
-            "type": "stream.end",
-            "session_id": generation.session_id,
-            "stream_id": generation.stream_id,
-            "finish_reason": result.outcome,
-            "model": answered_by,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-            },
-            "message": stored,
-        }
-        if result.error is not None:
-            end["error"] = {"code": result.error.code, "message": result.error.message}
-        if not ended_elsewhere:
-            await publisher.end(end, seq)
-        self._record_metrics(answered_by, result.outcome, usage, ttft, duration, result.error)
-        reported = finish is not None and finish.usage is not None
-        if not reported and event_id is not None and generation.trace.get("generation_id"):
-            self._recover_usage_later(event_id, str(generation.trace["generation_id"]))
-        if stored is not None and result.outcome in ("stop", "length"):
-            self._learn_later(generation, stored)
+            result.error = InternalError("the answer could not be stored")
+        result.outcome = "error"
+        return None
 
     def _taken_over(self, generation: Generation) -> None:
         """The stream log says another node ended this stream: stop asking the model."""

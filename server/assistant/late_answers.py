@@ -19,7 +19,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from db.engine import Database
 from db.repositories import messages as messages_repo
@@ -42,8 +42,8 @@ STORED_LATER = (
 
 @dataclass(eq=False)
 class LateAnswer:
-    """Everything the generation would have written: the answer (if any text) and
-    its usage event."""
+    """Everything a generation writes: the answer (if any text) and its usage event;
+    kept as it is when the database is out of reach."""
 
     session_id: uuid.UUID
     user_id: uuid.UUID
@@ -56,6 +56,58 @@ class LateAnswer:
     ttft_ms: int | None
     duration_ms: int
     outcome: str
+
+
+class Written(NamedTuple):
+    """What ``write_answer`` stored."""
+
+    message: dict[str, Any] | None  # the answer as the wire shows it; None without text
+    seq: int | None
+    history_revision: int
+    usage_event_id: uuid.UUID
+
+
+async def write_answer(
+    database: Database, answer: LateAnswer, *, once: bool = False
+) -> Written | None:
+    """Store the answer (if it has text) and its usage event, in one transaction: the
+    generation does at once, ``LateAnswers`` once the database is back. With ``once``,
+    nothing (None) if the answer is stored already."""
+    async with database.transaction() as session:
+        if once and await messages_repo.find_answer(session, answer.session_id, answer.reply_to):
+            return None
+        written = await _write(session, answer)
+    return written
+
+
+async def _write(session: Any, answer: LateAnswer) -> Written:  # session: db's AsyncSession
+    stored: dict[str, Any] | None = None
+    seq: int | None = None
+    revision = 0
+    if answer.text:
+        appended = await messages_repo.append_answer(
+            session,
+            session_id=answer.session_id,
+            content=answer.text,
+            status=answer.status,
+            model=answer.model,
+            reply_to=answer.reply_to,
+        )
+        stored, seq = message_to_wire(appended.message), appended.message.seq
+        revision = appended.history_revision
+    event = await usage_repo.record_usage(
+        session,
+        user_id=answer.user_id,
+        session_id=answer.session_id,
+        message_id=uuid.UUID(stored["id"]) if stored else None,
+        model=answer.model,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        ttft_ms=answer.ttft_ms,
+        duration_ms=answer.duration_ms,
+        outcome=answer.outcome,
+    )
+    return Written(stored, seq, revision, event.id)
 
 
 class LateAnswers:
@@ -117,37 +169,12 @@ class LateAnswers:
             return
 
     async def _store(self, answer: LateAnswer) -> None:
-        stored: dict[str, Any] | None = None
-        revision = 0
-        async with self._db.transaction() as session:
-            # A try that timed out may have committed all the same: never store twice.
-            if await messages_repo.find_answer(session, answer.session_id, answer.reply_to):
-                return
-            if answer.text:
-                appended = await messages_repo.append_answer(
-                    session,
-                    session_id=answer.session_id,
-                    content=answer.text,
-                    status=answer.status,
-                    model=answer.model,
-                    reply_to=answer.reply_to,
-                )
-                stored, revision = message_to_wire(appended.message), appended.history_revision
-            await usage_repo.record_usage(
-                session,
-                user_id=answer.user_id,
-                session_id=answer.session_id,
-                message_id=uuid.UUID(stored["id"]) if stored else None,
-                model=answer.model,
-                prompt_tokens=answer.prompt_tokens,
-                completion_tokens=answer.completion_tokens,
-                ttft_ms=answer.ttft_ms,
-                duration_ms=answer.duration_ms,
-                outcome=answer.outcome,
-            )
-        if stored is None:
+        # A try that timed out may have committed all the same: never store twice.
+        written = await write_answer(self._db, answer, once=True)
+        stored = written.message if written is not None else None
+        if written is None or stored is None:
             return
         log.info("stored the answer to %s once the database was back", answer.reply_to)
-        self._turns.appended(answer.session_id, turn_of(stored), revision, None)
+        self._turns.appended(answer.session_id, turn_of(stored), written.history_revision, None)
         self._metrics.messages_stored.labels("assistant").inc()
         await self._hub.publish_message(str(answer.session_id), stored)

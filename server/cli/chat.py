@@ -40,11 +40,11 @@ from errors import (
     ParleyError,
     Unauthorized,
 )
+from realtime.close_codes import DO_NOT_RECONNECT, CloseCode
 from server.cli.chat_rest import Rest
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 15.0
-FATAL_CLOSE_CODES = {4403, 4429}
 EOF_DRAIN_TIMEOUT_S = 300.0
 
 
@@ -133,9 +133,9 @@ class ChatClient:
                 self.term.notice(f"handshake refused (HTTP {exc.response.status_code})")
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else None
-                if code in FATAL_CLOSE_CODES:
+                if code in DO_NOT_RECONNECT:
                     raise Forbidden(f"the server closed the connection ({code})") from exc
-                if code == 4401 and await self._refresh():
+                if code == CloseCode.TOKEN_EXPIRED and await self._refresh():
                     continue
                 if not self.quit.is_set():
                     self.term.notice(f"connection lost ({code or 'no close frame'})")

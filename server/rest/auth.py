@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from errors import BadRequest
+from realtime.close_codes import CloseCode
 from server.container import container_of
 from server.rest.http import JSONResponse, client_ip, ok, read_body
 from server.rest.schemas import LoginBody, RefreshBody, RegisterBody, UserPatchBody
@@ -67,7 +68,9 @@ async def logout_all(request: Request) -> Response:
     container = container_of(request)
     principal = await container.authenticate(request)
     await container.accounts.logout_all(principal.user_id)
-    await container.hub.disconnect_user(str(principal.user_id), 4401, "logged out everywhere")
+    await container.hub.disconnect_user(
+        str(principal.user_id), CloseCode.TOKEN_EXPIRED, "logged out everywhere"
+    )
     return _clear_cookies(ok({"logged_out": True}))
 
 
@@ -85,7 +88,7 @@ async def patch_user(request: Request) -> Response:
     body = await read_body(request, UserPatchBody)
     result = await container.accounts.set_disabled(principal, user_id, body.disabled)
     if body.disabled:
-        await container.hub.disconnect_user(str(user_id), 4403, "account disabled")
+        await container.hub.disconnect_user(str(user_id), CloseCode.FORBIDDEN, "account disabled")
     return ok(result)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from realtime.close_codes import CloseCode
+from realtime.control import ControlOp
 from realtime.hub import Hub
 from server.security.callers import CallerCache
-
-CALLER_CHANGED = "caller_changed"
 
 
 class HubFanout:
@@ -37,14 +37,14 @@ class CallerNotices:
     def __init__(self, hub: Hub, callers: CallerCache) -> None:
         self._hub = hub
         self._callers = callers
-        hub.control_handlers[CALLER_CHANGED] = self._on_notice
+        hub.control_handlers[ControlOp.CALLER_CHANGED] = self._on_notice
 
     async def caller_changed(self, user_id: uuid.UUID) -> None:
-        await self._hub.send_control({"op": CALLER_CHANGED, "user_id": str(user_id)})
+        await self._hub.send_control({"op": ControlOp.CALLER_CHANGED, "user_id": str(user_id)})
 
     async def family_revoked(self, user_id: uuid.UUID, family_id: uuid.UUID) -> None:
         await self._hub.disconnect_user(
-            str(user_id), 4401, "session revoked", family=str(family_id)
+            str(user_id), CloseCode.TOKEN_EXPIRED, "session revoked", family=str(family_id)
         )
 
     def _on_notice(self, action: dict[str, Any]) -> None:

@@ -12,12 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sqlalchemy.exc import IntegrityError
-
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
-from errors import BadRequest, Conflict, NotFound
+from errors import BadRequest, ClientMsgIdTaken, Conflict, NotFound
 from server.assistant.turn_cache import TurnCache, turn_of
 from server.services.accounts import Principal
 from server.services.wire import message_to_wire
@@ -252,9 +250,8 @@ class MessageService:
                     raise Conflict("the session is closed; restore it to write again")
                 wire = message_to_wire(appended.message)
                 return wire, True, appended.session_model, appended.history_revision
-        except IntegrityError:
-            if client_msg_id is None:
-                raise
+        except ClientMsgIdTaken:
+            assert client_msg_id is not None
             # A retry: this client_msg_id is stored already (perhaps by a racing copy).
             async with self._db.transaction() as session:
                 existing = await messages_repo.find_by_client_msg_id(

@@ -4,7 +4,7 @@
 // - Reconnects on its own with jittered exponential backoff (0.5 s doubling to 15 s,
 //   each wait drawn between half and all of it, so a restarted server is not hit by
 //   every page at the same instant). The backoff resets once a welcome arrives.
-// - Close 4401 (token expired or revoked) refreshes the cookies, then reconnects. A
+// - Close TOKEN_EXPIRED (4401: token expired or revoked) refreshes the cookies, then reconnects. A
 //   handshake refused with HTTP 401 looks like close 1006 to a page, so a connection
 //   that closes before its welcome also tries a refresh before the next attempt.
 // - request() sends a frame with an id and resolves with the reply carrying that id
@@ -13,11 +13,11 @@
 // (detail: every server frame), "unauthorized" (the refresh failed: log in again).
 
 import { refreshSession } from "./api.js";
+import { CloseCode, DO_NOT_RECONNECT } from "./close_codes.js";
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
 const REQUEST_TIMEOUT_MS = 15000;
-const GIVE_UP_CODES = new Set([4403, 4429]);
 
 export class SocketError extends Error {
   constructor(code, message, retryAfter = null) {
@@ -50,7 +50,7 @@ export class ParleySocket extends EventTarget {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000, "bye");
+    if (this.ws) this.ws.close(CloseCode.NORMAL, "bye");
     this.ws = null;
     this.setState("offline");
   }
@@ -102,15 +102,15 @@ export class ParleySocket extends EventTarget {
     this.welcome = null;
     this.failPending(new SocketError("unavailable", "the connection closed"));
     this.setState("offline");
-    if (this.stopped || GIVE_UP_CODES.has(event.code)) return;
-    if (event.code === 4401 || !welcomed) {
+    if (this.stopped || DO_NOT_RECONNECT.has(event.code)) return;
+    if (event.code === CloseCode.TOKEN_EXPIRED || !welcomed) {
       const refreshed = await refreshSession();
-      if (!refreshed && event.code === 4401) {
+      if (!refreshed && event.code === CloseCode.TOKEN_EXPIRED) {
         this.stopped = true;
         this.dispatchEvent(new Event("unauthorized"));
         return;
       }
-      if (event.code === 4401) {
+      if (event.code === CloseCode.TOKEN_EXPIRED) {
         this.open();
         return;
       }

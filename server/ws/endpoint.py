@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from errors import Forbidden, ParleyError, RateLimited, Unauthorized
+from realtime.close_codes import CloseCode
 from realtime.connection import Connection
 from realtime.frames import encode, welcome
 from realtime.hub import Hub
@@ -34,7 +35,7 @@ from server.rest.http import error_response
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
 from server.serving import CLOSE_NOW_EXTENSION, SEND_TEXTS_EXTENSION, WAIT_WRITABLE_EXTENSION
-from server.ws.handler import TOKEN_EXPIRED_CLOSE_CODE, ConnectionHandler
+from server.ws.handler import ConnectionHandler
 
 log = logging.getLogger("parley.ws")
 
@@ -225,7 +226,7 @@ class _Lifecycle:
 
     def overflowed(self, conn: Connection) -> None:
         self._container.metrics.slow_clients_dropped.inc()
-        # The writer waits for the peer to read; the 1013 goes out now, behind what
+        # The writer waits for the peer to read; the ``TRY_AGAIN_LATER`` goes out now, behind what
         # the transport holds (a bounded amount), not behind the dropped backlog.
         if self.close_now is not None and conn.closing is not None:
             self.close_now(*conn.closing)
@@ -246,7 +247,8 @@ class _Lifecycle:
 
 
 class _ExpiryTimers:
-    """Closes connections with 4401 when their access token expires and no ``refresh`` came.
+    """Closes connections with ``TOKEN_EXPIRED`` (4401) when their access token expires
+    and no ``refresh`` came.
 
     One loop timer for all the connections of an event loop, over a heap of
     ``[due, seq, conn]`` entries (~150 bytes each): a loop timer per connection costs
@@ -282,7 +284,7 @@ class _ExpiryTimers:
             return False
         remaining = (conn.expires_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
-            conn.close(TOKEN_EXPIRED_CLOSE_CODE, "access token expired")
+            conn.close(CloseCode.TOKEN_EXPIRED, "access token expired")
             return False
         entry[0] = now + min(remaining, EXPIRY_RECHECK_S)
         heapq.heappush(self._heap, entry)

@@ -19,6 +19,7 @@ from errors import (
     RateLimited,
     Unauthorized,
 )
+from realtime.close_codes import CloseCode
 from realtime.connection import Connection
 from realtime.frames import ClientFrame, FrameError, encode, error_frame, parse_client_frame
 from realtime.hub import Hub
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from server.container import Container
 
 log = logging.getLogger("parley.ws")
-
-ABUSE_CLOSE_CODE = 4429
-TOKEN_EXPIRED_CLOSE_CODE = 4401
 
 FrameMethod = Callable[[ClientFrame], Awaitable[dict[str, Any] | None]]
 
@@ -184,7 +182,7 @@ class ConnectionHandler:
     def _strike(self) -> None:
         self.conn.strikes += 1
         if self.conn.strikes >= self.container.settings.abuse_strikes_before_close:
-            self.conn.close(ABUSE_CLOSE_CODE, "closed for repeated abuse")
+            self.conn.close(CloseCode.ABUSE, "closed for repeated abuse")
 
     # Frames ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from db.models import Message
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
-from errors import Conflict, NotFound
+from errors import ClientMsgIdTaken, Conflict, NotFound
 from server.services.accounts import Principal
 from server.services.messages import MessageService
 
@@ -119,6 +119,24 @@ async def test_a_repeated_client_msg_id_takes_no_seq(posting: Any) -> None:
 
     assert again.created is False and again.message["seq"] == first.message["seq"] == 1
     assert second.message["seq"] == 2
+
+
+async def test_a_taken_client_msg_id_is_told_in_parleys_words(posting: Any) -> None:
+    # The repository converts the database's unique violation; no SQLAlchemy error
+    # reaches the service.
+    database, service, _, principal, session_id = posting
+    await service.post(principal, session_id, content="a", client_msg_id="k")
+
+    with pytest.raises(ClientMsgIdTaken):
+        async with database.single_statement() as db:
+            await messages_repo.append_member_message(
+                db,
+                session_id=session_id,
+                user_id=principal.user_id,
+                content="a",
+                client_msg_id="k",
+                message_id=uuid.uuid4(),
+            )
 
 
 async def test_a_members_message_is_stored_by_one_statement(posting: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from errors import Unavailable
 from llm.provider import ChatRequest, StreamFinished, TextDelta
 from llm.resilience import ResilientProvider
+from tests.fakes.clock import FakeClock
 from tests.fakes.openrouter import (
     Cut,
     FakeOpenRouter,
@@ -31,14 +32,6 @@ BACKUP = "anthropic/claude-3.5-sonnet"
 REQUEST = ChatRequest(PRIMARY, [{"role": "user", "content": "Hello"}])
 # Far beyond any deadline these tests set: the call must end long before it.
 NEVER_S = 20
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def resilient(

@@ -12,6 +12,7 @@ from llm.offline import OfflineProvider
 from llm.openrouter import OpenRouterProvider
 from llm.provider import ChatRequest, NoFreeConnection, StreamFinished, TextDelta
 from llm.resilience import ResilientProvider
+from tests.fakes.clock import FakeClock
 from tests.fakes.openrouter import FakeOpenRouter, HttpError, MidStreamError, Stream
 from tests.llm.conftest import MakeProvider
 
@@ -20,7 +21,9 @@ BACKUP = "anthropic/claude-3.5-sonnet"
 REQUEST = ChatRequest(PRIMARY, [{"role": "user", "content": "Hello"}])
 
 
-def resilient(make_provider: MakeProvider, **options: float) -> ResilientProvider:
+def resilient(
+    make_provider: MakeProvider, clock: FakeClock | None = None, **options: float
+) -> ResilientProvider:
     settings: dict[str, float] = {
         "max_retries": 2,
         "breaker_fail_max": 3,
@@ -29,6 +32,8 @@ def resilient(make_provider: MakeProvider, **options: float) -> ResilientProvide
         "backoff_max_s": 0.01,
     }
     settings.update(options)
+    if clock is not None:
+        return ResilientProvider(make_provider(), [BACKUP], clock=clock, **settings)  # type: ignore[arg-type]
     return ResilientProvider(make_provider(), [BACKUP], **settings)  # type: ignore[arg-type]
 
 
@@ -146,18 +151,19 @@ async def test_after_the_reset_time_one_trial_call_closes_the_breaker(
 ) -> None:
     changes: list[tuple[str, str]] = []
     fake_openrouter.default = HttpError(503)
+    clock = FakeClock()
     provider = ResilientProvider(
         make_provider(),
         max_retries=0,
         breaker_fail_max=1,
         breaker_reset_s=0.2,
         on_breaker_change=lambda name, state: changes.append((name, state)),
+        clock=clock,
     )
     with pytest.raises(Unavailable):
         await collect(provider)
     assert provider.breaker_states()["openrouter"] == "open"
-    remaining = provider.breakers["openrouter"].remaining_s()
-    await asyncio.sleep(remaining + 0.01)  # the breaker's clock is wall time: wait it out
+    clock.advance(provider.breakers["openrouter"].remaining_s() + 0.01)
     fake_openrouter.default = Stream(["back"])
     events = await collect(provider)
     assert events[0] == TextDelta("back")
@@ -169,10 +175,13 @@ async def test_a_failed_trial_reopens_the_breaker(
     fake_openrouter: FakeOpenRouter, make_provider: MakeProvider
 ) -> None:
     fake_openrouter.default = HttpError(503)
-    provider = resilient(make_provider, max_retries=0, breaker_fail_max=1, breaker_reset_s=0.2)
+    clock = FakeClock()
+    provider = resilient(
+        make_provider, clock, max_retries=0, breaker_fail_max=1, breaker_reset_s=0.2
+    )
     with pytest.raises(Unavailable):
         await collect(provider)
-    await asyncio.sleep(provider.breakers["openrouter"].remaining_s() + 0.01)
+    clock.advance(provider.breakers["openrouter"].remaining_s() + 0.01)
     with pytest.raises(Unavailable):
         await collect(provider)
     assert provider.breaker_states()["openrouter"] == "open"

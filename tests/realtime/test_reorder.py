@@ -112,3 +112,44 @@ def test_lost_messages_recovered_by_fill_leave_nothing_behind(seed: int) -> None
         released += reorderer.fill((seq, f"m{seq}") for seq in range(first, last + 1))
     released += reorderer.fill((seq, f"m{seq}") for seq in sorted(lost) if seq > reorderer.last_seq)
     assert released == [f"m{seq}" for seq in seqs]
+
+
+@pytest.mark.parametrize(
+    ("last_seq", "arrivals", "released", "missing"),
+    [
+        pytest.param(0, [1, 2, 3], [1, 2, 3], None, id="in order"),
+        pytest.param(0, [3, 1, 2], [1, 2, 3], None, id="one late"),
+        pytest.param(0, [2, 3], [], (1, 1), id="the first missing"),
+        pytest.param(0, [1, 3, 5], [1], (2, 2), id="two gaps, the first named"),
+        pytest.param(0, [5, 4, 3, 2, 1], [1, 2, 3, 4, 5], None, id="reversed"),
+        pytest.param(7, [8, 8, 7, 6], [8], None, id="duplicates and old ones dropped"),
+        pytest.param(7, [10, 9], [], (8, 8), id="after a join's last_seq"),
+    ],
+)
+def test_what_is_released_for_each_arrival_order(
+    last_seq: int, arrivals: list[int], released: list[int], missing: tuple[int, int] | None
+) -> None:
+    reorderer: SeqReorderer[str] = SeqReorderer(last_seq=last_seq)
+
+    assert deliver(reorderer, arrivals) == [f"m{seq}" for seq in released]
+    assert reorderer.missing() == missing
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "skip_to", "released", "last_seq"),
+    [
+        pytest.param([3, 4], 2, ["m3", "m4"], 4, id="skipping the gap releases what waited"),
+        pytest.param([3, 6], 2, ["m3"], 3, id="up to the next gap"),
+        pytest.param([3, 6], 4, [], 4, id="past a held one drops it"),
+        pytest.param([], 5, [], 5, id="nothing held"),
+        pytest.param([3], 0, [], 0, id="behind last_seq: nothing"),
+    ],
+)
+def test_skipping_a_gap(
+    arrivals: list[int], skip_to: int, released: list[str], last_seq: int
+) -> None:
+    reorderer: SeqReorderer[str] = SeqReorderer(last_seq=0)
+    deliver(reorderer, arrivals)
+
+    assert reorderer.skip_to(skip_to) == released
+    assert reorderer.last_seq == last_seq

@@ -67,6 +67,7 @@ def _token(user_id: str, **changes: Any) -> str:
     return jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256")
 
 
+@pytest.mark.storage_free
 @pytest.mark.parametrize(
     "changes",
     [
@@ -90,6 +91,7 @@ async def test_a_signed_token_with_time_claims_out_of_range_is_unauthorized(
     assert response.json()["error"]["code"] == "unauthorized"
 
 
+@pytest.mark.storage_free
 async def test_an_unexpected_failure_answers_500_with_the_request_id(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +118,7 @@ async def test_an_unexpected_failure_answers_500_with_the_request_id(
     assert "Content-Security-Policy" in response.headers
 
 
+@pytest.mark.storage_free
 async def test_a_405_names_the_allowed_methods(client: httpx.AsyncClient) -> None:
     user = await register_user(client)
     session_id = await create_session(client, user)
@@ -127,6 +130,7 @@ async def test_a_405_names_the_allowed_methods(client: httpx.AsyncClient) -> Non
     assert response.json()["error"]["request_id"] == response.headers["X-Request-ID"]
 
 
+@pytest.mark.storage_free
 async def test_a_get_of_a_post_only_path_is_a_405_not_the_static_files_404(
     client: httpx.AsyncClient,
 ) -> None:

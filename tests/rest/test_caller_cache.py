@@ -16,6 +16,7 @@ from server.app import create_app
 from server.config import Settings
 from server.security.callers import CallerCache
 from tests.conftest import TestUser, make_settings, register_user
+from tests.fakes.clock import FakeClock
 
 LONG_TTL_S = 3600.0
 
@@ -170,14 +171,6 @@ async def test_a_zero_ttl_reads_the_database_on_every_request(database_url: str)
 
 def _caller(name: str = "Ada") -> users_repo.Caller:
     return users_repo.Caller(name=name, role="user", disabled=False, revoked_before=None)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_an_entry_expires_after_the_ttl() -> None:

@@ -8,6 +8,9 @@ import pytest
 from tests.conftest import create_session, register_user
 from tests.rest.conftest import AppClient
 
+# Input checks, headers and routing: the database makes no difference.
+pytestmark = pytest.mark.storage_free
+
 
 async def _post_raw(client: httpx.AsyncClient, path: str, raw: bytes) -> httpx.Response:
     return await client.post(path, content=raw, headers={"Content-Type": "application/json"})

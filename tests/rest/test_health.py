@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 
 import httpx
+import pytest
 
 from server.app import create_app
 from tests.conftest import make_settings
 
 
+@pytest.mark.storage_free
 async def test_healthz_answers_ok(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
 
@@ -52,6 +54,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     assert alive.status_code == 200
 
 
+@pytest.mark.storage_free
 async def test_metrics_are_prometheus_text_counting_requests(client: httpx.AsyncClient) -> None:
     await client.get("/healthz")
 

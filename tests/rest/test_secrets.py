@@ -52,6 +52,7 @@ async def _refusal(url: str, **kwargs: object) -> tuple[int, dict[str, Any]]:
     return response.status_code, orjson.loads(response.body or b"{}")
 
 
+@pytest.mark.storage_free
 async def test_the_access_log_never_holds_a_ticket_or_token(
     live_server: LiveServer, live_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -73,6 +74,7 @@ async def test_the_access_log_never_holds_a_ticket_or_token(
     assert "x=1" in logged  # other parameters are kept
 
 
+@pytest.mark.storage_free
 async def test_refused_handshakes_do_not_say_why_the_token_failed(
     live_server: LiveServer, live_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -105,6 +107,7 @@ async def test_refused_handshakes_do_not_say_why_the_token_failed(
         assert token not in logged
 
 
+@pytest.mark.storage_free
 async def test_metrics_are_public_by_default(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
 
@@ -112,6 +115,7 @@ async def test_metrics_are_public_by_default(client: httpx.AsyncClient) -> None:
     assert "parley_http_requests" in response.text
 
 
+@pytest.mark.storage_free
 async def test_metrics_token_guards_the_metrics(client_with: AppClient) -> None:
     async with client_with(metrics_token="scrape-" + "s" * 30) as client:
         anonymous = await client.get("/metrics")
@@ -125,6 +129,7 @@ async def test_metrics_token_guards_the_metrics(client_with: AppClient) -> None:
     assert "parley_http_requests" in right.text
 
 
+@pytest.mark.storage_free
 async def test_the_page_may_connect_only_to_its_own_origin(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
 

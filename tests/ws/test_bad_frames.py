@@ -50,6 +50,7 @@ async def assert_still_open(client: WSClient) -> None:
     assert pong["type"] == "pong"
 
 
+@pytest.mark.storage_free
 @pytest.mark.parametrize(
     "raw",
     ["{not json", "[1, 2, 3]", '"a string"', "42", "null", ""],
@@ -66,6 +67,7 @@ async def test_text_that_is_not_a_json_object_gets_bad_request_and_the_connectio
     await assert_still_open(client)
 
 
+@pytest.mark.storage_free
 async def test_a_binary_frame_gets_bad_request_and_the_connection_stays(
     member: tuple[WSClient, str],
 ) -> None:
@@ -96,6 +98,7 @@ def frames(session_id: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+@pytest.mark.storage_free
 async def test_frames_with_unknown_types_or_wrong_fields_get_an_error_with_their_id(
     member: tuple[WSClient, str],
 ) -> None:
@@ -125,6 +128,7 @@ async def test_content_too_long_or_empty_gets_an_error_and_stores_nothing(
     assert fits["message"]["seq"] == 1
 
 
+@pytest.mark.storage_free
 async def test_an_id_that_is_not_a_short_string_is_refused_without_echoing_it(
     member: tuple[WSClient, str],
 ) -> None:
@@ -137,6 +141,7 @@ async def test_an_id_that_is_not_a_short_string_is_refused_without_echoing_it(
     await assert_still_open(client)
 
 
+@pytest.mark.storage_free
 async def test_a_frame_over_the_size_limit_closes_the_connection_with_1009(
     member: tuple[WSClient, str],
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import LiveServer, TestUser
 from tests.ws.conftest import Connect
 from tests.wsclient import WSClient
 
 
+@pytest.mark.storage_free
 async def test_the_welcome_gives_the_heartbeat_as_whole_seconds(
     live_server: LiveServer, room: tuple[TestUser, TestUser, str]
 ) -> None:
