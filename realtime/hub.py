@@ -98,6 +98,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.control_handlers: dict[str, ControlHandler] = {
             "disconnect_user": self._control_disconnect_user,
+            "user_frame": self._control_user_frame,
             "remove_member": self._control_remove_member,
             "resync": self._control_resync,
         }
@@ -325,6 +326,10 @@ class Hub:
         if family is not None:
             action["family"] = family
         await self.send_control(action)
+
+    async def send_to_user(self, user_id: str, frame: dict[str, Any]) -> None:
+        """Send ``frame`` to every connection of the user, on every node."""
+        await self.send_control({"op": "user_frame", "user_id": user_id, "frame": frame})
 
     async def revoke_membership(self, session_id: str, user_id: str) -> None:
         await self.send_control(
@@ -647,6 +652,15 @@ class Hub:
         result = handler(action)
         if asyncio.iscoroutine(result):
             self._spawn(result)
+
+    def _control_user_frame(self, action: dict[str, Any]) -> None:
+        frame = action.get("frame")
+        if not isinstance(frame, dict):
+            return
+        data = encode(frame)
+        for conn in list(self.connections.values()):
+            if conn.user_id == action.get("user_id"):
+                conn.send(data)
 
     def _control_disconnect_user(self, action: dict[str, Any]) -> None:
         family = action.get("family")

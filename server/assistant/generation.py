@@ -24,7 +24,8 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
-from errors import InternalError, NotFound, ParleyError, Unavailable
+from errors import InternalError, NotFound, ParleyError, TooManyAnswers, Unavailable
+from llm.metering import Payer, paid_by
 from llm.provider import (
     ChatEvent,
     ChatRequest,
@@ -141,6 +142,10 @@ class Assistant:
         question does not sit in front of the first token; the room hears nothing until
         the caller confirms the question was stored, and nothing at all if it abandons.
         """
+        cap = self._settings.max_concurrent_answers
+        if cap and sum(g.user_id == str(principal.user_id) for g in self.running.values()) >= cap:
+            self._metrics.budget_refusals.labels("concurrency").inc()
+            raise TooManyAnswers(f"you have {cap} answers running already; wait for one to end")
         generation = Generation(
             stream_id=uuid.uuid4().hex,
             session_id=str(session_id),
@@ -149,9 +154,12 @@ class Assistant:
             force_search=force_search,
         )
         self.running[generation.stream_id] = generation
-        generation.task = asyncio.create_task(
-            self._run(generation), name=f"generation-{generation.stream_id}"
-        )
+        # Every model request of this answer, and what it starts (memory extraction),
+        # is paid by the asker (llm.metering): the task copies this context.
+        with paid_by(Payer(principal.user_id, session_id)):
+            generation.task = asyncio.create_task(
+                self._run(generation), name=f"generation-{generation.stream_id}"
+            )
         return PendingReply(generation)
 
     def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
@@ -317,6 +325,7 @@ class Assistant:
             messages=context.messages,
             max_tokens=self._settings.llm_reply_reserve_tokens,
             user=generation.user_id,
+            purpose="reask" if again else None,
             trace=generation.trace,
             on_sent=lambda: _resolve(out),
         )

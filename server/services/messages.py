@@ -68,6 +68,7 @@ class MessageService:
         fanout: MessageFanout | None = None,
         assistant: AssistantTrigger | None = None,
         turns: TurnCache | None = None,
+        answer_gate: Callable[[uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
@@ -76,6 +77,9 @@ class MessageService:
         self._quota = quota
         self.fanout = fanout
         self.assistant = assistant
+        # Refuses a question that asks for an answer the user cannot pay for
+        # (``BudgetExceeded``), before it is stored or any model is asked.
+        self._answer_gate = answer_gate
         # The assistant's copy of recent turns, told of every message stored here.
         self.turns = turns
         self._landing: set[asyncio.Future[PostedMessage]] = set()
@@ -125,6 +129,8 @@ class MessageService:
         message_id = uuid.uuid4()
         answer = None
         if reply_mode == "auto" and self.assistant is not None:
+            if self._answer_gate is not None:
+                await self._answer_gate(principal.user_id)
             # The assistant reads the context and asks the model while the question is
             # stored, so the store does not sit in front of the first token.
             question = {

@@ -1,0 +1,167 @@
+"""Budgets on a live app with real clients: refused before the upstream is asked,
+``max_tokens`` lowered to what is left, concurrent answers capped, warnings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm.tokens import count_messages
+from tests.budgets.conftest import make_admin, usage
+from tests.context.answers import Answers, StartAnswers
+from tests.fakes.openrouter import Stream
+from tests.wsclient import WSClient
+
+LOTS = 1_000_000
+
+
+async def set_budget(answers: Answers, admin: Any, user: Any, **fields: Any) -> dict[str, Any]:
+    response = await answers.http.patch(
+        f"/v1/users/{user.id}/budget", json=fields, headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def test_a_user_at_the_limit_is_refused_before_any_upstream_request(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_tokens_per_period=LOTS) as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        session_id = await answers.session(ada)
+        await answers.ask(ada, session_id, "What is the capital of Peru?")
+        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        assert used > 0
+        await set_budget(answers, admin, ada, tokens_per_period=used)
+        asked = len(answers.fake.chat_requests)
+
+        refused = await answers.sockets[ada.id].request(
+            {"type": "message", "session_id": session_id, "content": "And of Chile?"}
+        )
+        over_rest = await answers.http.post(
+            f"/v1/sessions/{session_id}/messages",
+            json={"content": "And of Chile?"},
+            headers=ada.headers,
+        )
+        report = await usage(answers, ada)
+        metrics = (await answers.http.get("/metrics")).text
+
+    assert refused["type"] == "error" and refused["code"] == "budget_exceeded"
+    assert refused["resets_at"] == report["budget"]["resets_at"]
+    assert 0 < refused["retry_after"] <= 24 * 3600
+    assert over_rest.status_code == 429
+    assert over_rest.json()["error"]["code"] == "budget_exceeded"
+    assert len(answers.fake.chat_requests) == asked  # the model was never asked
+    assert report["budget"]["exhausted"] is True and report["budget"]["tokens"]["left"] == 0
+    assert 'parley_budget_refusals_total{reason="spent"} 2.0' in metrics
+
+
+async def test_max_tokens_is_lowered_to_what_is_left(start_answers: StartAnswers) -> None:
+    async with start_answers(budget_tokens_per_period=LOTS) as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        session_id = await answers.session(ada)
+        await answers.ask(ada, session_id, "What is the capital of Peru?")
+        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        await set_budget(answers, admin, ada, tokens_per_period=used + 400)
+
+        await answers.ask(ada, session_id, "And of Chile?")
+
+    first, second = (r.json or {} for r in answers.streamed_requests())
+    assert first["max_tokens"] == 1024  # LLM_REPLY_RESERVE_TOKENS: nothing to lower
+    assert second["max_tokens"] == 400 - count_messages(second["messages"])
+
+
+async def test_a_request_whose_prompt_would_overrun_the_budget_is_refused(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_tokens_per_period=20) as answers:
+        ada = await answers.user()
+        session_id = await answers.session(ada)
+        streamed = await answers.ask(ada, session_id, "What is the capital of Peru?")
+
+    assert streamed.end is not None
+    assert streamed.end["error"]["code"] == "budget_exceeded"
+    assert answers.fake.chat_requests == []
+
+
+async def test_concurrent_answers_per_user_are_capped(start_answers: StartAnswers) -> None:
+    async with start_answers(max_concurrent_answers=1) as answers:
+        ada = await answers.user()
+        session_id = await answers.session(ada)
+        answers.fake.enqueue(Stream(["slow "] * 20, delay_s=0.05))
+        client, _ = await WSClient.connect(answers.server.ws_url, ada.access_token)
+        answers.sockets[ada.id] = client
+        await client.request({"type": "join", "session_id": session_id})
+        first = await client.request(
+            {"type": "message", "session_id": session_id, "content": "Tell me a long story"}
+        )
+        second = await client.request(
+            {"type": "message", "session_id": session_id, "content": "And another one"}
+        )
+        await answers.settled(first["stream_id"])
+        third = await client.request(
+            {"type": "message", "session_id": session_id, "content": "Now another one"}
+        )
+        await answers.settled(third["stream_id"])
+        metrics = (await answers.http.get("/metrics")).text
+
+    assert first["type"] == "ack" and third["type"] == "ack"
+    assert second["type"] == "error" and second["code"] == "too_many_answers"
+    assert len(answers.streamed_requests()) == 2  # the refused one never went out
+    assert 'parley_budget_refusals_total{reason="concurrency"} 1.0' in metrics
+
+
+async def test_the_welcome_frame_and_the_budget_frames_tell_what_is_left(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_tokens_per_period=LOTS) as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        session_id = await answers.session(ada)
+        unlimited, admins_welcome = await WSClient.connect(
+            answers.server.ws_url, admin.access_token
+        )
+        await unlimited.close()
+        await answers.ask(ada, session_id, "What is the capital of Peru?")
+        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        # The next answer takes it past 80 %, the one after that spends it.
+        await set_budget(answers, admin, ada, tokens_per_period=used + 400)
+        _, welcome = await WSClient.connect(answers.server.ws_url, ada.access_token)
+        client = answers.sockets[ada.id]
+        answers.fake.enqueue(Stream(["word "] * 400))
+        await answers.ask(ada, session_id, "Tell me a long story")
+        await answers.server.container.budgets.flush()
+        warning = await client.next("budget", timeout=5)
+
+    assert welcome["budget"]["tokens"] == {"limit": used + 400, "used": used, "left": 400}
+    assert welcome["budget"]["period"] == "day" and welcome["budget"]["exhausted"] is False
+    assert admins_welcome["budget"]["tokens"]["limit"] == LOTS  # the default
+    assert warning["level"] in ("warning", "exhausted")
+    assert warning["budget"]["tokens"]["used"] >= 0.8 * (used + 400)
+
+
+async def test_budget_frames_warn_once_at_80_percent_and_once_when_spent(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_tokens_per_period=LOTS) as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        session_id = await answers.session(ada)
+        await answers.ask(ada, session_id, "What is the capital of Peru?")
+        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        await set_budget(answers, admin, ada, tokens_per_period=used + 1000)
+        client = answers.sockets[ada.id]
+        answers.fake.enqueue(Stream(["word "] * 750), Stream(["word "] * 200))
+
+        await answers.ask(ada, session_id, "Tell me a long story")
+        await answers.server.container.budgets.flush()
+        warning = await client.next("budget", timeout=5)
+        # In a new room: the long story in the history would overrun what is left.
+        await answers.ask(ada, await answers.session(ada), "Tell me another one")
+        await answers.server.container.budgets.flush()
+        exhausted = await client.next("budget", timeout=5)
+        refused = await client.request(
+            {"type": "message", "session_id": session_id, "content": "One more?"}
+        )
+
+    assert warning["level"] == "warning" and not warning["budget"]["exhausted"]
+    assert exhausted["level"] == "exhausted" and exhausted["budget"]["tokens"]["left"] == 0
+    assert refused["code"] == "budget_exceeded"
+    assert client.unread("budget") == []
