@@ -311,6 +311,8 @@ class SpendEvent(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Whose budget it counts against: the asker, or the room's owner (BUDGET_PAYER).
+    payer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("chat_sessions.id", ondelete="SET NULL")
     )
@@ -323,7 +325,7 @@ class SpendEvent(Base):
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_spend_events_user_created", "user_id", "created_at"),)
+    __table_args__ = (Index("ix_spend_events_payer_created", "payer_id", "created_at"),)
 
 
 class UserBudget(Base):

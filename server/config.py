@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     budget_period: Literal["day", "month"] = "day"
     budget_tokens_per_period: int | None = Field(None, ge=1)
     budget_usd_per_period: float | None = Field(None, ge=0)
+    # Whose budget pays for an answer and what it starts: the member who asked, or the
+    # room's owner (who then pays for everyone in their rooms).
+    budget_payer: Literal["asker", "owner"] = "asker"
     # Answers one user may have running at once (all their rooms); 0 is no cap.
     max_concurrent_answers: int = Field(0, ge=0)
 

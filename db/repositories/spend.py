@@ -16,6 +16,7 @@ from db.types import utcnow
 @dataclass(frozen=True)
 class SpendRow:
     user_id: uuid.UUID | None
+    payer_id: uuid.UUID | None
     session_id: uuid.UUID | None
     kind: str
     model: str
@@ -48,6 +49,7 @@ async def record_spend(session: AsyncSession, rows: list[SpendRow]) -> None:
     session.add_all(
         SpendEvent(
             user_id=row.user_id,
+            payer_id=row.payer_id,
             session_id=row.session_id,
             kind=row.kind,
             model=row.model,
@@ -61,21 +63,22 @@ async def record_spend(session: AsyncSession, rows: list[SpendRow]) -> None:
     await session.flush()
 
 
-async def spent_since(session: AsyncSession, user_id: uuid.UUID, since: datetime) -> SpendTotal:
+async def spent_since(session: AsyncSession, payer_id: uuid.UUID, since: datetime) -> SpendTotal:
+    """What counts against ``payer_id``'s budget since ``since``."""
     row = (
         await session.execute(
             select(
                 func.coalesce(func.sum(SpendEvent.prompt_tokens + SpendEvent.completion_tokens), 0),
                 func.coalesce(func.sum(SpendEvent.cost_nano_usd), 0),
                 func.count(SpendEvent.id),
-            ).where(SpendEvent.user_id == user_id, SpendEvent.created_at >= since)
+            ).where(SpendEvent.payer_id == payer_id, SpendEvent.created_at >= since)
         )
     ).one()
     return SpendTotal(tokens=int(row[0]), nano_usd=int(row[1]), calls=int(row[2]))
 
 
 async def spend_lines(
-    session: AsyncSession, user_id: uuid.UUID, since: datetime
+    session: AsyncSession, payer_id: uuid.UUID, since: datetime
 ) -> list[SpendLine]:
     rows = await session.execute(
         select(
@@ -86,7 +89,7 @@ async def spend_lines(
             func.coalesce(func.sum(SpendEvent.completion_tokens), 0),
             func.coalesce(func.sum(SpendEvent.cost_nano_usd), 0),
         )
-        .where(SpendEvent.user_id == user_id, SpendEvent.created_at >= since)
+        .where(SpendEvent.payer_id == payer_id, SpendEvent.created_at >= since)
         .group_by(SpendEvent.kind, SpendEvent.model)
         .order_by(SpendEvent.kind, SpendEvent.model)
     )

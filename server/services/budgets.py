@@ -1,5 +1,8 @@
 """Token and money budgets per user, and the spend every model request adds to them.
 
+Who pays is the member who asked, or with ``BUDGET_PAYER=owner`` the room's owner (then
+an owner's budget covers every answer in their rooms, whoever asks).
+
 The budget of a user is an admin's override (``user_budgets``) or the defaults
 (``BUDGET_PERIOD``, ``BUDGET_TOKENS_PER_PERIOD``, ``BUDGET_USD_PER_PERIOD``); unset is
 unlimited. A period starts at 00:00 UTC (day) or on the 1st of the month.
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from db.engine import Database
+from db.repositories import sessions as sessions_repo
 from db.repositories import spend as spend_repo
 from db.repositories import users as users_repo
 from errors import BadRequest, BudgetExceeded, Forbidden, NotFound, ParleyError
@@ -39,6 +43,8 @@ WARN_AT = 0.8
 LIMITS_TTL_S = 5.0
 # Fewer completion tokens than this left is no answer at all: refused instead.
 MIN_COMPLETION_TOKENS = 16
+# Rooms whose owner this node remembers (BUDGET_PAYER=owner); an owner never changes.
+OWNERS_CACHED = 10_000
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -149,6 +155,36 @@ class BudgetService:
         self._idle.set()
         self._warned: dict[uuid.UUID, tuple[datetime, str]] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._owners: dict[uuid.UUID, uuid.UUID] = {}
+
+    # Who pays -----------------------------------------------------------------------------
+
+    async def payer_of(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> uuid.UUID:
+        """Whose budget a request asked by ``user_id`` in ``session_id`` counts against."""
+        if self._settings.budget_payer != "owner" or session_id is None:
+            return user_id
+        owner = self._owners.get(session_id)
+        if owner is None:
+            async with self._db.read() as session:
+                chat = await sessions_repo.get_session(session, session_id)
+            if chat is None:
+                return user_id
+            if len(self._owners) >= OWNERS_CACHED:
+                self._owners.clear()
+            owner = self._owners[session_id] = chat.owner_id
+        return owner
+
+    def _known_payer(self, payer: Payer) -> uuid.UUID | None:
+        """``payer_of`` without a database read: ``admit`` looked the owner up first."""
+        if payer.user_id is None or self._settings.budget_payer != "owner":
+            return payer.user_id
+        if payer.session_id is None:
+            return payer.user_id
+        return self._owners.get(payer.session_id, payer.user_id)
+
+    def _why(self, payer_id: uuid.UUID, user_id: uuid.UUID) -> str:
+        whose = "your" if payer_id == user_id else "the room owner's"
+        return f"{whose} budget for this period is spent"
 
     # Limits and status ------------------------------------------------------------------
 
@@ -215,15 +251,16 @@ class BudgetService:
 
     # The meter --------------------------------------------------------------------------
 
-    async def check(self, user_id: uuid.UUID) -> None:
+    async def check(self, user_id: uuid.UUID, session_id: uuid.UUID | None = None) -> None:
         """Before a question is stored: refuse it when the budget is already spent."""
-        limits = await self.limits(user_id)
+        payer_id = await self.payer_of(user_id, session_id)
+        limits = await self.limits(payer_id)
         if limits.unlimited:
             return
-        status = await self.status(user_id, limits)
+        status = await self.status(payer_id, limits)
         if status.exhausted:
             self._metrics.budget_refusals.labels("spent").inc()
-            raise status.refusal("your budget for this period is spent")
+            raise status.refusal(self._why(payer_id, user_id))
 
     async def admit(
         self,
@@ -234,13 +271,14 @@ class BudgetService:
     ) -> int | None:
         if payer is None or payer.user_id is None:
             return max_tokens
-        limits = await self.limits(payer.user_id)
+        payer_id = await self.payer_of(payer.user_id, payer.session_id)
+        limits = await self.limits(payer_id)
         if limits.unlimited:
             return max_tokens
-        status = await self.status(payer.user_id, limits)
+        status = await self.status(payer_id, limits)
         if status.exhausted:
             self._metrics.budget_refusals.labels("spent").inc()
-            raise status.refusal("your budget for this period is spent")
+            raise status.refusal(self._why(payer_id, payer.user_id))
         prompt = prompt_tokens()
         allowed = max_tokens
         rooms: list[int] = []
@@ -254,7 +292,8 @@ class BudgetService:
         for room in rooms:
             if room < MIN_COMPLETION_TOKENS:
                 self._metrics.budget_refusals.labels("projected").inc()
-                raise status.refusal("this request would overrun your budget for this period")
+                whose = "your" if payer_id == payer.user_id else "the room owner's"
+                raise status.refusal(f"this request would overrun {whose} budget for this period")
             allowed = room if allowed is None else min(allowed, room)
         return allowed
 
@@ -268,9 +307,11 @@ class BudgetService:
         )
         self._metrics.spend_usd.labels(spend.model).inc(spend.nano_usd / NANO)
         payer = spend.payer or Payer(None)
+        payer_id = self._known_payer(payer)
         self._queue.append(
             spend_repo.SpendRow(
                 user_id=payer.user_id,
+                payer_id=payer_id,
                 session_id=payer.session_id,
                 kind=spend.kind,
                 model=spend.model[:200],
@@ -280,8 +321,8 @@ class BudgetService:
                 estimated=spend.estimated,
             )
         )
-        if payer.user_id is not None:
-            pending = self._pending.setdefault(payer.user_id, [0, 0])
+        if payer_id is not None:
+            pending = self._pending.setdefault(payer_id, [0, 0])
             pending[0] += usage.total_tokens
             pending[1] += spend.nano_usd
         self._idle.clear()
@@ -325,21 +366,21 @@ class BudgetService:
                     continue
                 delay = 0.5
                 self._forget_pending(batch)
-                for user_id in {row.user_id for row in batch if row.user_id is not None}:
-                    await self._maybe_warn(user_id)
+                for payer_id in {row.payer_id for row in batch if row.payer_id is not None}:
+                    await self._maybe_warn(payer_id)
             if not self._queue:
                 self._idle.set()
 
     def _forget_pending(self, batch: list[spend_repo.SpendRow]) -> None:
         for row in batch:
-            if row.user_id is None:
+            if row.payer_id is None:
                 continue
-            pending = self._pending.get(row.user_id)
+            pending = self._pending.get(row.payer_id)
             if pending is not None:
                 pending[0] -= row.prompt_tokens + row.completion_tokens
                 pending[1] -= row.cost_nano_usd
                 if pending == [0, 0]:
-                    del self._pending[row.user_id]
+                    del self._pending[row.payer_id]
 
     async def _maybe_warn(self, user_id: uuid.UUID) -> None:
         if self.notify is None:

@@ -68,7 +68,7 @@ class MessageService:
         fanout: MessageFanout | None = None,
         assistant: AssistantTrigger | None = None,
         turns: TurnCache | None = None,
-        answer_gate: Callable[[uuid.UUID], Awaitable[None]] | None = None,
+        answer_gate: Callable[[uuid.UUID, uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
@@ -130,7 +130,7 @@ class MessageService:
         answer = None
         if reply_mode == "auto" and self.assistant is not None:
             if self._answer_gate is not None:
-                await self._answer_gate(principal.user_id)
+                await self._answer_gate(principal.user_id, session_id)
             # The assistant reads the context and asks the model while the question is
             # stored, so the store does not sit in front of the first token.
             question = {

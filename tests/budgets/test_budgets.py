@@ -165,3 +165,32 @@ async def test_budget_frames_warn_once_at_80_percent_and_once_when_spent(
     assert exhausted["level"] == "exhausted" and exhausted["budget"]["tokens"]["left"] == 0
     assert refused["code"] == "budget_exceeded"
     assert client.unread("budget") == []
+
+
+async def test_with_budget_payer_owner_the_rooms_owner_pays_for_every_member(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_payer="owner", budget_tokens_per_period=LOTS) as answers:
+        admin, ada, bob = await make_admin(answers), await answers.user(), await answers.user("Bob")
+        adas_room = await answers.session(ada)
+        added = await answers.http.post(
+            f"/v1/sessions/{adas_room}/members", json={"user_id": bob.id}, headers=ada.headers
+        )
+        assert added.status_code in (200, 201), added.text
+        await answers.ask(bob, adas_room, "What is the capital of Peru?")
+        adas = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        bobs = (await usage(answers, bob))["budget"]["tokens"]["used"]
+        await set_budget(answers, admin, ada, tokens_per_period=adas)
+        asked = len(answers.fake.chat_requests)
+
+        refused = await answers.sockets[bob.id].request(
+            {"type": "message", "session_id": adas_room, "content": "And of Chile?"}
+        )
+        refused_asked = len(answers.fake.chat_requests)
+        in_his_own_room = await answers.ask(bob, await answers.session(bob), "And of Chile?")
+
+    assert adas > 0 and bobs == 0
+    assert refused["code"] == "budget_exceeded"
+    assert "the room owner's budget" in refused["message"]
+    assert refused_asked == asked
+    assert in_his_own_room.end is not None and "error" not in in_his_own_room.end

@@ -3,7 +3,9 @@
 ``spend_events`` holds one row per request sent to a model (answers, retries,
 fallbacks, summaries, memory extraction, search-tool rounds, re-asked answers), with
 its tokens and what it cost in nano-dollars (integers add up the same on every
-backend). ``user_budgets`` holds an admin's override of the default budget.
+backend). ``user_id`` asked; ``payer_id`` is whose budget it counts against (the asker,
+or the room's owner with ``BUDGET_PAYER=owner``). ``user_budgets`` holds an admin's
+override of the default budget.
 
 Revision ID: 0007_budgets
 Revises: 0006_api_keys
@@ -26,6 +28,7 @@ def upgrade() -> None:
         "spend_events",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=True),
+        sa.Column("payer_id", sa.Uuid(), nullable=True),
         sa.Column("session_id", sa.Uuid(), nullable=True),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
@@ -35,10 +38,11 @@ def upgrade() -> None:
         sa.Column("estimated", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["payer_id"], ["users.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["session_id"], ["chat_sessions.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_spend_events_user_created", "spend_events", ["user_id", "created_at"])
+    op.create_index("ix_spend_events_payer_created", "spend_events", ["payer_id", "created_at"])
     op.create_table(
         "user_budgets",
         sa.Column("user_id", sa.Uuid(), nullable=False),
@@ -53,5 +57,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("user_budgets")
-    op.drop_index("ix_spend_events_user_created", table_name="spend_events")
+    op.drop_index("ix_spend_events_payer_created", table_name="spend_events")
     op.drop_table("spend_events")
