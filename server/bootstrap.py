@@ -46,6 +46,7 @@ from realtime.stream_log import StreamLog
 from search.cache import make_search_cache
 from search.service import WebSearch
 from search.tavily import TavilyClient
+from server.assistant.answer_slots import make_answer_slots
 from server.assistant.context import ContextAssembler, make_turn_cache
 from server.assistant.generation import Assistant
 from server.assistant.provider import make_provider
@@ -130,7 +131,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
         http = _open_http(settings, stack)
         context = _build_context(settings, database, redis, http, sessions, readiness)
         llm, assembler, assistant = await _start_assistant(
-            settings, database, hub, turns, context, http, metrics, readiness, stack, budgets
+            settings, database, hub, turns, context, http, metrics, readiness, stack, budgets, redis
         )
         # Budget warnings reach the payer's connections on every node.
         budgets.notify = hub.send_to_user
@@ -379,6 +380,7 @@ async def _start_assistant(
     readiness: dict[str, ReadinessProbe],
     stack: contextlib.AsyncExitStack,
     budgets: BudgetService,
+    redis: Redis | None,
 ) -> tuple[ResilientProvider, ContextAssembler, Assistant]:
     """The provider, what the model is given, and the runner of answers."""
     llm = make_provider(settings, metrics, http, budgets)
@@ -407,6 +409,7 @@ async def _start_assistant(
         settings=settings,
         metrics=metrics,
         memory=context.memory,
+        slots=make_answer_slots(redis, settings),
     )
     # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
     # generations still reach members on other nodes.

@@ -38,6 +38,7 @@ from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
+from server.assistant.answer_slots import AnswerSlots, MemoryAnswerSlots
 from server.assistant.context import ContextAssembler, TurnContext
 from server.assistant.late_answers import STORED_LATER, LateAnswer, LateAnswers
 from server.assistant.turn_cache import turn_of
@@ -111,6 +112,7 @@ class Assistant:
         settings: Settings,
         metrics: Metrics,
         memory: MemoryService | None = None,
+        slots: AnswerSlots | None = None,
     ) -> None:
         self._db = database
         self._hub = hub
@@ -119,6 +121,7 @@ class Assistant:
         self._settings = settings
         self._metrics = metrics
         self._memory = memory
+        self._slots: AnswerSlots = slots or MemoryAnswerSlots()
         self.running: dict[str, Generation] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.late_answers = LateAnswers(
@@ -135,6 +138,7 @@ class Assistant:
         question: dict[str, Any],
         *,
         force_search: bool,
+        slot: str | None = None,
     ) -> PendingReply:
         """Start answering ``question`` while it is being stored.
 
@@ -142,10 +146,6 @@ class Assistant:
         question does not sit in front of the first token; the room hears nothing until
         the caller confirms the question was stored, and nothing at all if it abandons.
         """
-        cap = self._settings.max_concurrent_answers
-        if cap and sum(g.user_id == str(principal.user_id) for g in self.running.values()) >= cap:
-            self._metrics.budget_refusals.labels("concurrency").inc()
-            raise TooManyAnswers(f"you have {cap} answers running already; wait for one to end")
         generation = Generation(
             stream_id=uuid.uuid4().hex,
             session_id=str(session_id),
@@ -160,7 +160,31 @@ class Assistant:
             generation.task = asyncio.create_task(
                 self._run(generation), name=f"generation-{generation.stream_id}"
             )
+        if slot is not None:
+            # A done callback: a task cancelled before it ever ran skips its finally.
+            user_id = generation.user_id
+            generation.task.add_done_callback(
+                lambda _: self._in_background(self._slots.give_back(user_id, slot))
+            )
         return PendingReply(generation)
+
+    async def reserve(self, principal: Principal) -> str | None:
+        """One of the user's ``MAX_CONCURRENT_ANSWERS`` slots, over every node, for an
+        answer about to be prepared (``prepare(slot=...)`` gives it back when that answer
+        ends); ``too_many_answers`` when all are taken, None when there is no cap."""
+        cap = self._settings.max_concurrent_answers
+        if not cap:
+            return None
+        slot = uuid.uuid4().hex
+        if not await self._slots.take(str(principal.user_id), slot, cap):
+            self._metrics.budget_refusals.labels("concurrency").inc()
+            raise TooManyAnswers(f"you have {cap} answers running already; wait for one to end")
+        return slot
+
+    def release(self, principal: Principal, slot: str | None) -> None:
+        """Give back a slot whose answer was never prepared."""
+        if slot is not None:
+            self._in_background(self._slots.give_back(str(principal.user_id), slot))
 
     def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
         """A member joined the session on this node: read its history for the copy

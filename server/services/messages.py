@@ -48,6 +48,7 @@ class AssistantTrigger(Protocol):
         question: dict[str, Any],
         *,
         force_search: bool,
+        slot: str | None = None,
     ) -> PendingAnswer: ...
 
 
@@ -142,9 +143,17 @@ class MessageService:
                 "content": text,
                 "client_msg_id": idempotency_key,
             }
-            answer = self.assistant.prepare(
-                principal, session_id, question, force_search=force_search
-            )
+            # One of the user's concurrent answers (``too_many_answers`` when none is
+            # free), taken before anything is stored.
+            reserve = getattr(self.assistant, "reserve", None)
+            slot = await reserve(principal) if reserve is not None else None
+            try:
+                answer = self.assistant.prepare(
+                    principal, session_id, question, force_search=force_search, slot=slot
+                )
+            except BaseException:
+                getattr(self.assistant, "release", lambda *_: None)(principal, slot)
+                raise
         if answer is not None and self._db.in_process:
             # The upstream is the longer wait of the two: its request leaves first.
             # A store that runs in this process (SQLite) would delay the request;

@@ -9,6 +9,7 @@ from llm.tokens import count_messages
 from tests.budgets.conftest import make_admin, usage
 from tests.context.answers import Answers, StartAnswers
 from tests.fakes.openrouter import Stream
+from tests.services import require_redis
 from tests.wsclient import WSClient
 
 LOTS = 1_000_000
@@ -194,3 +195,32 @@ async def test_with_budget_payer_owner_the_rooms_owner_pays_for_every_member(
     assert "the room owner's budget" in refused["message"]
     assert refused_asked == asked
     assert in_his_own_room.end is not None and "error" not in in_his_own_room.end
+
+
+async def test_the_cap_on_concurrent_answers_holds_across_nodes(
+    start_answers: StartAnswers,
+) -> None:
+    redis_url = require_redis()
+    settings = {"redis_url": redis_url, "max_concurrent_answers": 1}
+    async with start_answers(**settings) as node_a, start_answers(**settings) as node_b:
+        ada = await node_a.user()
+        session_id = await node_a.session(ada)
+        node_a.fake.enqueue(Stream(["slow "] * 40, delay_s=0.05))
+        on_a, _ = await WSClient.connect(node_a.server.ws_url, ada.access_token)
+        on_b, _ = await WSClient.connect(node_b.server.ws_url, ada.access_token)
+        node_a.sockets[ada.id], node_b.sockets[ada.id] = on_a, on_b
+        for client in (on_a, on_b):
+            await client.request({"type": "join", "session_id": session_id})
+        running = await on_a.request(
+            {"type": "message", "session_id": session_id, "content": "Tell me a long story"}
+        )
+        refused = await on_b.request(
+            {"type": "message", "session_id": session_id, "content": "And another one"}
+        )
+        await node_a.settled(running["stream_id"])
+        node_b.joined.add((ada.id, session_id))
+        afterwards = await node_b.ask(ada, session_id, "Now another one")
+
+    assert running["type"] == "ack"
+    assert refused["type"] == "error" and refused["code"] == "too_many_answers"
+    assert afterwards.end is not None and "error" not in afterwards.end
