@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import update
 
 from db.models import User
@@ -113,6 +114,7 @@ def data(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return orjson.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.timeout(180)  # three processes that import the app, on a busy machine
 async def test_parley_budget_shows_sets_and_clears_what_the_server_enforces(
     client: httpx.AsyncClient, database_url: str, tmp_path: Path
 ) -> None:
@@ -125,10 +127,6 @@ async def test_parley_budget_shows_sets_and_clears_what_the_server_enforces(
     changed = data(await asyncio.to_thread(run, "set", "--tokens", "none", "--usd", "1.5"))
     usage = (await client.get("/v1/me/usage", headers=ada.headers)).json()["data"]
     cleared = data(await asyncio.to_thread(run, "clear"))
-    nothing = await asyncio.to_thread(run, "set")
-    ghost = await asyncio.to_thread(
-        parley, tmp_path, database_url, "show", "--email", "ghost@example.com"
-    )
 
     assert shown["user_id"] == ada.id
     assert shown["limits"]["tokens_per_period"] == 100000  # BUDGET_TOKENS_PER_PERIOD
@@ -140,5 +138,18 @@ async def test_parley_budget_shows_sets_and_clears_what_the_server_enforces(
     }
     assert usage["limits"] == changed["limits"]  # the server reads what the CLI set
     assert cleared["limits"]["overridden"] is False
+
+
+@pytest.mark.timeout(120)  # two processes that import the app
+async def test_parley_budget_refuses_an_unknown_user_and_an_empty_change(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    await register_user(client)  # the database exists and is migrated
+
+    nothing = await asyncio.to_thread(parley, tmp_path, database_url, "set", "--email", "a@b.c")
+    ghost = await asyncio.to_thread(
+        parley, tmp_path, database_url, "show", "--email", "ghost@example.com"
+    )
+
     assert nothing.returncode == 2 and "nothing to set" in nothing.stderr
     assert ghost.returncode == 1 and "no user with email ghost@example.com" in ghost.stderr
