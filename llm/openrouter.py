@@ -129,7 +129,7 @@ class OpenRouterProvider:
 
     async def price(self, model: str) -> Price | None:
         """Dollars per prompt and completion token, from the catalogue's ``pricing``."""
-        await self.catalog.models()
+        await self.catalog.ready()
         return self._prices.get(model)
 
     async def supports_tools(self, model: str) -> bool:

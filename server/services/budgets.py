@@ -41,6 +41,7 @@ log = logging.getLogger("parley.budgets")
 NANO = 1_000_000_000
 WARN_AT = 0.8
 LIMITS_TTL_S = 5.0
+SPEND_TTL_S = 2.0
 # Fewer completion tokens than this left is no answer at all: refused instead.
 MIN_COMPLETION_TOKENS = 16
 # Rooms whose owner this node remembers (BUDGET_PAYER=owner); an owner never changes.
@@ -156,6 +157,8 @@ class BudgetService:
         self._warned: dict[uuid.UUID, tuple[datetime, str]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._owners: dict[uuid.UUID, uuid.UUID] = {}
+        # Per payer: (read again after, period start, [tokens, nano_usd] stored).
+        self._spent: dict[uuid.UUID, tuple[float, datetime, list[int]]] = {}
 
     # Who pays -----------------------------------------------------------------------------
 
@@ -211,15 +214,24 @@ class BudgetService:
         self._limits[user_id] = (time.monotonic() + LIMITS_TTL_S, limits)
         return limits
 
-    async def status(self, user_id: uuid.UUID, limits: Limits | None = None) -> BudgetStatus:
+    async def status(
+        self, user_id: uuid.UUID, limits: Limits | None = None, *, fresh: bool = False
+    ) -> BudgetStatus:
+        """The period's spend against the limits. What the database said is kept for
+        ``SPEND_TTL_S`` (the question's check and its request's admission then read it
+        once), plus what this node stored since and what it has yet to store; only
+        other nodes' spend can be that much late."""
         limits = limits or await self.limits(user_id)
         starts, resets = period_bounds(limits.period, datetime.now(UTC))
-        async with self._db.read() as session:
-            spent = await spend_repo.spent_since(session, user_id, starts)
+        cached = self._spent.get(user_id)
+        if fresh or cached is None or cached[0] < time.monotonic() or cached[1] != starts:
+            async with self._db.read() as session:
+                total = await spend_repo.spent_since(session, user_id, starts)
+            cached = (time.monotonic() + SPEND_TTL_S, starts, [total.tokens, total.nano_usd])
+            self._spent[user_id] = cached
+        spent = cached[2]
         pending = self._pending.get(user_id, [0, 0])
-        return BudgetStatus(
-            limits, spent.tokens + pending[0], spent.nano_usd + pending[1], starts, resets
-        )
+        return BudgetStatus(limits, spent[0] + pending[0], spent[1] + pending[1], starts, resets)
 
     async def left(self, user_id: uuid.UUID) -> dict[str, Any] | None:
         """What the ``welcome`` frame shows: the status, or None when unlimited."""
@@ -362,19 +374,24 @@ class BudgetService:
                 except Exception:
                     # Not an outage: storing them again would fail again.
                     log.exception("storing %d spend events failed; dropped", len(batch))
-                    self._forget_pending(batch)
+                    self._forget_pending(batch, stored=False)
                     continue
                 delay = 0.5
-                self._forget_pending(batch)
+                self._forget_pending(batch, stored=True)
                 for payer_id in {row.payer_id for row in batch if row.payer_id is not None}:
                     await self._maybe_warn(payer_id)
             if not self._queue:
                 self._idle.set()
 
-    def _forget_pending(self, batch: list[spend_repo.SpendRow]) -> None:
+    def _forget_pending(self, batch: list[spend_repo.SpendRow], *, stored: bool) -> None:
         for row in batch:
             if row.payer_id is None:
                 continue
+            # Stored now: what was pending moves to what the database holds.
+            known = self._spent.get(row.payer_id) if stored else None
+            if known is not None:
+                known[2][0] += row.prompt_tokens + row.completion_tokens
+                known[2][1] += row.cost_nano_usd
             pending = self._pending.get(row.payer_id)
             if pending is not None:
                 pending[0] -= row.prompt_tokens + row.completion_tokens
@@ -427,7 +444,7 @@ class BudgetService:
         await self._known_user(principal, user_id)
         self._limits.pop(user_id, None)
         limits = await self.limits(user_id)
-        status = await self.status(user_id, limits)
+        status = await self.status(user_id, limits, fresh=True)
         return {"user_id": str(user_id), "limits": limits.to_wire(), "budget": status.to_wire()}
 
     async def set_limits(

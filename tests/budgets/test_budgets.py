@@ -224,3 +224,23 @@ async def test_the_cap_on_concurrent_answers_holds_across_nodes(
     assert running["type"] == "ack"
     assert refused["type"] == "error" and refused["code"] == "too_many_answers"
     assert afterwards.end is not None and "error" not in afterwards.end
+
+
+async def test_max_tokens_is_lowered_to_what_the_money_left_buys(
+    start_answers: StartAnswers,
+) -> None:
+    async with start_answers(budget_usd_per_period=100.0) as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        session_id = await answers.session(ada)
+        await answers.ask(ada, session_id, "What is the capital of Peru?")
+        spent = (await usage(answers, ada))["budget"]["usd"]["used"]
+        assert spent > 0  # at the catalogue's prices
+        await set_budget(answers, admin, ada, usd_per_period=spent + 0.0003)
+
+        await answers.ask(ada, session_id, "And of Chile?")
+
+    sent = answers.streamed_requests()[-1].json or {}
+    prompt = count_messages(sent["messages"])
+    # What is left (300 000 nano-dollars) less the prompt, at the completion price.
+    expected = int((300_000 - 0.00000015 * prompt * 1e9) / (0.0000006 * 1e9))
+    assert sent["max_tokens"] == expected < 1024
