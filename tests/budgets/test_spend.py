@@ -23,7 +23,7 @@ async def test_every_kind_of_model_request_lands_in_usage(start_answers: StartAn
         llm_fallback_models=[FALLBACK],
         llm_max_retries=1,
     ) as answers:
-        answers.server.container.extras["tool_models"] = {MODEL}
+        answers.server.container.context.tool_models = {MODEL}
         ada = await answers.user()
         session_id = await answers.session(ada)
         # An answer whose first attempt fails and is retried; then the memory extraction.
@@ -45,7 +45,7 @@ async def test_every_kind_of_model_request_lands_in_usage(start_answers: StartAn
         # The model is down for good: its retries fail and the fallback answers.
         answers.fake.enqueue(HttpError(503), HttpError(503), model=MODEL)
         answers.fake.enqueue(Stream(["Fine."]), model=FALLBACK)
-        answers.server.container.extras["tool_models"] = set()
+        answers.server.container.context.tool_models = set()
         fell_back = await answers.ask(ada, await answers.session(ada), "Hello?")
         # A long conversation: its oldest turns are folded into a summary.
         folded = False
