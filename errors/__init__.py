@@ -108,13 +108,21 @@ class BudgetExceeded(ParleyError):
     )
     advice = "tell the user; retry after `resets_at`"
 
-    def __init__(self, message: str, *, resets_at: str, retry_after: float) -> None:
-        super().__init__(message, retry_after=retry_after)
+    def __init__(
+        self,
+        message: str = "the budget for this period is spent",
+        *,
+        resets_at: str | None = None,
+        retry_after: float | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, details=details)
         self.resets_at = resets_at
 
     def to_wire(self) -> dict[str, Any]:
         body = super().to_wire()
-        body["resets_at"] = self.resets_at
+        if self.resets_at is not None:
+            body["resets_at"] = self.resets_at
         return body
 
 
