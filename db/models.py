@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -300,6 +302,44 @@ class UsageEvent(Base):
         Index("ix_usage_events_user_created", "user_id", "created_at"),
         Index("ix_usage_events_session", "session_id"),
     )
+
+
+class SpendEvent(Base):
+    """One request sent to a model, whoever asked it and why (``kind``)."""
+
+    __tablename__ = "spend_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Whose budget it counts against: the asker, or the room's owner (BUDGET_PAYER).
+    payer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("chat_sessions.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Counted by Parley's tokenizer: the upstream reported no usage (cancelled, failed).
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_spend_events_payer_created", "payer_id", "created_at"),)
+
+
+class UserBudget(Base):
+    """An admin's override of the default budget (``BUDGET_*``); null is unlimited."""
+
+    __tablename__ = "user_budgets"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    tokens_per_period: Mapped[int | None] = mapped_column(BigInteger)
+    nano_usd_per_period: Mapped[int | None] = mapped_column(BigInteger)
+    period: Mapped[str] = mapped_column(String(8))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class AuditEntry(Base):

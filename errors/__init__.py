@@ -11,6 +11,8 @@ Every failure a client can see is a ``ParleyError``. Each subclass names the wir
     ├── Conflict        conflict      409
     ├── TooLarge        too_large     413
     ├── RateLimited     rate_limited  429  (carries retry_after seconds)
+    ├── BudgetExceeded  budget_exceeded 429 (carries resets_at and retry_after)
+    ├── TooManyAnswers  too_many_answers 429
     └── Unavailable     unavailable   503  (an upstream is down, limited, timed out
                                             or its circuit is open; may carry retry_after)
 
@@ -95,6 +97,41 @@ class RateLimited(ParleyError):
     advice = "wait `retry_after`"
 
 
+class BudgetExceeded(ParleyError):
+    """The caller's token or money budget for the period is spent: refused before any
+    request reaches the model. ``resets_at`` is when the next period starts (UTC)."""
+
+    code, status = "budget_exceeded", 429
+    meaning = (
+        "the user's token or money budget for the period is spent; `resets_at` (ISO time) "
+        "and `retry_after` (seconds) say when it renews; no model was asked"
+    )
+    advice = "tell the user; retry after `resets_at`"
+
+    def __init__(
+        self,
+        message: str = "the budget for this period is spent",
+        *,
+        resets_at: str | None = None,
+        retry_after: float | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, details=details)
+        self.resets_at = resets_at
+
+    def to_wire(self) -> dict[str, Any]:
+        body = super().to_wire()
+        if self.resets_at is not None:
+            body["resets_at"] = self.resets_at
+        return body
+
+
+class TooManyAnswers(ParleyError):
+    code, status = "too_many_answers", 429
+    meaning = "the user has `MAX_CONCURRENT_ANSWERS` answers running already"
+    advice = "wait for one to end (or cancel one), then ask again"
+
+
 class Unavailable(ParleyError):
     code, status = "unavailable", 503
     meaning = (
@@ -118,6 +155,8 @@ ERROR_CLASSES: tuple[type[ParleyError], ...] = (
     Conflict,
     TooLarge,
     RateLimited,
+    BudgetExceeded,
+    TooManyAnswers,
     Unavailable,
     InternalError,
 )

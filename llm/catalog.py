@@ -59,6 +59,11 @@ class ModelCatalog:
         lengths = await self._current()
         return None if lengths is None else lengths.get(model)
 
+    async def ready(self) -> None:
+        """Wait for a catalogue (fetched once; a stale one is refreshed behind), without
+        copying it: for callers that read what the fetch noted beside the lengths."""
+        await self._current()
+
     async def models(self) -> dict[str, int]:
         """Every known model id with its context length (empty when unreachable)."""
         return dict(await self._current() or {})

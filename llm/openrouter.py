@@ -37,6 +37,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from errors import ParleyError
 from llm.catalog import ModelCatalog
 from llm.deadline import MovingDeadline
+from llm.metering import Price
 from llm.openrouter_errors import (
     body_error,
     deadline_error,
@@ -117,6 +118,7 @@ class OpenRouterProvider:
         )
         self._tool_capable: set[str] = set()
         self._tool_choice_capable: set[str] = set()
+        self._prices: dict[str, Price] = {}
         self.catalog = ModelCatalog(
             self._fetch_models, ttl_s=catalog_ttl_s, override=context_length_override
         )
@@ -124,6 +126,11 @@ class OpenRouterProvider:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    async def price(self, model: str) -> Price | None:
+        """Dollars per prompt and completion token, from the catalogue's ``pricing``."""
+        await self.catalog.ready()
+        return self._prices.get(model)
 
     async def supports_tools(self, model: str) -> bool:
         """Whether OpenRouter's ``/models`` lists ``tools`` among the model's parameters."""
@@ -255,6 +262,10 @@ class OpenRouterProvider:
         payload = json_object(response.content)
         if isinstance(payload.get("error"), dict):
             raise body_error(payload["error"])
+        if request.trace is not None:
+            reported = _usage_of(payload.get("usage"))
+            if reported is not None:
+                request.trace["usage"] = reported
         try:
             content = payload["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -306,9 +317,12 @@ class OpenRouterProvider:
         lengths: dict[str, int] = {}
         tool_capable: set[str] = set()
         choice_capable: set[str] = set()
+        prices: dict[str, Price] = {}
         for model in json_object(response.content).get("data") or []:
             if not isinstance(model, dict):
                 continue
+            if (price := _price_of(model.get("pricing"))) is not None:
+                prices[str(model["id"])] = price
             if isinstance(model.get("context_length"), int):
                 lengths[str(model["id"])] = model["context_length"]
             parameters = model.get("supported_parameters") or []
@@ -317,6 +331,7 @@ class OpenRouterProvider:
             if "tool_choice" in parameters:
                 choice_capable.add(str(model["id"]))
         self._tool_capable, self._tool_choice_capable = tool_capable, choice_capable
+        self._prices = prices
         return lengths
 
     def warm(self) -> None:
@@ -556,3 +571,25 @@ def _body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
+
+
+def _usage_of(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Usage(
+            prompt_tokens=int(value.get("prompt_tokens") or 0),
+            completion_tokens=int(value.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _price_of(pricing: object) -> Price | None:
+    """OpenRouter lists prices as decimal strings of dollars per token."""
+    if not isinstance(pricing, dict):
+        return None
+    try:
+        return Price(float(pricing.get("prompt") or 0), float(pricing.get("completion") or 0))
+    except (TypeError, ValueError):
+        return None

@@ -41,6 +41,9 @@ class ChatRequest:
     tool_choice: str | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    # Why this request is made, for the spend record (``llm.metering.KINDS``); None is
+    # an answer.
+    purpose: str | None = field(default=None, compare=False)
     # Filled by the provider as it learns things about the call (``generation_id``),
     # so that a caller that cancels the stream can still look its usage up later.
     trace: dict[str, Any] | None = field(default=None, compare=False, repr=False)

@@ -124,14 +124,16 @@ class ResilientProvider:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.first_token_deadline_s
         try:
-            for model in self.models_for(request, fallbacks):
+            for index, model in enumerate(self.models_for(request, fallbacks)):
                 if loop.time() >= deadline:
                     break
                 name, upstream_model = self.route(model)
                 if not await call.admit(name, deadline - loop.time()):
                     continue
                 provider = self._providers[name]
-                attempt_request = replace(request, model=upstream_model)
+                attempt_request = replace(
+                    request, model=upstream_model, purpose=_purpose(request, index)
+                )
                 try:
                     inner, first = await self._open(provider, attempt_request, deadline)
                 except BadRequest:
@@ -175,7 +177,7 @@ class ResilientProvider:
         all before ``deadline`` (event loop time)."""
         async for attempt in self._retrying(deadline):
             with attempt:
-                inner = provider.stream(request)
+                inner = provider.stream(_attempt(request, attempt.retry_state.attempt_number))
                 try:
                     async with asyncio.timeout_at(deadline):
                         first = await anext(inner)
@@ -202,15 +204,19 @@ class ResilientProvider:
     ) -> str:
         call = _Call(self)
         try:
-            for model in self.models_for(request, fallbacks):
+            for index, model in enumerate(self.models_for(request, fallbacks)):
                 name, upstream_model = self.route(model)
                 if not await call.admit(name, self.first_token_deadline_s):
                     continue
                 provider = self._providers[name]
+                attempt_request = replace(
+                    request, model=upstream_model, purpose=_purpose(request, index)
+                )
                 try:
                     async for attempt in self._retrying(None):
                         with attempt:
-                            text = await provider.complete(replace(request, model=upstream_model))
+                            number = attempt.retry_state.attempt_number
+                            text = await provider.complete(_attempt(attempt_request, number))
                 except BadRequest:
                     call.finished(name, None)
                     raise
@@ -346,6 +352,16 @@ class _Call:
             else:
                 # Cancelled or closed by the caller without a verdict either way.
                 self._breakers[name].release(trial)
+
+
+def _purpose(request: ChatRequest, model_index: int) -> str | None:
+    """A fallback model's request is counted as one (``llm.metering``)."""
+    return "fallback" if model_index else request.purpose
+
+
+def _attempt(request: ChatRequest, number: int) -> ChatRequest:
+    """The request of attempt ``number``: after the first, it is counted as a retry."""
+    return request if number == 1 else replace(request, purpose="retry")
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -131,7 +131,11 @@ def fold_request(
     if max_input_tokens is not None:
         messages = fit_messages(messages, max_input_tokens)
     return ChatRequest(
-        model=model, messages=messages, max_tokens=max_summary_tokens, temperature=0.0
+        model=model,
+        messages=messages,
+        max_tokens=max_summary_tokens,
+        temperature=0.0,
+        purpose="summary",
     )
 
 

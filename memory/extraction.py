@@ -125,6 +125,7 @@ def build_extraction_request(
         max_tokens=300,
         temperature=0.0,
         response_format={"type": "json_object"},
+        purpose="memory",
     )
 
 

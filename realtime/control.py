@@ -12,6 +12,9 @@ one during a rolling deploy.
     disconnect_user  realtime/hub.py           ``user_id``, ``code``, ``reason`` and
                                                ``family``?: close that user's sockets
                                                (only the family's, when given)
+    user_frame       realtime/hub.py           ``user_id``, ``frame``: send the frame to
+                                               every connection of that user (budget
+                                               warnings)
     remove_member    realtime/hub.py           ``session_id``, ``user_id``: the user
                                                leaves the room on every connection
     resync           realtime/hub.py           ``from``, ``sessions`` (null: all): a
@@ -30,6 +33,7 @@ from enum import StrEnum
 
 class ControlOp(StrEnum):
     DISCONNECT_USER = "disconnect_user"
+    USER_FRAME = "user_frame"
     REMOVE_MEMBER = "remove_member"
     RESYNC = "resync"
     CANCEL_STREAM = "cancel_stream"

@@ -109,7 +109,13 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def welcome(conn_id: str, user_id: str, name: str, heartbeat_s: float) -> dict[str, Any]:
+def welcome(
+    conn_id: str,
+    user_id: str,
+    name: str,
+    heartbeat_s: float,
+    budget: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "type": "welcome",
         "protocol": PROTOCOL_VERSION,
@@ -118,6 +124,8 @@ def welcome(conn_id: str, user_id: str, name: str, heartbeat_s: float) -> dict[s
         # 25, not 25.0: a whole number of seconds reads as one (the contract's example).
         "heartbeat_s": int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s,
         "server_time": now_iso(),
+        # What is left of the user's budget this period; null when unlimited.
+        "budget": budget,
     }
 
 

@@ -103,6 +103,7 @@ class Hub:
         # Keyed by ``ControlOp`` (a ``str``, so an op read off the bus finds its handler).
         self.control_handlers: dict[str, ControlHandler] = {
             ControlOp.DISCONNECT_USER: self._control_disconnect_user,
+            ControlOp.USER_FRAME: self._control_user_frame,
             ControlOp.REMOVE_MEMBER: self._control_remove_member,
             ControlOp.RESYNC: self._control_resync,
         }
@@ -345,6 +346,10 @@ class Hub:
             action["family"] = family
         await self.send_control(action)
 
+    async def send_to_user(self, user_id: str, frame: dict[str, Any]) -> None:
+        """Send ``frame`` to every connection of the user, on every node."""
+        await self.send_control({"op": ControlOp.USER_FRAME, "user_id": user_id, "frame": frame})
+
     async def revoke_membership(self, session_id: str, user_id: str) -> None:
         await self.send_control(
             {"op": ControlOp.REMOVE_MEMBER, "session_id": session_id, "user_id": user_id}
@@ -576,6 +581,15 @@ class Hub:
         result = handler(action)
         if asyncio.iscoroutine(result):
             self._spawn(result)
+
+    def _control_user_frame(self, action: dict[str, Any]) -> None:
+        frame = action.get("frame")
+        if not isinstance(frame, dict):
+            return
+        data = encode(frame)
+        for conn in list(self.connections.values()):
+            if conn.user_id == action.get("user_id"):
+                conn.send(data)
 
     def _control_disconnect_user(self, action: dict[str, Any]) -> None:
         family = action.get("family")

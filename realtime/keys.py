@@ -24,6 +24,8 @@ Layout (``P`` is the prefix)::
     P:ws-ticket:{ticket}              string, TTL WS_TICKET_TTL_S
     P:search:{hash}                   string, TTL SEARCH_CACHE_TTL_S
     P:user-context:{user_id}          string, TTL USER_CONTEXT_TTL_S
+    P:answers:{user_id}               sorted set slot token -> expiry (ms), the user's
+                                      running answers (MAX_CONCURRENT_ANSWERS)
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class Keys:
 
     def user_context(self, user_id: str) -> str:
         return f"{self.prefix}:user-context:{user_id}"
+
+    def answers(self, user_id: str) -> str:
+        return f"{self.prefix}:answers:{user_id}"
 
 
 DEFAULT_KEYS = Keys()

@@ -126,7 +126,12 @@ async def stream_with_search(
     }
     # The tools stay declared (providers reject a history holding tool calls without
     # them), but may not be called again.
-    follow_up = replace(request, messages=[*request.messages, asked, *results], tool_choice="none")
+    follow_up = replace(
+        request,
+        messages=[*request.messages, asked, *results],
+        tool_choice="none",
+        purpose="search_round",
+    )
     stream = provider.stream(follow_up, fallbacks=fallbacks)
     try:
         async for event in stream:

@@ -26,7 +26,17 @@ from errors import (
 from server.bootstrap import build_container
 from server.config import Settings, load_settings
 from server.metrics import Metrics
-from server.rest import api_keys, auth, documents, health, memory, openai_compat, search, sessions
+from server.rest import (
+    api_keys,
+    auth,
+    budgets,
+    documents,
+    health,
+    memory,
+    openai_compat,
+    search,
+    sessions,
+)
 from server.rest.http import error_response
 from server.rest.middleware import (
     BodyLimitMiddleware,
@@ -90,6 +100,7 @@ def _routes() -> list[BaseRoute]:
     return [
         *health.routes,
         *auth.routes,
+        *budgets.routes,
         *sessions.routes,
         *memory.routes,
         *documents.routes,

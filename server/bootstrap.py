@@ -46,6 +46,7 @@ from realtime.stream_log import StreamLog
 from search.cache import make_search_cache
 from search.service import WebSearch
 from search.tavily import TavilyClient
+from server.assistant.answer_slots import make_answer_slots
 from server.assistant.context import ContextAssembler, make_turn_cache
 from server.assistant.generation import Assistant
 from server.assistant.provider import make_provider
@@ -61,6 +62,7 @@ from server.security.tickets import make_ticket_store
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, LoginLimits
 from server.services.api_keys import ApiKeyService
+from server.services.budgets import BudgetService
 from server.services.documents import DocumentService
 from server.services.hub_links import CallerNotices, HubFanout
 from server.services.memory import MemoryService
@@ -103,6 +105,10 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
     async with contextlib.AsyncExitStack() as stack:
         node_id = uuid.uuid4().hex[:12]
         database = await _open_database(settings, stack)
+        budgets = BudgetService(database, settings, metrics)
+        # Unwinds after the assistant drains (its answers record spend), before the
+        # database is disposed.
+        stack.push_async_callback(budgets.aclose)
         redis = _open_redis(settings, stack)
         # Refused configuration (PostgreSQL without JWT_SECRET) fails before any hub starts.
         jwt_secret = resolve_jwt_secret(settings)
@@ -125,8 +131,10 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
         http = _open_http(settings, stack)
         context = _build_context(settings, database, redis, http, sessions, readiness)
         llm, assembler, assistant = await _start_assistant(
-            settings, database, hub, turns, context, http, metrics, readiness, stack
+            settings, database, hub, turns, context, http, metrics, readiness, stack, budgets, redis
         )
+        # Budget warnings reach the payer's connections on every node.
+        budgets.notify = hub.send_to_user
         message_limit = Limit("message", settings.messages_per_window, settings.message_window_s)
         messages = MessageService(
             database,
@@ -135,6 +143,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             fanout=HubFanout(hub),
             assistant=assistant,
             turns=turns,
+            answer_gate=budgets.check,
         )
         # Runs before the assistant drains: posts whose connections were closed finish
         # landing, so the answers they confirm are among those drained.
@@ -148,6 +157,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             sessions=sessions,
             messages=messages,
             api_keys=ApiKeyService(database, accounts),
+            budgets=budgets,
             redis=redis,
             node_id=node_id,
             http=http,
@@ -369,9 +379,11 @@ async def _start_assistant(
     metrics: Metrics,
     readiness: dict[str, ReadinessProbe],
     stack: contextlib.AsyncExitStack,
+    budgets: BudgetService,
+    redis: Redis | None,
 ) -> tuple[ResilientProvider, ContextAssembler, Assistant]:
     """The provider, what the model is given, and the runner of answers."""
-    llm = make_provider(settings, metrics, http)
+    llm = make_provider(settings, metrics, http, budgets)
     stack.push_async_callback(llm.aclose)
     llm.warm()
     readiness["llm"] = lambda: (
@@ -397,6 +409,7 @@ async def _start_assistant(
         settings=settings,
         metrics=metrics,
         memory=context.memory,
+        slots=make_answer_slots(redis, settings),
     )
     # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
     # generations still reach members on other nodes.

@@ -180,6 +180,19 @@ class Settings(BaseSettings):
     upload_quota_documents: int = Field(100, ge=1)
     max_memory_chars: int = Field(1000, ge=1)
 
+    # Budgets (per user; an admin may override them per user). Unset is unlimited.
+    # Every request sent to a model counts: answers, retries, fallbacks, summaries,
+    # memory extraction, search-tool rounds. A period starts at 00:00 UTC (day) or
+    # on the 1st at 00:00 UTC (month).
+    budget_period: Literal["day", "month"] = "day"
+    budget_tokens_per_period: int | None = Field(None, ge=1)
+    budget_usd_per_period: float | None = Field(None, ge=0)
+    # Whose budget pays for an answer and what it starts: the member who asked, or the
+    # room's owner (who then pays for everyone in their rooms).
+    budget_payer: Literal["asker", "owner"] = "asker"
+    # Answers one user may have running at once (all their rooms); 0 is no cap.
+    max_concurrent_answers: int = Field(0, ge=0)
+
     # Metrics: unset, /metrics is open to whoever reaches the port (bind to a private
     # address or filter it at the proxy); set, it needs "Authorization: Bearer <token>".
     metrics_token: SecretStr | None = None

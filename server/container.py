@@ -22,6 +22,7 @@ from server.security.origins import origin_allowed
 from server.security.ratelimit import Limit, RateLimiter
 from server.services.accounts import AccountService, Principal
 from server.services.api_keys import ApiKeyService
+from server.services.budgets import BudgetService
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
 
@@ -59,6 +60,8 @@ class Container:
     sessions: SessionService
     messages: MessageService
     api_keys: ApiKeyService
+    # Token and money budgets, and the spend every model request adds to them.
+    budgets: BudgetService
     redis: Redis | None
     # This process among the cluster's nodes (presence, stream ownership).
     node_id: str

@@ -91,5 +91,24 @@ class Metrics:
             registry=r,
         )
 
+        self.spend_tokens = Counter(
+            "parley_llm_spend_tokens",
+            "Tokens sent to and received from models, every request counted",
+            ["model", "kind", "direction"],
+            registry=r,
+        )
+        self.spend_usd = Counter(
+            "parley_llm_spend_usd",
+            "What requests to models cost, by the catalogue's prices",
+            ["model"],
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "parley_budget_refusals",
+            "Requests refused before reaching a model: budget spent, or too many answers",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,7 +23,8 @@ from typing import Any
 
 from db.engine import Database
 from db.repositories import usage as usage_repo
-from errors import InternalError, NotFound, ParleyError, Unavailable
+from errors import InternalError, NotFound, ParleyError, TooManyAnswers, Unavailable
+from llm.metering import Payer, paid_by
 from llm.provider import (
     ChatEvent,
     ChatRequest,
@@ -37,6 +38,7 @@ from llm.usage import estimate_usage, recover_usage
 from realtime.control import ControlOp
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
+from server.assistant.answer_slots import AnswerSlots, MemoryAnswerSlots
 from server.assistant.context import ContextAssembler, TurnContext
 from server.assistant.late_answers import (
     STORED_LATER,
@@ -135,6 +137,7 @@ class Assistant:
         settings: Settings,
         metrics: Metrics,
         memory: MemoryService | None = None,
+        slots: AnswerSlots | None = None,
     ) -> None:
         self._db = database
         self._hub = hub
@@ -143,6 +146,7 @@ class Assistant:
         self._settings = settings
         self._metrics = metrics
         self._memory = memory
+        self._slots: AnswerSlots = slots or MemoryAnswerSlots()
         self.running: dict[str, Generation] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.late_answers = LateAnswers(
@@ -159,6 +163,7 @@ class Assistant:
         question: dict[str, Any],
         *,
         force_search: bool,
+        slot: str | None = None,
     ) -> PendingReply:
         """Start answering ``question`` while it is being stored.
 
@@ -174,10 +179,37 @@ class Assistant:
             force_search=force_search,
         )
         self.running[generation.stream_id] = generation
-        generation.task = asyncio.create_task(
-            self._run(generation), name=f"generation-{generation.stream_id}"
-        )
+        # Every model request of this answer, and what it starts (memory extraction),
+        # is paid by the asker (llm.metering): the task copies this context.
+        with paid_by(Payer(principal.user_id, session_id)):
+            generation.task = asyncio.create_task(
+                self._run(generation), name=f"generation-{generation.stream_id}"
+            )
+        if slot is not None:
+            # A done callback: a task cancelled before it ever ran skips its finally.
+            user_id = generation.user_id
+            generation.task.add_done_callback(
+                lambda _: self._in_background(self._slots.give_back(user_id, slot))
+            )
         return PendingReply(generation)
+
+    async def reserve(self, principal: Principal) -> str | None:
+        """One of the user's ``MAX_CONCURRENT_ANSWERS`` slots, over every node, for an
+        answer about to be prepared (``prepare(slot=...)`` gives it back when that answer
+        ends); ``too_many_answers`` when all are taken, None when there is no cap."""
+        cap = self._settings.max_concurrent_answers
+        if not cap:
+            return None
+        slot = uuid.uuid4().hex
+        if not await self._slots.take(str(principal.user_id), slot, cap):
+            self._metrics.budget_refusals.labels("concurrency").inc()
+            raise TooManyAnswers(f"you have {cap} answers running already; wait for one to end")
+        return slot
+
+    def release(self, principal: Principal, slot: str | None) -> None:
+        """Give back a slot whose answer was never prepared."""
+        if slot is not None:
+            self._in_background(self._slots.give_back(str(principal.user_id), slot))
 
     def warm(self, session_id: uuid.UUID, member_id: uuid.UUID) -> None:
         """A member joined the session on this node: read its history for the copy
@@ -345,6 +377,7 @@ class Assistant:
             messages=context.messages,
             max_tokens=self._settings.llm_reply_reserve_tokens,
             user=generation.user_id,
+            purpose="reask" if again else None,
             trace=generation.trace,
             on_sent=lambda: _resolve(out),
         )

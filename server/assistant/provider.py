@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from llm.metering import Meter, MeteredProvider
 from llm.offline import OfflineProvider
 from llm.provider import ChatProvider
 from llm.resilience import ResilientProvider
@@ -13,7 +14,7 @@ from server.metrics import Metrics
 
 
 def make_provider(
-    settings: Settings, metrics: Metrics, client: httpx.AsyncClient
+    settings: Settings, metrics: Metrics, client: httpx.AsyncClient, meter: Meter
 ) -> ResilientProvider:
     upstream: ChatProvider
     if settings.openrouter_api_key is not None:
@@ -35,6 +36,9 @@ def make_provider(
         upstream = OfflineProvider(
             settings.offline_token_delay_s, context_length=settings.llm_context_length or 8192
         )
+    # Inside the resilient wrapper: every attempt is admitted against the payer's
+    # budget and counted (retries and fallbacks too).
+    upstream = MeteredProvider(upstream, meter)
 
     def on_breaker_change(name: str, state: str) -> None:
         metrics.breaker_state.labels(name).set(1 if state == "open" else 0)

@@ -1,4 +1,4 @@
-"""``parley``: serve, migrate, create users and mint access tokens.
+"""``parley``: serve, migrate, create users, mint access tokens and set budgets.
 
 Every command reads the same settings as the server (environment and ``.env``). A
 bad setting is one line on stderr and exit status 2, never a traceback; a refused
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--email", required=True)
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default: ACCESS_TOKEN_TTL_S)")
     token.set_defaults(handler=token_command)
+
+    from server.cli.budget import add_budget_parser
+
+    add_budget_parser(commands)
     return parser
 
 

@@ -30,6 +30,8 @@ ERROR_CODES = {
     429: "rate_limit_exceeded",
     503: "service_unavailable",
 }
+# Parley's codes that OpenAI has its own word for (a spent budget is OpenAI's quota).
+CODE_WORDS = {"budget_exceeded": "insufficient_quota"}
 DONE = b"data: [DONE]\n\n"
 # Parley's ``finish_reason``s that OpenAI has no word for: the text ended there.
 FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -43,11 +45,12 @@ def error_body(exc: ParleyError) -> dict[str, Any]:
         details = details[0]
     if not isinstance(details, dict):
         details = {}
+    word = CODE_WORDS.get(exc.code)
     error = {
         "message": exc.message,
-        "type": ERROR_TYPES.get(exc.status, "server_error"),
+        "type": word or ERROR_TYPES.get(exc.status, "server_error"),
         "param": details.get("field"),
-        "code": details.get("code") or ERROR_CODES.get(exc.status) or exc.code,
+        "code": details.get("code") or word or ERROR_CODES.get(exc.status) or exc.code,
     }
     return {"error": error}
 

@@ -83,6 +83,23 @@ MESSAGE = obj(
     created_at=TIME,
     deleted={"type": "boolean"},
 )
+LIMIT = obj(
+    limit=nullable({"type": "number"}), used={"type": "number"}, left=nullable({"type": "number"})
+)
+BUDGET = obj(
+    period={"enum": ["day", "month"]},
+    resets_at=TIME,
+    tokens=LIMIT,
+    usd=LIMIT,
+    exhausted={"type": "boolean"},
+)
+LIMITS = obj(
+    period={"enum": ["day", "month"]},
+    tokens_per_period=nullable({"type": "integer"}),
+    usd_per_period=nullable({"type": "number"}),
+    overridden={"type": "boolean"},
+)
+USER_BUDGET = obj(user_id=UUID, limits=LIMITS, budget={"$ref": "#/components/schemas/Budget"})
 MEMBER = obj(user_id=UUID, name=STRING, role={"enum": ["owner", "member"]})
 COMPONENTS: dict[str, Schema] = {
     "User": USER,
@@ -94,6 +111,7 @@ COMPONENTS: dict[str, Schema] = {
         messages=array(ref("Message")),
     ),
     "Member": MEMBER,
+    "Budget": BUDGET,
     "MemoryItem": obj(
         id=UUID,
         kind={"enum": ["preference", "fact"]},
@@ -288,6 +306,40 @@ ENDPOINTS: dict[str, Doc] = {
         obj(ticket={"type": "string"}, expires_in={"type": "integer"}),
     ),
     "GET /v1/me": Doc("The caller", "auth", ref("User")),
+    "GET /v1/me/usage": Doc(
+        "What is left of the caller's budget this period, and what every model request "
+        "cost, by kind (answer, retry, fallback, summary, memory, search_round, reask) "
+        "and model",
+        "auth",
+        obj(
+            budget=ref("Budget"),
+            limits=LIMITS,
+            since=TIME,
+            spend=array(
+                obj(
+                    kind=STRING,
+                    model=STRING,
+                    calls={"type": "integer"},
+                    prompt_tokens={"type": "integer"},
+                    completion_tokens={"type": "integer"},
+                    usd={"type": "number"},
+                )
+            ),
+        ),
+    ),
+    "GET /v1/users/{id}/budget": Doc(
+        "A user's budget and what is left of it (admin)", "auth", USER_BUDGET, errors=(403,)
+    ),
+    "PATCH /v1/users/{id}/budget": Doc(
+        "Override a user's budget (admin); fields left out keep their value, null is unlimited",
+        "auth",
+        USER_BUDGET,
+        body=schemas.BudgetPatchBody,
+        errors=(403,),
+    ),
+    "DELETE /v1/users/{id}/budget": Doc(
+        "Back to the default budget (admin)", "auth", USER_BUDGET, errors=(403,)
+    ),
     "PATCH /v1/users/{id}": Doc(
         "Disable or re-enable an account (admin); a disabled user's sockets close with 4403",
         "auth",

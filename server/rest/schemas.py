@@ -33,6 +33,15 @@ class UserPatchBody(Strict):
     disabled: bool
 
 
+class BudgetPatchBody(Strict):
+    """An admin's override of one user's budget; a field left out keeps its value,
+    null is unlimited."""
+
+    tokens_per_period: int | None = Field(default=None, ge=1, le=2**62)
+    usd_per_period: float | None = Field(default=None, ge=0, le=1e9)
+    period: Literal["day", "month"] = "day"
+
+
 class SessionCreateBody(Strict):
     title: str = Field(default="", max_length=200)
     model: str | None = Field(default=None, min_length=1, max_length=200)

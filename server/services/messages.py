@@ -46,6 +46,7 @@ class AssistantTrigger(Protocol):
         question: dict[str, Any],
         *,
         force_search: bool,
+        slot: str | None = None,
     ) -> PendingAnswer: ...
 
 
@@ -66,6 +67,7 @@ class MessageService:
         fanout: MessageFanout | None = None,
         assistant: AssistantTrigger | None = None,
         turns: TurnCache | None = None,
+        answer_gate: Callable[[uuid.UUID, uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
@@ -74,6 +76,9 @@ class MessageService:
         self._quota = quota
         self.fanout = fanout
         self.assistant = assistant
+        # Refuses a question that asks for an answer the user cannot pay for
+        # (``BudgetExceeded``), before it is stored or any model is asked.
+        self._answer_gate = answer_gate
         # The assistant's copy of recent turns, told of every message stored here.
         self.turns = turns
         self._landing: set[asyncio.Future[PostedMessage]] = set()
@@ -123,6 +128,8 @@ class MessageService:
         message_id = uuid.uuid4()
         answer = None
         if reply_mode == "auto" and self.assistant is not None:
+            if self._answer_gate is not None:
+                await self._answer_gate(principal.user_id, session_id)
             # The assistant reads the context and asks the model while the question is
             # stored, so the store does not sit in front of the first token.
             question = {
@@ -134,9 +141,17 @@ class MessageService:
                 "content": text,
                 "client_msg_id": idempotency_key,
             }
-            answer = self.assistant.prepare(
-                principal, session_id, question, force_search=force_search
-            )
+            # One of the user's concurrent answers (``too_many_answers`` when none is
+            # free), taken before anything is stored.
+            reserve = getattr(self.assistant, "reserve", None)
+            slot = await reserve(principal) if reserve is not None else None
+            try:
+                answer = self.assistant.prepare(
+                    principal, session_id, question, force_search=force_search, slot=slot
+                )
+            except BaseException:
+                getattr(self.assistant, "release", lambda *_: None)(principal, slot)
+                raise
         if answer is not None and self._db.in_process:
             # The upstream is the longer wait of the two: its request leaves first.
             # A store that runs in this process (SQLite) would delay the request;

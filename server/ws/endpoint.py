@@ -122,7 +122,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         conn_id_var.set(conn.conn_id)
         handler = ConnectionHandler(container, hub, conn)
         conn.send(
-            encode(welcome(conn.conn_id, conn.user_id, conn.name, container.settings.heartbeat_s))
+            encode(
+                welcome(
+                    conn.conn_id,
+                    conn.user_id,
+                    conn.name,
+                    container.settings.heartbeat_s,
+                    await _budget_left(container, principal.user_id),
+                )
+            )
         )
         hub.register(conn)  # after the welcome: it may queue a notice (the bus is down)
         writer = asyncio.create_task(_write(websocket, conn), name=f"ws-write-{conn.conn_id}")
@@ -395,3 +403,13 @@ class _WebSocketApp:
 
 
 routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", _WebSocketApp(), name="websocket_endpoint")]
+
+
+async def _budget_left(container: Container, user_id: uuid.UUID) -> dict[str, Any] | None:
+    """The ``welcome`` frame's ``budget``; a database that does not answer leaves it out
+    rather than the connection (the next question is checked all the same)."""
+    try:
+        return await container.budgets.left(user_id)
+    except ParleyError as exc:
+        log.warning("budget for the welcome frame failed: %s", exc.message)
+        return None
