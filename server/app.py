@@ -25,7 +25,7 @@ from errors import (
 from server.bootstrap import build_container
 from server.config import Settings, load_settings
 from server.metrics import Metrics
-from server.rest import auth, documents, health, memory, search, sessions
+from server.rest import auth, documents, health, memory, search, sessions, versions
 from server.rest.http import error_response
 from server.rest.middleware import (
     BodyLimitMiddleware,
@@ -84,6 +84,7 @@ def _routes() -> list[BaseRoute]:
         *health.routes,
         *auth.routes,
         *sessions.routes,
+        *versions.routes,
         *memory.routes,
         *documents.routes,
         *search.routes,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
+from db.repositories import versions as versions_repo
+from db.repositories.versions import NewVersion
 from errors import InternalError, NotFound, ParleyError, Unavailable
 from llm.provider import (
     ChatEvent,
@@ -83,6 +85,14 @@ class Generation:
     draining: bool = False
     # Another node took this one for dead and ended the stream (server.assistant.takeover).
     taken_over: bool = False
+    # A regeneration, or the answer to an edited question: stored as a new version of
+    # the question's answer (shown), or as the answer if it has none yet.
+    versioned: bool = False
+    # The version of the question this answers (``message_versions.reply_version``).
+    reply_version: int | None = None
+    # Cancelled by a regeneration or edit that replaces it: what it produced is kept as
+    # a version that is not shown.
+    superseded: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -110,6 +120,7 @@ class Assistant:
         settings: Settings,
         metrics: Metrics,
         memory: MemoryService | None = None,
+        on_version: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self._hub = hub
@@ -124,6 +135,9 @@ class Assistant:
             database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
         )
         hub.control_handlers["cancel_stream"] = self._on_cancel_control
+        hub.control_handlers["supersede_answers"] = self._on_supersede_control
+        # Told of every version an answer's store shows (the hub publishes it to the room).
+        self.on_version = on_version
 
     # AssistantTrigger ------------------------------------------------------------------
 
@@ -134,6 +148,8 @@ class Assistant:
         question: dict[str, Any],
         *,
         force_search: bool,
+        versioned: bool = False,
+        reply_version: int | None = None,
     ) -> PendingReply:
         """Start answering ``question`` while it is being stored.
 
@@ -147,6 +163,8 @@ class Assistant:
             user_id=str(principal.user_id),
             reply_to=question,
             force_search=force_search,
+            versioned=versioned,
+            reply_version=reply_version,
         )
         self.running[generation.stream_id] = generation
         generation.task = asyncio.create_task(
@@ -185,6 +203,29 @@ class Assistant:
         ):
             generation.cancelled_by = str(action.get("by"))
             generation.task.cancel()
+
+    async def supersede(self, session_id: str, question_id: str, keep_stream: str) -> None:
+        """Stop every answer to ``question_id`` running on any node but ``keep_stream``
+        (the regeneration or edit that replaces them)."""
+        await self._hub.send_control(
+            {
+                "op": "supersede_answers",
+                "session_id": session_id,
+                "question_id": question_id,
+                "keep": keep_stream,
+            }
+        )
+
+    def _on_supersede_control(self, action: dict[str, Any]) -> None:
+        for generation in list(self.running.values()):
+            if (
+                generation.task is not None
+                and generation.stream_id != action.get("keep")
+                and generation.session_id == str(action.get("session_id"))
+                and generation.reply_to.get("id") == action.get("question_id")
+            ):
+                generation.superseded = True
+                generation.task.cancel()
 
     async def drain(self, timeout_s: float) -> None:
         """On shutdown: let running generations finish, then stop and store the rest."""
@@ -361,9 +402,18 @@ class Assistant:
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
         status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
         event_id: uuid.UUID | None = None
+        # A failure is stored even without text, so that it shows in place (with a
+        # retry); a stream another node ended was stored there.
+        keep = bool(text) or (status == "error" and not ended_elsewhere)
+        failure = _failure(result.error) if status == "error" else None
+        shown_version = False
         try:
             async with self._db.transaction() as session:
-                if text:
+                if keep and (generation.versioned or generation.superseded):
+                    stored, seq, revision, shown_version = await self._store_version(
+                        session, generation, text, status, answered_by, failure
+                    )
+                elif keep:
                     message = await messages_repo.append_answer(
                         session,
                         session_id=session_uuid,
@@ -371,6 +421,7 @@ class Assistant:
                         status=status,
                         model=answered_by,
                         reply_to=uuid.UUID(generation.reply_to["id"]),
+                        error=failure,
                     )
                     stored, seq = message_to_wire(message.message), message.message.seq
                     revision = message.history_revision
@@ -416,7 +467,16 @@ class Assistant:
             log.exception("storing the answer of stream %s failed", generation.stream_id)
             stored, seq = None, None
             result.outcome, result.error = "error", InternalError("the answer could not be stored")
-        if stored is not None:
+        if stored is not None and seq is None:
+            # A new version of a stored answer: the history changed under the copy.
+            self._context.turns.drop(session_uuid)
+            self._metrics.messages_stored.labels("assistant").inc()
+            if shown_version and self.on_version is not None:
+                try:
+                    await self.on_version(generation.session_id, stored)
+                except ParleyError as exc:
+                    log.warning("message.version not published: %s", exc.message)
+        elif stored is not None:
             # Committed: only now may this node's copy of the history hold it.
             self._context.turns.appended(session_uuid, turn_of(stored), revision, None)
             self._metrics.messages_stored.labels("assistant").inc()
@@ -442,6 +502,44 @@ class Assistant:
             self._recover_usage_later(event_id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
+
+    async def _store_version(
+        self,
+        session: Any,
+        generation: Generation,
+        text: str,
+        status: str,
+        model: str,
+        failure: tuple[str, str] | None,
+    ) -> tuple[dict[str, Any], int | None, int, bool]:
+        """A regeneration's (or an edit's, or a superseded) answer: a new version of the
+        question's stored answer, or the answer itself when there is none yet. Returns
+        the message, its seq when it was appended (None for a version), the history
+        revision and whether a new version is shown."""
+        session_uuid = uuid.UUID(generation.session_id)
+        question_id = uuid.UUID(generation.reply_to["id"])
+        answer = await messages_repo.find_answer(session, session_uuid, question_id)
+        if answer is None:
+            appended = await messages_repo.append_answer(
+                session,
+                session_id=session_uuid,
+                content=text,
+                status=status,
+                model=model,
+                reply_to=question_id,
+                error=failure,
+            )
+            return (
+                message_to_wire(appended.message),
+                appended.message.seq,
+                appended.history_revision,
+                False,
+            )
+        code, message = failure if failure is not None else (None, None)
+        new = NewVersion(text, model, status, code, message, generation.reply_version)
+        show = not generation.superseded
+        await versions_repo.add_version(session, answer, new, show=show)
+        return message_to_wire(answer), None, 0, show
 
     def _taken_over(self, generation: Generation) -> None:
         """The stream log says another node ended this stream: stop asking the model."""
@@ -628,6 +726,13 @@ async def _was_confirmed(generation: Generation) -> bool:
             return False
         raise
     return True
+
+
+def _failure(error: ParleyError | None) -> tuple[str, str]:
+    """What a failed answer stores as its error: the code and message the room was told."""
+    if error is None:
+        return ("internal", "the assistant failed")
+    return (error.code, error.message)
 
 
 def _take(event: ChatEvent, publisher: StreamPublisher, result: _Result) -> None:

@@ -74,3 +74,11 @@ class MemoryAddBody(Strict):
 class DocumentJsonBody(Strict):
     title: str = Field(min_length=1, max_length=300)
     content: str = Field(min_length=1)
+
+
+class MessageEditBody(Strict):
+    content: str = Field(min_length=1)
+
+
+class VersionSelectBody(Strict):
+    version: int = Field(ge=1)
