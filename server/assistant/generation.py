@@ -90,8 +90,7 @@ class Generation:
     versioned: bool = False
     # The version of the question this answers (``message_versions.reply_version``).
     reply_version: int | None = None
-    # Cancelled by a regeneration or edit that replaces it: what it produced is kept as
-    # a version that is not shown.
+    # Cancelled by a regeneration or edit that replaces it: what it produced is dropped.
     superseded: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -403,13 +402,17 @@ class Assistant:
         status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
         event_id: uuid.UUID | None = None
         # A failure is stored even without text, so that it shows in place (with a
-        # retry); a stream another node ended was stored there.
-        keep = bool(text) or (status == "error" and not ended_elsewhere)
+        # retry); a stream another node ended was stored there. An answer replaced by a
+        # regeneration or an edit is not: the replacement is the answer (storing both
+        # would race, on two nodes, over which becomes the answer and which a version).
+        keep = not generation.superseded and (
+            bool(text) or (status == "error" and not ended_elsewhere)
+        )
         failure = _failure(result.error) if status == "error" else None
         shown_version = False
         try:
             async with self._db.transaction() as session:
-                if keep and (generation.versioned or generation.superseded):
+                if keep and generation.versioned:
                     stored, seq, revision, shown_version = await self._store_version(
                         session, generation, text, status, answered_by, failure
                     )
@@ -512,10 +515,10 @@ class Assistant:
         model: str,
         failure: tuple[str, str] | None,
     ) -> tuple[dict[str, Any], int | None, int, bool]:
-        """A regeneration's (or an edit's, or a superseded) answer: a new version of the
-        question's stored answer, or the answer itself when there is none yet. Returns
-        the message, its seq when it was appended (None for a version), the history
-        revision and whether a new version is shown."""
+        """A regeneration's (or an edit's) answer: a new version of the question's stored
+        answer, shown, or the answer itself when there is none yet. Returns the message,
+        its seq when it was appended (None for a version), the history revision and
+        whether a new version is shown."""
         session_uuid = uuid.UUID(generation.session_id)
         question_id = uuid.UUID(generation.reply_to["id"])
         answer = await messages_repo.find_answer(session, session_uuid, question_id)
@@ -537,9 +540,8 @@ class Assistant:
             )
         code, message = failure if failure is not None else (None, None)
         new = NewVersion(text, model, status, code, message, generation.reply_version)
-        show = not generation.superseded
-        await versions_repo.add_version(session, answer, new, show=show)
-        return message_to_wire(answer), None, 0, show
+        await versions_repo.add_version(session, answer, new, show=True)
+        return message_to_wire(answer), None, 0, True
 
     def _taken_over(self, generation: Generation) -> None:
         """The stream log says another node ended this stream: stop asking the model."""

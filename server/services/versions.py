@@ -4,7 +4,7 @@ Every version is stored (``db.repositories.versions``); the message row holds th
 shown, which is what history, the context of later turns, summaries and memory read.
 Each change reaches every member live as ``message.version``. A regeneration or an
 edit starts a new answer to the question; the answers to it still running anywhere
-are stopped (their text is kept as a version that is not shown).
+are stopped, and what they wrote is dropped: the new answer replaces them.
 """
 
 from __future__ import annotations
