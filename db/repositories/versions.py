@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import NamedTuple
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Message, MessageVersion
+from db.models import Chunk, Message, MessageVersion, Summary
 from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
 
@@ -78,7 +78,7 @@ async def add_version(
         )
     )
     if show:
-        await _show(session, message.id, count, new)
+        await _show(session, message, count, new)
     await session.refresh(message)
     return count
 
@@ -93,7 +93,7 @@ async def select_version(session: AsyncSession, message: Message, version: int) 
     await bump_history_revision(session, message.session_id)
     await _show(
         session,
-        message.id,
+        message,
         version,
         NewVersion(row.content, row.model, row.status, row.error_code, row.error_message),
     )
@@ -134,12 +134,13 @@ async def latest_answering(
     ).scalar_one_or_none()
 
 
-async def _show(
-    session: AsyncSession, message_id: uuid.UUID, version: int, new: NewVersion
-) -> None:
+async def _show(session: AsyncSession, message: Message, version: int, new: NewVersion) -> None:
+    """Put ``version`` in the message row, and forget what was derived from the text it
+    replaces: the summaries that folded it and its passages in the history index. The
+    next turn folds and indexes the version shown (summaries follow the version)."""
     await session.execute(
         update(Message)
-        .where(Message.id == message_id)
+        .where(Message.id == message.id)
         .values(
             version=version,
             content=new.content,
@@ -147,5 +148,15 @@ async def _show(
             status=new.status,
             error_code=new.error_code,
             error_message=new.error_message,
+        )
+    )
+    await session.execute(
+        delete(Summary).where(
+            Summary.session_id == message.session_id, Summary.covers_seq >= message.seq
+        )
+    )
+    await session.execute(
+        delete(Chunk).where(
+            Chunk.session_id == message.session_id, Chunk.message_seq == message.seq
         )
     )

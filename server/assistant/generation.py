@@ -24,7 +24,6 @@ from typing import Any
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
-from db.repositories import versions as versions_repo
 from db.repositories.versions import NewVersion
 from errors import InternalError, NotFound, ParleyError, Unavailable
 from llm.provider import (
@@ -39,6 +38,7 @@ from llm.resilience import ResilientProvider
 from llm.usage import estimate_usage, recover_usage
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
+from server.assistant.answers import failure_of, store_version
 from server.assistant.context import ContextAssembler, TurnContext
 from server.assistant.late_answers import STORED_LATER, LateAnswer, LateAnswers
 from server.assistant.turn_cache import turn_of
@@ -408,13 +408,23 @@ class Assistant:
         keep = not generation.superseded and (
             bool(text) or (status == "error" and not ended_elsewhere)
         )
-        failure = _failure(result.error) if status == "error" else None
+        failure = failure_of(result.error) if status == "error" else None
         shown_version = False
         try:
             async with self._db.transaction() as session:
                 if keep and generation.versioned:
-                    stored, seq, revision, shown_version = await self._store_version(
-                        session, generation, text, status, answered_by, failure
+                    stored, seq, revision, shown_version = await store_version(
+                        session,
+                        uuid.UUID(generation.session_id),
+                        uuid.UUID(generation.reply_to["id"]),
+                        NewVersion(
+                            text,
+                            answered_by,
+                            status,
+                            failure[0] if failure else None,
+                            failure[1] if failure else None,
+                            generation.reply_version,
+                        ),
                     )
                 elif keep:
                     message = await messages_repo.append_answer(
@@ -450,7 +460,8 @@ class Assistant:
                     session_id=session_uuid,
                     user_id=uuid.UUID(generation.user_id),
                     reply_to=uuid.UUID(generation.reply_to["id"]),
-                    text=text,
+                    # A replaced answer's text is dropped here too (see ``keep``).
+                    text=text if keep else "",
                     status=status,
                     model=answered_by,
                     prompt_tokens=usage.prompt_tokens,
@@ -460,7 +471,7 @@ class Assistant:
                     outcome=result.outcome,
                 )
             )
-            if text:
+            if text and keep:
                 result.error = Unavailable(STORED_LATER, retry_after=exc.retry_after)
             elif result.error is None:
                 result.error = exc  # only the usage event waits: nothing will follow
@@ -505,43 +516,6 @@ class Assistant:
             self._recover_usage_later(event_id, str(generation.trace["generation_id"]))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
-
-    async def _store_version(
-        self,
-        session: Any,
-        generation: Generation,
-        text: str,
-        status: str,
-        model: str,
-        failure: tuple[str, str] | None,
-    ) -> tuple[dict[str, Any], int | None, int, bool]:
-        """A regeneration's (or an edit's) answer: a new version of the question's stored
-        answer, shown, or the answer itself when there is none yet. Returns the message,
-        its seq when it was appended (None for a version), the history revision and
-        whether a new version is shown."""
-        session_uuid = uuid.UUID(generation.session_id)
-        question_id = uuid.UUID(generation.reply_to["id"])
-        answer = await messages_repo.find_answer(session, session_uuid, question_id)
-        if answer is None:
-            appended = await messages_repo.append_answer(
-                session,
-                session_id=session_uuid,
-                content=text,
-                status=status,
-                model=model,
-                reply_to=question_id,
-                error=failure,
-            )
-            return (
-                message_to_wire(appended.message),
-                appended.message.seq,
-                appended.history_revision,
-                False,
-            )
-        code, message = failure if failure is not None else (None, None)
-        new = NewVersion(text, model, status, code, message, generation.reply_version)
-        await versions_repo.add_version(session, answer, new, show=True)
-        return message_to_wire(answer), None, 0, True
 
     def _taken_over(self, generation: Generation) -> None:
         """The stream log says another node ended this stream: stop asking the model."""
@@ -728,13 +702,6 @@ async def _was_confirmed(generation: Generation) -> bool:
             return False
         raise
     return True
-
-
-def _failure(error: ParleyError | None) -> tuple[str, str]:
-    """What a failed answer stores as its error: the code and message the room was told."""
-    if error is None:
-        return ("internal", "the assistant failed")
-    return (error.code, error.message)
 
 
 def _take(event: ChatEvent, publisher: StreamPublisher, result: _Result) -> None:

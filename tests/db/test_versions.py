@@ -13,11 +13,13 @@ from sqlalchemy import select
 
 from db import migrate
 from db.engine import Database
-from db.models import ChatSession
+from db.models import ChatSession, Chunk
 from db.repositories import messages as messages_repo
+from db.repositories import retrieval as retrieval_repo
 from db.repositories import sessions as sessions_repo
 from db.repositories import users as users_repo
 from db.repositories import versions as versions_repo
+from db.repositories.retrieval import HistoryPiece
 from db.repositories.versions import NewVersion
 from server.services.wire import message_to_wire
 
@@ -136,3 +138,32 @@ async def test_an_answers_version_for_a_question_version(answered: Any) -> None:
         assert await versions_repo.latest_answering(db, answer.id, 1) == 3
         assert await versions_repo.latest_answering(db, answer.id, 2) == 2
         assert await versions_repo.latest_answering(db, answer.id, 3) is None
+
+
+async def test_showing_another_version_forgets_the_summary_and_passages_of_the_old_one(
+    answered: Any,
+) -> None:
+    database, session_id, question, answer = answered
+    async with database.transaction() as db:
+        await messages_repo.store_summary(db, session_id, answer.seq, "Ada asked; it failed", 5)
+        earlier = await messages_repo.store_summary(db, session_id, question.seq - 1, "old", 1)
+        await retrieval_repo.index_history(
+            db,
+            session_id,
+            [
+                HistoryPiece(seq=question.seq, ordinal=0, role="user", text="What is 2+2?"),
+                HistoryPiece(seq=answer.seq, ordinal=0, role="assistant", text="failed"),
+            ],
+        )
+    async with database.transaction() as db:
+        message = await versions_repo.lock_message(db, session_id, answer.id)
+        assert message is not None
+        await versions_repo.add_version(db, message, NewVersion("4", "m", "complete"), show=True)
+    async with database.read() as db:
+        summary = await messages_repo.latest_summary(db, session_id)
+        chunks = (
+            await db.execute(select(Chunk.message_seq).where(Chunk.session_id == session_id))
+        ).all()
+    # The summary that folded the replaced text is gone; the one before it stays.
+    assert summary is not None and summary.id == earlier.id
+    assert [row[0] for row in chunks] == [question.seq]
