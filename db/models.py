@@ -198,11 +198,41 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
     deleted_by: Mapped[uuid.UUID | None]
+    # The version shown (content, model and status above are its own) and how many
+    # there are; every alternative of a message with more than one is a MessageVersion.
+    # Server defaults only: the prebuilt appends (``db.repositories.messages``) leave
+    # them out of their inserts.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    version_count: Mapped[int] = mapped_column(Integer, server_default="1")
+    # Why an answer failed (status "error"): the error's wire code and message.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq", name="uq_messages_session_seq"),
         UniqueConstraint("session_id", "client_msg_id", name="uq_messages_session_client_msg"),
     )
+
+
+class MessageVersion(Base):
+    """One alternative of a message: a regenerated answer, an edited question. Rows
+    exist only for messages with more than one version (version 1 is copied here when
+    the second is made); the shown one is also what the message row holds."""
+
+    __tablename__ = "message_versions"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # An answer's version: the version of its question it answered.
+    reply_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Summary(Base):

@@ -21,6 +21,9 @@ one during a rolling deploy.
                                                peer's events reached nobody, re-read them
     cancel_stream    server/assistant/         ``stream_id``, ``session_id``, ``by``: stop
                      generation.py             the generation if it runs here
+    supersede_answers server/assistant/        ``session_id``, ``question_id``, ``keep``:
+                     generation.py             stop every answer to that question but
+                                               ``keep`` (a regeneration replaces them)
     caller_changed   server/services/          ``user_id``: drop the cached caller row
                      hub_links.py
     ================ ========================= ===========================================
@@ -37,4 +40,5 @@ class ControlOp(StrEnum):
     REMOVE_MEMBER = "remove_member"
     RESYNC = "resync"
     CANCEL_STREAM = "cancel_stream"
+    SUPERSEDE_ANSWERS = "supersede_answers"
     CALLER_CHANGED = "caller_changed"

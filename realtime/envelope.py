@@ -17,6 +17,7 @@ TYPING = "typing"
 PRESENCE = "presence"
 MEMBER = "member"
 STREAM = "stream"
+VERSION = "version"
 CONTROL = "control"
 
 

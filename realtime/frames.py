@@ -26,6 +26,9 @@ CLIENT_FRAMES: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type
     "typing": ({"session_id": _STR, "active": _BOOL}, {}),
     "cancel": ({"session_id": _STR, "stream_id": _STR}, {}),
     "resume": ({"session_id": _STR, "stream_id": _STR, "offset": _INT}, {}),
+    "regenerate": ({"session_id": _STR, "message_id": _STR}, {}),
+    "edit": ({"session_id": _STR, "message_id": _STR, "content": _STR}, {}),
+    "select_version": ({"session_id": _STR, "message_id": _STR, "version": _INT}, {}),
     "refresh": ({"token": _STR}, {}),
     "ping": ({}, {}),
 }
@@ -37,6 +40,9 @@ CLIENT_FRAME_REPLIES: dict[str, str] = {
     "typing": "ack",
     "cancel": "ack",
     "resume": "ack",
+    "regenerate": "ack",
+    "edit": "ack",
+    "select_version": "ack",
     "refresh": "ack",
     "ping": "pong",
 }

@@ -266,6 +266,12 @@ class Hub:
         frame = encode({"type": "message", "session_id": session_id, "message": message})
         await self.publish(Envelope(kinds.MESSAGE, session_id, frame, seq=message["seq"]))
 
+    async def publish_version(self, session_id: str, message: dict[str, Any]) -> None:
+        """A message now shows another version (a regeneration, an edit, a switch):
+        ``message`` is its row as stored, with ``version`` and ``version_count``."""
+        frame = encode({"type": "message.version", "session_id": session_id, "message": message})
+        await self.publish(Envelope(kinds.VERSION, session_id, frame))
+
     async def publish_typing(self, session_id: str, user_id: str, *, active: bool) -> None:
         frame = encode(
             {"type": "typing", "session_id": session_id, "user_id": user_id, "active": active}

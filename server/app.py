@@ -36,6 +36,7 @@ from server.rest import (
     openai_compat,
     search,
     sessions,
+    versions,
 )
 from server.rest.http import error_response
 from server.rest.middleware import (
@@ -102,6 +103,7 @@ def _routes() -> list[BaseRoute]:
         *auth.routes,
         *budgets.routes,
         *sessions.routes,
+        *versions.routes,
         *memory.routes,
         *documents.routes,
         *search.routes,

@@ -68,6 +68,7 @@ from server.services.hub_links import CallerNotices, HubFanout
 from server.services.memory import MemoryService
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
+from server.services.versions import VersionService
 from server.ws.endpoint import _ConnectionCaps
 
 if TYPE_CHECKING:
@@ -145,6 +146,15 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             turns=turns,
             answer_gate=budgets.check,
         )
+        versions = VersionService(
+            database,
+            fanout=hub,
+            validate=lambda content: messages.validate(content, None, None, None)[0],
+            assistant=assistant,
+            # The one message quota: a regeneration or an edit asks the model as a post does.
+            quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
+            history_changed=turns.drop,
+        )
         # Runs before the assistant drains: posts whose connections were closed finish
         # landing, so the answers they confirm are among those drained.
         stack.push_async_callback(messages.landed, settings.drain_timeout_s)
@@ -173,6 +183,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             context=assembler,
             assistant=assistant,
             sse=SSEStreamer(messages, hub, settings),
+            versions=versions,
             ws_connection_caps=_ConnectionCaps(),
             readiness=readiness,
             message_limit=message_limit,
@@ -410,6 +421,7 @@ async def _start_assistant(
         metrics=metrics,
         memory=context.memory,
         slots=make_answer_slots(redis, settings),
+        on_version=hub.publish_version,
     )
     # Runs before the hub closes (the stack unwinds in reverse): deltas of draining
     # generations still reach members on other nodes.

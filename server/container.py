@@ -25,6 +25,7 @@ from server.services.api_keys import ApiKeyService
 from server.services.budgets import BudgetService
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
+from server.services.versions import VersionService
 
 if TYPE_CHECKING:
     import httpx
@@ -81,6 +82,8 @@ class Container:
     context: ContextAssembler
     assistant: Assistant
     sse: SSEStreamer
+    # Regenerate, edit, switch versions of a message.
+    versions: VersionService
     ws_connection_caps: _ConnectionCaps
     readiness: dict[str, ReadinessProbe] = field(default_factory=dict)
     # The readiness checks still running, by name (``server.rest.health._probe``).

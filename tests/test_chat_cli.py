@@ -277,3 +277,35 @@ async def test_a_member_added_while_chatting_is_printed_with_their_name(
     await asyncio.wait_for(chat.wait(), READ_TIMEOUT_S)
     assert chat.stderr is not None
     assert "* Cyd joined the session\n" in (await chat.stderr.read()).decode()
+
+
+async def test_regenerate_and_edit_from_the_terminal(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    ada = await register_user(http, "Ada")
+    session_id = await create_session(http, ada, title="versions")
+    chat = await start_chat(server, ada, "--session", session_id)
+
+    lines = b"the first question\n/regenerate\n/edit the second question\n/retry\n"
+    stdout, stderr = await asyncio.wait_for(chat.communicate(lines), READ_TIMEOUT_S * 2)
+
+    assert chat.returncode == 0, stderr.decode()
+    page = await http.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
+    question, answer = page.json()["data"]["messages"]
+    assert (question["content"], question["version"], question["version_count"]) == (
+        "the second question",
+        2,
+        2,
+    )
+    assert (answer["version"], answer["version_count"]) == (4, 4)
+    assert "the second question" in answer["content"]
+    versions = await http.get(
+        f"/v1/sessions/{session_id}/messages/{answer['id']}/versions", headers=ada.headers
+    )
+    texts = [v["content"] for v in versions.json()["data"]["versions"]]
+    assert "the first question" in texts[0] and "the first question" in texts[1]
+    assert "the second question" in texts[2]
+    printed = stdout.decode()
+    # Four answers streamed, and the edit confirmed.
+    assert printed.count("assistant> ") == 4, printed
+    assert "[you, version 2/2] the second question\n" in printed

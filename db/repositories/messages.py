@@ -58,6 +58,7 @@ async def append_message(
     model: str | None = None,
     reply_to: uuid.UUID | None = None,
     message_id: uuid.UUID | None = None,
+    error: tuple[str, str] | None = None,
 ) -> Appended:
     """Store a message with the session's next ``seq``.
 
@@ -82,6 +83,8 @@ async def append_message(
             "status": status,
             "model": model,
             "reply_to": reply_to,
+            "error_code": error[0] if error else None,
+            "error_message": error[1] if error else None,
         },
     )
     if appended is None:
@@ -97,8 +100,10 @@ async def append_answer(
     status: str,
     model: str | None,
     reply_to: uuid.UUID | None,
+    error: tuple[str, str] | None = None,
 ) -> Appended:
-    """Store the assistant's answer (``complete``, ``cancelled`` or ``error``)."""
+    """Store the assistant's answer (``complete``, ``cancelled`` or ``error``, the last
+    with its error's code and message, and perhaps no text)."""
     return await append_message(
         session,
         session_id=session_id,
@@ -108,6 +113,7 @@ async def append_answer(
         status=status,
         model=model,
         reply_to=reply_to,
+        error=error,
     )
 
 
@@ -187,6 +193,8 @@ _INSERTED_COLUMNS = (
     "status",
     "model",
     "reply_to",
+    "error_code",
+    "error_message",
 )
 
 
@@ -325,6 +333,10 @@ _PAGE = select(
     Message.reply_to,
     Message.created_at,
     Message.deleted_at,
+    Message.version,
+    Message.version_count,
+    Message.error_code,
+    Message.error_message,
 ).where(Message.session_id == bindparam("session_id"))
 _PAGES = _Pages.of(_PAGE)
 _MEMBER_PAGES = _Pages.of(

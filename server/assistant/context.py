@@ -217,7 +217,9 @@ class ContextAssembler:
         budget = window - self._settings.llm_reply_reserve_tokens
         covers = header.summary_covers_seq or 0
         summary_text = header.summary
-        live = [m for m in recent if m.seq > covers]
+        # A failed answer with no text (stored so that it shows, with a retry) is
+        # nothing the model said.
+        live = [m for m in recent if m.seq > covers and m.content]
         turns = [{"role": m.role, "content": m.content} for m in live]
         # Counted once here for both the fold plan and the builder: counting 400
         # turns (cached texts) took 0.15 ms a pass in front of the request.

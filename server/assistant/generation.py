@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +39,7 @@ from realtime.control import ControlOp
 from realtime.hub import Hub
 from realtime.streams import StreamPublisher
 from server.assistant.answer_slots import AnswerSlots, MemoryAnswerSlots
+from server.assistant.answers import failure_of
 from server.assistant.context import ContextAssembler, TurnContext
 from server.assistant.late_answers import (
     STORED_LATER,
@@ -90,6 +91,13 @@ class Generation:
     draining: bool = False
     # Another node took this one for dead and ended the stream (server.assistant.takeover).
     taken_over: bool = False
+    # A regeneration, or the answer to an edited question: stored as a new version of
+    # the question's answer (shown), or as the answer if it has none yet.
+    versioned: bool = False
+    # The version of the question this answers (``message_versions.reply_version``).
+    reply_version: int | None = None
+    # Cancelled by a regeneration or edit that replaces it: what it produced is dropped.
+    superseded: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -138,6 +146,7 @@ class Assistant:
         metrics: Metrics,
         memory: MemoryService | None = None,
         slots: AnswerSlots | None = None,
+        on_version: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self._hub = hub
@@ -153,6 +162,9 @@ class Assistant:
             database, hub, context.turns, metrics, retry_max_s=settings.db_store_retry_max_s
         )
         hub.control_handlers[ControlOp.CANCEL_STREAM] = self._on_cancel_control
+        hub.control_handlers[ControlOp.SUPERSEDE_ANSWERS] = self._on_supersede_control
+        # Told of every version an answer's store shows (the hub publishes it to the room).
+        self.on_version = on_version
 
     # AssistantTrigger ------------------------------------------------------------------
 
@@ -164,6 +176,8 @@ class Assistant:
         *,
         force_search: bool,
         slot: str | None = None,
+        versioned: bool = False,
+        reply_version: int | None = None,
     ) -> PendingReply:
         """Start answering ``question`` while it is being stored.
 
@@ -177,6 +191,8 @@ class Assistant:
             user_id=str(principal.user_id),
             reply_to=question,
             force_search=force_search,
+            versioned=versioned,
+            reply_version=reply_version,
         )
         self.running[generation.stream_id] = generation
         # Every model request of this answer, and what it starts (memory extraction),
@@ -247,6 +263,29 @@ class Assistant:
         ):
             generation.cancelled_by = str(action.get("by"))
             generation.task.cancel()
+
+    async def supersede(self, session_id: str, question_id: str, keep_stream: str) -> None:
+        """Stop every answer to ``question_id`` running on any node but ``keep_stream``
+        (the regeneration or edit that replaces them)."""
+        await self._hub.send_control(
+            {
+                "op": ControlOp.SUPERSEDE_ANSWERS,
+                "session_id": session_id,
+                "question_id": question_id,
+                "keep": keep_stream,
+            }
+        )
+
+    def _on_supersede_control(self, action: dict[str, Any]) -> None:
+        for generation in list(self.running.values()):
+            if (
+                generation.task is not None
+                and generation.stream_id != action.get("keep")
+                and generation.session_id == str(action.get("session_id"))
+                and generation.reply_to.get("id") == action.get("question_id")
+            ):
+                generation.superseded = True
+                generation.task.cancel()
 
     async def drain(self, timeout_s: float) -> None:
         """On shutdown: let running generations finish, then stop and store the rest."""
@@ -400,27 +439,34 @@ class Assistant:
             text = ""  # the node that ended it stored its text
         duration = time.perf_counter() - result.started
         ttft = result.first_token_at - result.started if result.first_token_at is not None else None
+        status = {"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome)
+        # A failure is stored even without text, so that it shows in place (with a
+        # retry); a stream another node ended was stored there. An answer replaced by a
+        # regeneration or an edit is not: the replacement is the answer (storing both
+        # would race, on two nodes, over which becomes the answer and which a version).
+        keep = not generation.superseded and (
+            bool(text) or (status == "error" and not ended_elsewhere)
+        )
         answer = LateAnswer(
             session_id=uuid.UUID(generation.session_id),
             user_id=uuid.UUID(generation.user_id),
             reply_to=uuid.UUID(generation.reply_to["id"]),
-            text=text,
-            status={"stop": "complete", "length": "complete"}.get(result.outcome, result.outcome),
+            text=text if keep else "",
+            status=status,
             model=answered_by,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             ttft_ms=round(ttft * 1000) if ttft is not None else None,
             duration_ms=round(duration * 1000),
             outcome=result.outcome,
+            error=failure_of(result.error) if keep and status == "error" else None,
+            versioned=generation.versioned,
+            reply_version=generation.reply_version,
         )
         written = await self._write(generation, answer, result)
         stored = written.message if written is not None else None
         if written is not None and stored is not None:
-            # Committed: only now may this node's copy of the history hold it.
-            self._context.turns.appended(
-                answer.session_id, turn_of(stored), written.history_revision, None
-            )
-            self._metrics.messages_stored.labels("assistant").inc()
+            await self._remember(generation, answer, written)
         if not ended_elsewhere:
             end = _end_frame(generation, result, answer, stored)
             await publisher.end(end, written.seq if written is not None else None)
@@ -431,6 +477,23 @@ class Assistant:
             self._recover_usage_later(written.usage_event_id, str(generation_id))
         if stored is not None and result.outcome in ("stop", "length"):
             self._learn_later(generation, stored)
+
+    async def _remember(self, generation: Generation, answer: LateAnswer, written: Written) -> None:
+        """Committed: only now may this node's copy of the history hold the answer."""
+        assert written.message is not None
+        self._metrics.messages_stored.labels("assistant").inc()
+        if written.seq is not None:
+            self._context.turns.appended(
+                answer.session_id, turn_of(written.message), written.history_revision, None
+            )
+            return
+        # A new version of a stored answer: the history changed under the copy.
+        self._context.turns.drop(answer.session_id)
+        if written.new_version and self.on_version is not None:
+            try:
+                await self.on_version(generation.session_id, written.message)
+            except ParleyError as exc:
+                log.warning("message.version not published: %s", exc.message)
 
     async def _settle_stream(
         self, generation: Generation, publisher: StreamPublisher, result: _Result

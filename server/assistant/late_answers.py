@@ -24,8 +24,10 @@ from typing import Any, NamedTuple
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import usage as usage_repo
+from db.repositories.versions import NewVersion
 from errors import Unavailable
 from realtime.hub import Hub
+from server.assistant.answers import store_version
 from server.assistant.turn_cache import TurnCache, turn_of
 from server.metrics import Metrics
 from server.services.wire import message_to_wire
@@ -56,15 +58,27 @@ class LateAnswer:
     ttft_ms: int | None
     duration_ms: int
     outcome: str
+    # A failed answer's code and message: stored (even without text) so it shows in
+    # place, with a retry.
+    error: tuple[str, str] | None = None
+    # A regeneration's or an edited question's answer: a new version of the stored
+    # answer to ``reply_to`` (``server.assistant.answers.store_version``).
+    versioned: bool = False
+    reply_version: int | None = None
+
+    @property
+    def stored(self) -> bool:
+        return bool(self.text) or self.error is not None
 
 
 class Written(NamedTuple):
     """What ``write_answer`` stored."""
 
-    message: dict[str, Any] | None  # the answer as the wire shows it; None without text
-    seq: int | None
+    message: dict[str, Any] | None  # the answer as the wire shows it; None if not stored
+    seq: int | None  # None for a new version: it keeps the answer's place
     history_revision: int
     usage_event_id: uuid.UUID
+    new_version: bool = False
 
 
 async def write_answer(
@@ -84,7 +98,22 @@ async def _write(session: Any, answer: LateAnswer) -> Written:  # session: db's 
     stored: dict[str, Any] | None = None
     seq: int | None = None
     revision = 0
-    if answer.text:
+    new_version = False
+    if answer.stored and answer.versioned:
+        stored, seq, revision, new_version = await store_version(
+            session,
+            answer.session_id,
+            answer.reply_to,
+            NewVersion(
+                answer.text,
+                answer.model,
+                answer.status,
+                answer.error[0] if answer.error else None,
+                answer.error[1] if answer.error else None,
+                answer.reply_version,
+            ),
+        )
+    elif answer.stored:
         appended = await messages_repo.append_answer(
             session,
             session_id=answer.session_id,
@@ -92,6 +121,7 @@ async def _write(session: Any, answer: LateAnswer) -> Written:  # session: db's 
             status=answer.status,
             model=answer.model,
             reply_to=answer.reply_to,
+            error=answer.error,
         )
         stored, seq = message_to_wire(appended.message), appended.message.seq
         revision = appended.history_revision
@@ -107,7 +137,7 @@ async def _write(session: Any, answer: LateAnswer) -> Written:  # session: db's 
         duration_ms=answer.duration_ms,
         outcome=answer.outcome,
     )
-    return Written(stored, seq, revision, event.id)
+    return Written(stored, seq, revision, event.id, new_version)
 
 
 class LateAnswers:

@@ -7,6 +7,10 @@ conversation. Ctrl-C during an answer sends ``cancel``; a second Ctrl-C, a Ctrl-
 while idle, or EOF quits (EOF first waits for the answers still owed, so
 ``echo hi | parley chat --new demo`` prints the whole reply).
 
+Commands: ``/retry`` or ``/regenerate`` asks for a new answer to the last question
+(the retry of a failed one), ``/edit <text>`` changes your last question and asks
+again. A command waits for the answers still owed, so that it applies to the newest.
+
 The socket reconnects on its own with jittered exponential backoff and picks up
 where it was: ``join`` with ``since_seq`` of the last message shown, ``resume`` of a
 running stream from the next index. Messages not yet acknowledged are sent again
@@ -71,6 +75,9 @@ class Conversation:
     # client_msg_id → content, until the server acknowledges it.
     unacked: dict[str, str] = field(default_factory=dict)
     owed: set[str] = field(default_factory=set)  # streams answering our own messages
+    last_answer: str | None = None  # what /retry and /regenerate answer again
+    last_question: str | None = None  # our own, what /edit changes
+    versions: dict[str, int] = field(default_factory=dict)  # message id → version shown
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -222,6 +229,30 @@ class ChatClient:
             }
         )
 
+    async def command(self, line: str) -> None:
+        """``/retry``, ``/regenerate``, ``/edit <text>``."""
+        name, _, rest = line.strip().partition(" ")
+        conv = self.conv
+        if name in ("/retry", "/regenerate"):
+            if conv.last_answer is None:
+                self.term.notice("no answer to regenerate yet")
+                return
+            frame = {"type": "regenerate", "message_id": conv.last_answer}
+        elif name == "/edit":
+            if conv.last_question is None or not rest.strip():
+                self.term.notice("usage: /edit <new text> (changes your last question)")
+                return
+            frame = {"type": "edit", "message_id": conv.last_question, "content": rest.strip()}
+        else:
+            self.term.notice("commands: /retry, /regenerate, /edit <text>")
+            return
+        request_id = uuid.uuid4().hex
+        conv.unacked[f"v:{request_id}"] = line
+        frame |= {"session_id": conv.session_id, "id": f"v:{request_id}"}
+        if not await self.send(frame):
+            conv.unacked.pop(f"v:{request_id}", None)
+            self.term.notice("not connected; try again")
+
     async def cancel_running(self) -> bool:
         running = [s for s in self.conv.streams if s not in self.conv.ended]
         for stream_id in running:
@@ -248,8 +279,15 @@ class ChatClient:
                 self.conv.owed.add(stream_id)
             if frame.get("message"):
                 self._message(frame["message"])
+        elif kind == "ack" and str(frame.get("id", "")).startswith("v:"):
+            self.conv.unacked.pop(frame["id"], None)
+            stream_id = frame.get("stream_id")
+            if stream_id and stream_id not in self.conv.ended:
+                self.conv.owed.add(stream_id)
         elif kind == "message":
             self._message(frame["message"])
+        elif kind == "message.version":
+            self._version(frame["message"])
         elif kind == "presence":
             self.conv.names[frame["user_id"]] = frame["name"]
             if frame["user_id"] != self.conv.me:
@@ -313,11 +351,35 @@ class ChatClient:
         self.conv.shown.add(message["id"])
         self.conv.last_seq = max(self.conv.last_seq, message["seq"])
         mine = message.get("user_id") == self.conv.me
+        self._remember(message)
         if message["role"] == "user" and (earlier or not mine):
             name = "you" if mine else self.conv.names.get(message.get("user_id") or "", "someone")
             self.term.line(f"[{name}] {message['content']}")
         elif message["role"] == "assistant" and earlier:
             self._earlier_answer(message["content"])
+
+    def _remember(self, message: dict[str, Any]) -> None:
+        self.conv.versions[message["id"]] = message.get("version") or 1
+        if message["role"] == "assistant":
+            self.conv.last_answer = message["id"]
+        elif message.get("user_id") == self.conv.me:
+            self.conv.last_question = message["id"]
+
+    def _version(self, message: dict[str, Any]) -> None:
+        """Another version of a message is shown (regenerated, edited, switched)."""
+        if self.conv.versions.get(message["id"]) == message.get("version"):
+            return  # printed already, as its answer streamed
+        self.conv.versions[message["id"]] = message.get("version") or 1
+        label = f"version {message.get('version')}/{message.get('version_count')}"
+        if message["role"] == "assistant":
+            if message.get("status") == "error" and not message.get("content"):
+                self.term.line(f"assistant ({label})> [failed]")
+            else:
+                self.term.line(f"assistant ({label})> {message['content']}")
+        else:
+            mine = message.get("user_id") == self.conv.me
+            name = "you" if mine else self.conv.names.get(message.get("user_id") or "", "someone")
+            self.term.line(f"[{name}, {label}] {message['content']}")
 
     def _earlier_answer(self, content: str) -> None:
         # An answer we were showing when the socket went, finished while we were away:
@@ -356,6 +418,7 @@ class ChatClient:
         if message is not None:
             self.conv.shown.add(message["id"])
             self.conv.last_seq = max(self.conv.last_seq, message["seq"])
+            self._remember(message)
             if not stream.started and message.get("content"):
                 # Joined too late for the deltas: the stored text is the answer.
                 self.term.write("assistant> " + message["content"])
@@ -379,6 +442,8 @@ class ChatClient:
             return
         if frame_id.startswith("m:"):
             self.conv.unacked.pop(frame_id[2:], None)
+        elif frame_id.startswith("v:"):
+            self.conv.unacked.pop(frame_id, None)
         self.term.notice(f"error: {frame.get('code')}: {frame.get('message')}")
         if frame_id == "join":
             self.quit.set()
@@ -510,15 +575,23 @@ async def run_chat(argv: Sequence[str] | None = None) -> int:
 
 async def _pump_input(client: ChatClient, lines: asyncio.Queue[str | None]) -> None:
     while (line := await lines.get()) is not None:
-        if line.strip():
+        if line.startswith("/"):
+            await _until_idle(client)
+            await client.command(line)
+        elif line.strip():
             await client.post(line)
     # EOF: leave once the messages are acknowledged and their answers are complete.
+    await _until_idle(client)
+    client.quit.set()
+
+
+async def _until_idle(client: ChatClient) -> None:
+    """Until every message is acknowledged and every answer owed is complete."""
     client.conv.changed.clear()
     async with asyncio.timeout(EOF_DRAIN_TIMEOUT_S):
         while not client.conv.idle:
             await client.conv.changed.wait()
             client.conv.changed.clear()
-    client.quit.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

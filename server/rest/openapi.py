@@ -82,6 +82,34 @@ MESSAGE = obj(
     reply_to=nullable(UUID),
     created_at=TIME,
     deleted={"type": "boolean"},
+    version={"type": "integer", "minimum": 1},
+    version_count={"type": "integer", "minimum": 1},
+    error=obj(code=STRING, message=STRING),
+    required=(
+        "id",
+        "session_id",
+        "seq",
+        "role",
+        "user_id",
+        "content",
+        "client_msg_id",
+        "status",
+        "model",
+        "reply_to",
+        "created_at",
+        "deleted",
+        "version",
+        "version_count",
+    ),
+)
+VERSION = obj(
+    version={"type": "integer", "minimum": 1},
+    content=STRING,
+    model=nullable(STRING),
+    status=STRING,
+    created_at=TIME,
+    error=obj(code=STRING, message=STRING),
+    required=("version", "content", "model", "status", "created_at"),
 )
 LIMIT = obj(
     limit=nullable({"type": "number"}), used={"type": "number"}, left=nullable({"type": "number"})
@@ -137,6 +165,7 @@ COMPONENTS: dict[str, Schema] = {
             code=nullable(STRING),
         )
     ),
+    "MessageVersion": VERSION,
     "ErrorEnvelope": obj(
         success={"const": False},
         error=obj(
@@ -436,6 +465,33 @@ ENDPOINTS: dict[str, Doc] = {
         "messages",
         ref("Message"),
         errors=(403,),
+    ),
+    "POST /v1/sessions/{id}/messages/{message_id}/regenerate": Doc(
+        "A new answer to the question (or the answer's question): its next version, shown;"
+        " also the retry of a failed answer. Stops the answers to it still running",
+        "messages",
+        obj(message=ref("Message"), stream_id=nullable({"type": "string"})),
+        202,
+        errors=(400, 409, 429),
+    ),
+    "PATCH /v1/sessions/{id}/messages/{message_id}": Doc(
+        "Edit your question: a new version of it, shown, and a new answer",
+        "messages",
+        obj(message=ref("Message"), stream_id=nullable({"type": "string"})),
+        body=schemas.MessageEditBody,
+        errors=(400, 403, 409, 429),
+    ),
+    "PUT /v1/sessions/{id}/messages/{message_id}/version": Doc(
+        "Show another version of a message (every member sees message.version)",
+        "messages",
+        obj(message=ref("Message"), stream_id={"type": "null"}),
+        body=schemas.VersionSelectBody,
+        errors=(400, 409),
+    ),
+    "GET /v1/sessions/{id}/messages/{message_id}/versions": Doc(
+        "Every version of a message, oldest first",
+        "messages",
+        obj(message=ref("Message"), versions=array(ref("MessageVersion"))),
     ),
     "GET /v1/me/memory": Doc(
         "What the assistant keeps about the caller", "memory", obj(items=array(ref("MemoryItem")))

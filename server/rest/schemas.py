@@ -94,3 +94,11 @@ class ApiKeyCreateBody(Strict):
 # The front door's body is the service's own input (server/services/frontdoor.py):
 # named here too, for the OpenAPI document.
 ChatCompletionBody = frontdoor.ChatCompletionBody
+
+
+class MessageEditBody(Strict):
+    content: str = Field(min_length=1)
+
+
+class VersionSelectBody(Strict):
+    version: int = Field(ge=1)

@@ -6,13 +6,13 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from db.models import ChatSession, Message, Summary
+from db.models import ChatSession, Message, MessageVersion, Summary
 
 
 def message_to_wire(message: Message | Row[Any]) -> dict[str, Any]:
     """A stored message: the ORM object, or a row with its columns (history pages)."""
     deleted = message.deleted_at is not None
-    return {
+    wire: dict[str, Any] = {
         "id": str(message.id),
         "session_id": str(message.session_id),
         "seq": message.seq,
@@ -26,7 +26,27 @@ def message_to_wire(message: Message | Row[Any]) -> dict[str, Any]:
         "reply_to": str(message.reply_to) if message.reply_to else None,
         "created_at": message.created_at.isoformat(),
         "deleted": deleted,
+        # A message just appended through Core has not read its defaults back.
+        "version": message.version or 1,
+        "version_count": message.version_count or 1,
     }
+    if message.error_code is not None:
+        wire["error"] = {"code": message.error_code, "message": message.error_message or ""}
+    return wire
+
+
+def version_to_wire(version: MessageVersion) -> dict[str, Any]:
+    """One stored alternative of a message (``GET …/messages/{id}/versions``)."""
+    wire: dict[str, Any] = {
+        "version": version.version,
+        "content": version.content,
+        "model": version.model,
+        "status": version.status,
+        "created_at": version.created_at.isoformat(),
+    }
+    if version.error_code is not None:
+        wire["error"] = {"code": version.error_code, "message": version.error_message or ""}
+    return wire
 
 
 def session_to_wire(chat: ChatSession) -> dict[str, Any]:

@@ -11,6 +11,7 @@
 import { get } from "./api.js";
 import { clear, copyButton, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { failureNote, versionControls, versionNav } from "./versions.js";
 
 const STAGES = {
   searching: "Searching the web…",
@@ -196,6 +197,10 @@ export class ChatView {
       case "stream.end":
         this.onEnd(frame);
         break;
+      case "message.version":
+        // A regenerated answer, an edited question, another version shown: in place.
+        this.addMessage(frame.message);
+        break;
       case "left":
         if (frame.reason === "removed") {
           this.notify("You were removed from this session.");
@@ -284,7 +289,9 @@ export class ChatView {
     if (frame.message) {
       this.receive({ ...frame.message, status: frame.message.status || statusOf(frame) });
     }
-    if (frame.finish_reason === "error") {
+    if (frame.finish_reason === "error" && !frame.message) {
+      // A stored failure shows in place, with a Retry; only one that was not stored
+      // (the database was down) is told here.
       this.notify(`The assistant failed: ${frame.error?.message || "unknown error"}`);
     }
     this.scrollToEnd(false);
@@ -309,7 +316,7 @@ export class ChatView {
   addMessage(message) {
     const existing = this.shown.get(message.id);
     if (existing) {
-      if (message.deleted && existing.dataset.deleted !== "true") {
+      if ((message.deleted && existing.dataset.deleted !== "true") || changed(existing, message)) {
         const el = this.messageEl(message);
         existing.replaceWith(el);
         el.daySeparator = existing.daySeparator;
@@ -404,8 +411,9 @@ export class ChatView {
     else body.append(renderMarkdown(message.content));
     const tags = [];
     if (message.status === "cancelled") tags.push(h("span", { class: "tag", text: "stopped" }));
-    if (message.status === "error") tags.push(h("span", { class: "tag warn", text: "incomplete" }));
-    return h(
+    if (message.status === "error") tags.push(h("span", { class: "tag warn", text: message.content ? "incomplete" : "failed" }));
+    const failure = message.deleted ? null : failureNote(message);
+    const el = h(
       "article",
       {
         class: `message ${message.role}${mine ? " mine" : ""}`,
@@ -416,6 +424,9 @@ export class ChatView {
         "data-deleted": message.deleted ? "true" : "false",
         "data-author": message.role === "assistant" ? "assistant" : `user:${message.user_id}`,
         "data-created-at": message.created_at,
+        "data-version": message.version || 1,
+        "data-version-count": message.version_count || 1,
+        "data-status": message.status,
       },
       h(
         "header",
@@ -423,10 +434,14 @@ export class ChatView {
         h("span", { class: "author", testid: "message-author", text: author }),
         h("time", { datetime: message.created_at, title: new Date(message.created_at).toLocaleString(), text: formatTime(message.created_at) }),
         tags,
+        versionNav(this, message),
       ),
       body,
-      message.deleted ? null : h("div", { class: "message-actions" }, copyButton(() => message.content, { testid: "copy-message", title: "Copy this message" })),
+      failure,
+      message.deleted ? null : h("div", { class: "message-actions" }, message.content ? copyButton(() => message.content, { testid: "copy-message", title: "Copy this message" }) : null, versionControls(this, message)),
     );
+    el.shownMessage = message; // what `changed` compares a newer copy of it with
+    return el;
   }
 
   async loadOlder() {
@@ -593,6 +608,17 @@ export class ChatView {
     );
     return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), h("div", { class: "timeline-wrap" }, this.timelineEl, this.newMessagesEl), form);
   }
+}
+
+// Whether `message` differs from what `el` shows: another version, or the same one
+// stored again differently (a failed answer retried into its own place).
+function changed(el, message) {
+  return (
+    Number(el.dataset.version) !== (message.version || 1) ||
+    Number(el.dataset.versionCount) !== (message.version_count || 1) ||
+    el.dataset.status !== message.status ||
+    el.shownMessage?.content !== message.content
+  );
 }
 
 // A message without a (valid) time is placed as if it were written now.

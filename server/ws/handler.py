@@ -51,6 +51,9 @@ class ConnectionHandler:
         "typing": "typing",
         "cancel": "cancel",
         "resume": "resume",
+        "regenerate": "regenerate",
+        "edit": "edit",
+        "select_version": "select_version",
         "refresh": "refresh",
         "ping": "ping",
     }
@@ -287,6 +290,34 @@ class ConnectionHandler:
         )
         if not found:
             raise NotFound("stream not found or no longer held; its message is in the history")
+
+    async def regenerate(self, frame: ClientFrame) -> dict[str, Any]:
+        # Into a joined room, as a message: the new answer streams to the room.
+        session_id = parse_id(self._joined(frame))
+        change = await self.container.versions.regenerate(
+            self._principal(), session_id, parse_id(frame["message_id"], "message")
+        )
+        return {"type": "ack", "message": change.message, "stream_id": change.stream_id}
+
+    async def edit(self, frame: ClientFrame) -> dict[str, Any]:
+        session_id = parse_id(self._joined(frame))
+        change = await self.container.versions.edit(
+            self._principal(),
+            session_id,
+            parse_id(frame["message_id"], "message"),
+            frame["content"],
+        )
+        return {"type": "ack", "message": change.message, "stream_id": change.stream_id}
+
+    async def select_version(self, frame: ClientFrame) -> dict[str, Any]:
+        session_id = parse_id(self._joined(frame))
+        change = await self.container.versions.select(
+            self._principal(),
+            session_id,
+            parse_id(frame["message_id"], "message"),
+            frame["version"],
+        )
+        return {"type": "ack", "message": change.message}
 
     async def refresh(self, frame: ClientFrame) -> dict[str, Any]:
         principal = await self.container.accounts.authenticate(frame["token"])

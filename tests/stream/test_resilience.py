@@ -70,7 +70,9 @@ async def test_a_hanging_upstream_fails_at_the_first_token_deadline_despite_comm
 
     assert end["finish_reason"] == "error"
     assert end["error"]["code"] == "unavailable"
-    assert end["message"] is None
+    # The failure is stored, so that it shows in place with a retry (issue 16, item 3).
+    assert end["message"]["status"] == "error" and end["message"]["content"] == ""
+    assert end["message"]["error"]["code"] == "unavailable"
     assert asyncio.get_running_loop().time() - started < 5
     assert await fake_openrouter.wait_disconnect(2.0)
 

@@ -172,7 +172,11 @@ async def test_an_upstream_failure_before_any_text_ends_the_stream_with_unavaila
     assert streamed.end is not None
     assert streamed.end["finish_reason"] == "error"
     assert streamed.end["error"]["code"] == "unavailable"
-    assert streamed.end["message"] is None
+    # The failure is stored, so that it shows in place with a retry (issue 16, item 3).
+    failed = streamed.end["message"]
+    assert (failed["status"], failed["content"], failed["role"]) == ("error", "", "assistant")
+    assert failed["error"] == streamed.end["error"]
+    assert failed["reply_to"] == ack["message"]["id"]
     assert len(fake_openrouter.chat_requests) == 3  # one try and two retries
 
 
