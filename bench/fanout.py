@@ -124,6 +124,17 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 row[setup] = {"rate": best["delivery_rate"], "efficiency": best["efficiency"]}
         if "one" in row and "two" in row and row["one"]["efficiency"]:
             row["two_over_one"] = row["two"]["efficiency"] / row["one"]["efficiency"]
+        # Step by step too: on a loaded machine few steps are held, and efficiency (CPU
+        # used per delivery) can still be compared at the same offered rate.
+        one = {s["target_deliveries"]: s for s in results.get("one", {}).get(kind, [])}
+        two = {s["target_deliveries"]: s for s in results.get("two", {}).get(kind, [])}
+        by_target = {
+            target: two[target]["efficiency"] / one[target]["efficiency"]
+            for target in sorted(one.keys() & two.keys())
+            if one[target]["efficiency"]
+        }
+        if by_target:
+            row["two_over_one_by_target"] = by_target
         if row:
             summary[kind] = row
     return summary
