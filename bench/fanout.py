@@ -1,6 +1,7 @@
 """Fan-out of ``typing`` and stored ``message`` frames to a room of 200 (issue 3).
 
     .venv/bin/python -m bench.fanout [--members 200] [--seconds 4] [--only one|two]
+        [--placement] [--kinds typing,message] [--no-report]
 
 Real ``parley serve`` processes: one node (memory bus, SQLite), then two nodes
 (Redis bus, PostgreSQL) with the receivers split between them. The receivers and
@@ -11,6 +12,12 @@ step reports what the server and the client used of the CPU. Rate limits are rai
 through settings (MESSAGES_PER_WINDOW, TYPING_PER_WINDOW) so that the limiter is not
 what is measured. Writes the ``## Realtime fan-out (issue 3)`` section of
 docs/benchmarks.md together with ``bench.idle_connections``.
+
+``--placement`` (issue 19): on two nodes every sender is a member on node 1 while the
+members are spread round-robin over both, so half of every delivery crosses Redis.
+Each step reports its efficiency, deliveries per second of server CPU (summed over
+the server processes), and the run ends with one node's best held efficiency against
+two nodes', measured in the same run.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ async def run_steps(
     targets: list[int],
     members: int,
     seconds: float,
+    senders_on: int | None = None,
 ) -> list[dict[str, Any]]:
     per_event = members - 1 if kind == "typing" else members
     steps = []
@@ -73,11 +81,18 @@ async def run_steps(
         pids = {f"server{i}": s.pid for i, s in enumerate(servers)} | {"client": client.pid}
         window = CpuWindow(pids)
         result = await client.call(
-            cmd="run", kind=kind, rate=rate, seconds=seconds, senders=SENDERS, grace_s=5
+            cmd="run",
+            kind=kind,
+            rate=rate,
+            seconds=seconds,
+            senders=SENDERS,
+            senders_on=senders_on,
+            grace_s=5,
         )
         cpu = window.percent()
         result["target_deliveries"] = target
         result["cpu"] = cpu
+        result["efficiency"] = efficiency(result)
         result["held"] = held(result)
         steps.append(result)
         print(json.dumps(result), flush=True)
@@ -85,6 +100,44 @@ async def run_steps(
             break  # far past saturation: higher steps say nothing more
         await asyncio.sleep(1.0)  # let queues drain between steps
     return steps
+
+
+def efficiency(result: dict[str, Any]) -> float:
+    """Deliveries per second of server CPU: independent of how many cores there are."""
+    server_cores = sum(v for k, v in result["cpu"].items() if k.startswith("server")) / 100
+    return result["delivery_rate"] / server_cores if server_cores > 0 else 0.0
+
+
+def best_held(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    held_steps = [s for s in steps if s["held"]]
+    return max(held_steps, key=lambda s: s["delivery_rate"]) if held_steps else None
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Best held step per setup and kind, and two nodes' efficiency over one node's."""
+    summary: dict[str, Any] = {}
+    for kind in ("typing", "message"):
+        row: dict[str, Any] = {}
+        for setup in ("one", "two"):
+            best = best_held(results.get(setup, {}).get(kind, []))
+            if best is not None:
+                row[setup] = {"rate": best["delivery_rate"], "efficiency": best["efficiency"]}
+        if "one" in row and "two" in row and row["one"]["efficiency"]:
+            row["two_over_one"] = row["two"]["efficiency"] / row["one"]["efficiency"]
+        # Step by step too: on a loaded machine few steps are held, and efficiency (CPU
+        # used per delivery) can still be compared at the same offered rate.
+        one = {s["target_deliveries"]: s for s in results.get("one", {}).get(kind, [])}
+        two = {s["target_deliveries"]: s for s in results.get("two", {}).get(kind, [])}
+        by_target = {
+            target: two[target]["efficiency"] / one[target]["efficiency"]
+            for target in sorted(one.keys() & two.keys())
+            if one[target]["efficiency"]
+        }
+        if by_target:
+            row["two_over_one_by_target"] = by_target
+        if row:
+            summary[kind] = row
+    return summary
 
 
 def held(result: dict[str, Any]) -> bool:
@@ -95,7 +148,7 @@ def held(result: dict[str, Any]) -> bool:
     )
 
 
-async def one_node(members: int, seconds: float, workdir: Path) -> dict[str, Any]:
+async def one_node(members: int, seconds: float, workdir: Path, kinds: list[str]) -> dict[str, Any]:
     async with fresh_database("sqlite", workdir) as url:
         room = await seed_room(url, members)
         server = ServerNode("one", server_env(url, None, **LIMITS), workdir)
@@ -107,17 +160,25 @@ async def one_node(members: int, seconds: float, workdir: Path) -> dict[str, Any
                 cmd="connect", urls=[server.ws_url], tokens=room.tokens, session_id=room.session_id
             )
             assert connected["connected"] == members, connected
-            typing = await run_steps(client, [server], "typing", TYPING_TARGETS, members, seconds)
-            messages = await run_steps(
-                client, [server], "message", MESSAGE_TARGETS, members, seconds
-            )
+            typing = messages = []
+            if "typing" in kinds:
+                typing = await run_steps(
+                    client, [server], "typing", TYPING_TARGETS, members, seconds
+                )
+            if "message" in kinds:
+                messages = await run_steps(
+                    client, [server], "message", MESSAGE_TARGETS, members, seconds
+                )
         finally:
             await client.stop()
             server.stop()
     return {"setup": "one node, memory bus, SQLite", "typing": typing, "message": messages}
 
 
-async def two_nodes(members: int, seconds: float, workdir: Path) -> dict[str, Any]:
+async def two_nodes(
+    members: int, seconds: float, workdir: Path, kinds: list[str], placement: bool
+) -> dict[str, Any]:
+    senders_on = 0 if placement else None
     async with fresh_database("postgresql", workdir) as url:
         room = await seed_room(url, members)
         env = server_env(url, REDIS_URL, DB_POOL_SIZE="10", **LIMITS)
@@ -134,16 +195,22 @@ async def two_nodes(members: int, seconds: float, workdir: Path) -> dict[str, An
                 session_id=room.session_id,
             )
             assert connected["connected"] == members, connected
-            typing = await run_steps(client, servers, "typing", TYPING_TARGETS, members, seconds)
-            messages = await run_steps(
-                client, servers, "message", MESSAGE_TARGETS, members, seconds
-            )
+            typing = messages = []
+            if "typing" in kinds:
+                typing = await run_steps(
+                    client, servers, "typing", TYPING_TARGETS, members, seconds, senders_on
+                )
+            if "message" in kinds:
+                messages = await run_steps(
+                    client, servers, "message", MESSAGE_TARGETS, members, seconds, senders_on
+                )
         finally:
             await client.stop()
             for server in servers:
                 server.stop()
+    senders = "senders all on node 1" if placement else "senders split evenly"
     return {
-        "setup": "two nodes, Redis bus, PostgreSQL (receivers and senders split evenly)",
+        "setup": f"two nodes, Redis bus, PostgreSQL (receivers split evenly, {senders})",
         "typing": typing,
         "message": messages,
     }
@@ -151,12 +218,19 @@ async def two_nodes(members: int, seconds: float, workdir: Path) -> dict[str, An
 
 async def main_async(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {"members": args.members, "seconds": args.seconds}
+    kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="parley-fanout-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "one"):
-            results["one"] = await one_node(args.members, args.seconds, workdir)
+            results["one"] = await one_node(args.members, args.seconds, workdir, kinds)
         if args.only in (None, "two"):
-            results["two"] = await two_nodes(args.members, args.seconds, workdir)
+            results["two"] = await two_nodes(
+                args.members, args.seconds, workdir, kinds, args.placement
+            )
+    results["summary"] = summarize(results)
+    print(json.dumps({"summary": results["summary"]}), flush=True)
+    if args.no_report:
+        return
     render_and_write(fanout=results, report=args.report)
 
 
@@ -165,7 +239,16 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each rate step")
     parser.add_argument("--only", choices=["one", "two"], help="run one setup only")
+    parser.add_argument(
+        "--placement",
+        action="store_true",
+        help="two nodes: every sender on node 1, members spread over both (issue 19)",
+    )
+    parser.add_argument("--kinds", default="typing,message", help="typing, message or both")
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
+    parser.add_argument(
+        "--no-report", action="store_true", help="print the results only (short runs)"
+    )
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the section from the last results"
     )

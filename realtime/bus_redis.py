@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Connection, ConnectionPool
@@ -23,6 +24,7 @@ from redis.retry import Retry
 from errors import Unavailable
 from realtime import _redis
 from realtime.bus import GapHandler, LostHandler, MessageHandler
+from realtime.bus_batch import PublishBatcher, split
 from realtime.keys import DEFAULT_PREFIX, Keys
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class RedisBus:
         self._keys = Keys(prefix)
         self._redis = _redis.connect(redis_url)
         self._batcher = _redis.PipelineBatcher(self._redis, "bus publish")
+        # What one channel gets within an event-loop turn goes as one PUBLISH: one
+        # message for Redis to fan out and for every node's reader to parse.
+        self._publishes = PublishBatcher(self._send_batch, "bus publish")
         # Channels this node wants, confirmed or not: logical name -> wire name, and back.
         self._channels: dict[str, bytes] = {}
         self._by_wire: dict[bytes, str] = {}
@@ -107,6 +112,7 @@ class RedisBus:
         await self._drop_connection()
         self._channels.clear()
         self._by_wire.clear()
+        await self._publishes.close()
         await self._batcher.close()
         await self._redis.aclose()
 
@@ -128,7 +134,18 @@ class RedisBus:
     async def publish(self, channel: str, data: bytes) -> None:
         if not self._healthy:
             raise Unavailable("the bus is disconnected")
-        await self._batcher.execute(("PUBLISH", self._keys.rebase(channel), data))
+        await self._publishes.publish(channel, data)
+
+    @property
+    def publish_counts(self) -> tuple[int, int]:
+        """PUBLISHes sent and the messages they carried (diagnostics and tests)."""
+        return self._publishes.sent_messages, self._publishes.sent_envelopes
+
+    async def _send_batch(self, items: Sequence[tuple[str, bytes]]) -> None:
+        rebase = self._keys.rebase
+        await self._batcher.execute(
+            *[("PUBLISH", rebase(channel), data) for channel, data in items]
+        )
 
     async def subscribe(self, channel: str) -> None:
         wire = self._channels.get(channel)
@@ -202,10 +219,11 @@ class RedisBus:
             channel = self._by_wire.get(wire)
             if channel is None:  # unsubscribed meanwhile
                 return
-            try:
-                self._on_message(channel, reply[2])
-            except Exception:
-                log.exception("bus message handler failed on %s", channel)
+            for data in split(reply[2]):
+                try:
+                    self._on_message(channel, data)
+                except Exception:
+                    log.exception("bus message handler failed on %s", channel)
         elif kind == b"subscribe":
             left = self._unconfirmed.get(wire, 1) - 1
             if left > 0:

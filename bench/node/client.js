@@ -5,7 +5,8 @@
 //     open one socket per token (Authorization: Bearer), spread over urls round-robin;
 //     with a session_id each socket joins it. -> {"connected":N,"failed":F,"ms":…}
 //   {"cmd":"run","kind":"typing"|"message","rate":events_per_s,"seconds":s,"senders":k}
-//     the first k sockets send `kind` frames at `rate` events/s in total; every socket
+//     the first k sockets (of those on urls[senders_on], if given) send `kind` frames
+//     at `rate` events/s in total; every socket
 //     records what it receives. Latency is receive time minus send time on this
 //     process's monotonic clock: a message carries its send time in its content; the
 //     n-th typing frame from a user matches that user's n-th send (delivery keeps a
@@ -91,6 +92,7 @@ async function connect(cmd) {
       const i = next++;
       const slot = await openOne(cmd.urls[i % cmd.urls.length], cmd.tokens[i], join);
       if (slot === null) failed++;
+      else slot.node = i % cmd.urls.length; // which of the urls it is connected to
       opened[i] = slot;
     }
   }
@@ -144,7 +146,10 @@ function percentile(hist, total, p) {
 
 function startRun(cmd) {
   return new Promise((resolve) => {
-    const senders = sockets.slice(0, Math.min(cmd.senders, sockets.length));
+    // senders_on: only sockets connected to that url (its index) send, e.g. every
+    // publisher on node 1 while the members are spread over the nodes.
+    const eligible = cmd.senders_on == null ? sockets : sockets.filter((s) => s.node === cmd.senders_on);
+    const senders = eligible.slice(0, Math.min(cmd.senders, eligible.length));
     run = {
       kind: cmd.kind,
       hist: new Uint32Array(BUCKETS),

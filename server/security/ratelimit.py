@@ -13,6 +13,7 @@ from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
 from errors import RateLimited
+from server.security.local_windows import LocalWindows
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,25 @@ class RateLimiter:
             self._storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self._storage)
         # For limits on one connection (every frame it sends): in this process, never a
-        # round trip to Redis on the path of each frame.
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        # round trip to Redis on the path of each frame, and a few dozen bytes per
+        # connection rather than ``limits``' lock and entries per key (local_windows.py).
+        self._local = LocalWindows()
         self._items: dict[Limit, RateLimitItem] = {}
 
     async def hit(
         self, limit: Limit, identity: str, message: str | None = None, *, local: bool = False
     ) -> None:
+        if local:
+            wait = self._local.hit(limit.name, limit.amount, limit.per_seconds, identity)
+            if wait is None:
+                return
+            raise RateLimited(message or "too many requests, slow down", retry_after=wait)
         item = self._items.get(limit) or self._items.setdefault(limit, limit.item())
-        limiter = self._local if local else self._limiter
         try:
-            allowed = await limiter.hit(item, limit.name, identity)
+            allowed = await self._limiter.hit(item, limit.name, identity)
             if allowed:
                 return
-            stats = await limiter.get_window_stats(item, limit.name, identity)
+            stats = await self._limiter.get_window_stats(item, limit.name, identity)
         except StorageError:
             # A limiter outage must not take the service down with it: fail open.
             return

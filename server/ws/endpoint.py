@@ -15,10 +15,11 @@ import logging
 import math
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -30,8 +31,9 @@ from realtime.frames import encode, welcome
 from realtime.hub import Hub
 from server.config import Settings
 from server.container import Container, container_of
-from server.logging import conn_id_var
+from server.logging import conn_id_var, request_id_var
 from server.rest.http import error_response
+from server.rest.middleware import MAX_REQUEST_ID
 from server.security.origins import origin_allowed
 from server.services.accounts import Principal
 from server.serving import CLOSE_NOW_EXTENSION, SEND_TEXTS_EXTENSION, WAIT_WRITABLE_EXTENSION
@@ -75,6 +77,11 @@ async def authenticate_handshake(container: Container, websocket: WebSocket) -> 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     container = container_of(websocket)
     hub: Hub = container.hub
+    # What RequestContextMiddleware does for other requests (the app's fast path skips
+    # the middleware stack, see ``serve_websocket``): this task is the connection's
+    # own, so the id is set for its life without a reset.
+    request_id = _request_id(websocket)
+    request_id_var.set(request_id)
     try:
         principal = await authenticate_handshake(container, websocket)
     except ParleyError as exc:
@@ -84,7 +91,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             # signature" or "no such ticket" helps whoever is guessing. The log keeps why.
             log.info("handshake refused: %s", exc.message)
             exc = Unauthorized(HANDSHAKE_REFUSED)
-        await websocket.send_denial_response(error_response(exc))
+        await _deny(websocket, error_response(exc), request_id)
         return
     caps = _connection_caps(container)
     address = (
@@ -95,10 +102,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     refusal = caps.admit(container.settings, str(principal.user_id), address)
     if refusal is not None:
         container.metrics.handshake_refused.labels(refusal.code).inc()
-        await websocket.send_denial_response(error_response(refusal))
+        await _deny(websocket, error_response(refusal), request_id)
         return
     try:
         await websocket.accept()
+        _forget_handshake(websocket)
         # The reader runs in this task and the writer in its own; when the writer ends (a
         # close went out, the peer went away) or the close is abandoned, the reader is
         # cancelled. One task fewer per connection than a reader task, and no asyncio.wait
@@ -159,6 +167,29 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 await hub.unregister(conn)
     finally:
         caps.release(str(principal.user_id), address)
+
+
+def _request_id(websocket: WebSocket) -> str:
+    incoming = websocket.headers.get("x-request-id", "")
+    return incoming if 0 < len(incoming) <= MAX_REQUEST_ID else uuid.uuid4().hex
+
+
+async def _deny(websocket: WebSocket, response: Response, request_id: str) -> None:
+    response.headers["X-Request-ID"] = request_id
+    await websocket.send_denial_response(response)
+
+
+def _forget_handshake(websocket: WebSocket) -> None:
+    """Drop the handshake's headers, query and their parsed copies once accepted.
+
+    Nothing reads them after the upgrade, and the scope lives as long as the
+    connection: ~1.5 KiB per idle connection (a Bearer token, cookies, user agent).
+    """
+    scope = websocket.scope
+    scope["headers"] = []
+    scope["query_string"] = b""
+    for cached in ("_headers", "_cookies", "_query_params", "_url", "_base_url"):
+        websocket.__dict__.pop(cached, None)
 
 
 async def _read(websocket: WebSocket, handler: ConnectionHandler) -> None:
@@ -393,16 +424,25 @@ class _WebSocketApp:
 
     Given a function, Starlette wraps it in two coroutines, two closures, a second
     ``WebSocket`` and a second exception-handling layer, all alive for the connection's
-    life (~2 KiB). Exceptions still reach the app's ``ExceptionMiddleware``, which looks
-    up the same handlers. Not a coroutine function either: the endpoint's coroutine is
-    awaited by the route directly, one frame fewer.
+    life (~2 KiB). The endpoint handles its own errors; one that escapes ends the
+    connection through uvicorn (logged, and a 500 or a 1011). Not a coroutine function
+    either: the endpoint's coroutine is awaited by the caller directly, one frame fewer.
     """
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         return websocket_endpoint(WebSocket(scope, receive=receive, send=send))
 
 
-routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", _WebSocketApp(), name="websocket_endpoint")]
+serve_websocket = _WebSocketApp()
+"""The endpoint as the app's fast path calls it (server/app.py): straight from the
+server, past the middleware stack and the router, whose coroutine frames and
+closures (~10 of them, ~3 KiB) would otherwise stay alive for every connection's life.
+None of the middleware does anything for ``/v1/ws`` but the request id, set above."""
+WEBSOCKET_PATH = "/v1/ws"
+
+routes: list[BaseRoute] = [
+    WebSocketRoute(WEBSOCKET_PATH, serve_websocket, name="websocket_endpoint")
+]
 
 
 async def _budget_left(container: Container, user_id: uuid.UUID) -> dict[str, Any] | None:

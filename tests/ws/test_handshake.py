@@ -135,6 +135,25 @@ async def test_a_refused_handshake_answers_with_the_error_envelope(
     assert response.headers["x-request-id"]
 
 
+async def test_a_refused_handshake_echoes_the_callers_request_id(live_server: LiveServer) -> None:
+    # /v1/ws is served past the middleware stack (server/app.py): the endpoint sets the
+    # request id itself, in the header and in the error body alike.
+    async with httpx.AsyncClient() as plain:
+        response = await plain.get(
+            live_server.http_url + "/v1/ws",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "X-Request-ID": "trace-me-1",
+            },
+        )
+    assert response.status_code == 401
+    assert response.headers["x-request-id"] == "trace-me-1"
+    assert response.json()["error"]["request_id"] == "trace-me-1"
+
+
 async def test_a_ticket_minted_before_logout_all_is_refused(
     live_server: LiveServer, live_client: httpx.AsyncClient
 ) -> None:
