@@ -1,4 +1,4 @@
-"""Message versions in the database (migration 0006), on both back ends: every
+"""Message versions in the database (migration 0008), on both back ends: every
 alternative kept, the message row showing the selected one, a failure stored with why."""
 
 from __future__ import annotations
