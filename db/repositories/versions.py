@@ -144,6 +144,9 @@ async def shows(session: AsyncSession, shown: list[tuple[uuid.UUID, int]]) -> bo
     rows = await session.execute(
         select(Message.id, Message.version)
         .where(Message.id.in_([message_id for message_id, _ in shown]))
+        # In seq order, the order a switch of version locks them in (question, then
+        # its answer): the two transactions wait on each other, never deadlock.
+        .order_by(Message.seq)
         .with_for_update()
     )
     current = {row.id: row.version for row in rows}
