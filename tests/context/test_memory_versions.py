@@ -146,3 +146,29 @@ async def test_a_regenerated_answer_is_learned_from_in_place_of_the_old_one(
 
     assert "A dog!" in extraction_exchange(answers)
     assert await memory_of(answers, ada) == [(DOG, "learned")]
+
+
+async def test_what_another_members_regeneration_teaches_is_about_the_asker(
+    answers: Answers,
+) -> None:
+    ada, bob = await answers.user("Ada"), await answers.user("Bob")
+    session_id = await answers.session(ada)
+    added = await answers.http.post(
+        f"/v1/sessions/{session_id}/members", json={"user_id": bob.id}, headers=ada.headers
+    )
+    assert added.status_code == 201, added.text
+    base = f"/v1/sessions/{session_id}/messages"
+
+    answers.fake.enqueue(Stream(["A dog!"]), learned(DOG))
+    first = await answers.ask(ada, session_id, "I have a pet named Rex.")
+    assert first.end is not None
+
+    answers.fake.enqueue(Stream(["A cat!"]), learned(CAT))
+    regenerated = await answers.http.post(
+        f"{base}/{first.end['message']['id']}/regenerate", headers=bob.headers
+    )
+    assert regenerated.status_code == 202, regenerated.text
+    await answered(answers, ada, regenerated.json())
+
+    assert await memory_of(answers, ada) == [(CAT, "learned")]
+    assert await memory_of(answers, bob) == []
