@@ -259,10 +259,18 @@ class MemoryItem(Base):
     kind: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16))
+    # The question a learned item was learned from (migration 0009): when the version
+    # shown of it or of its answer changes, the item is forgotten and learned again.
+    source_message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_memories_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_memories_user_created", "user_id", "created_at"),
+        Index("ix_memories_source_message", "source_message_id"),
+    )
 
 
 class Document(Base):

@@ -154,6 +154,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             # The one message quota: a regeneration or an edit asks the model as a post does.
             quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
             history_changed=turns.drop,
+            memory_forgotten=context.memory.forgotten,
         )
         # Runs before the assistant drains: posts whose connections were closed finish
         # landing, so the answers they confirm are among those drained.

@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Chunk, Message, MessageVersion, Summary
+from db.repositories.memories import delete_learned_from
 from db.repositories.sessions import bump_history_revision
 from db.types import utcnow
 
@@ -134,10 +135,30 @@ async def latest_answering(
     ).scalar_one_or_none()
 
 
+async def shows(session: AsyncSession, shown: list[tuple[uuid.UUID, int]]) -> bool:
+    """Whether each ``(message id, version)`` is still the version shown; the rows are
+    locked (PostgreSQL) so that no version change commits between this check and what
+    the caller writes next in its transaction (what was learned from those versions)."""
+    if not shown:
+        return True
+    rows = await session.execute(
+        select(Message.id, Message.version)
+        .where(Message.id.in_([message_id for message_id, _ in shown]))
+        # In seq order, the order a switch of version locks them in (question, then
+        # its answer): the two transactions wait on each other, never deadlock.
+        .order_by(Message.seq)
+        .with_for_update()
+    )
+    current = {row.id: row.version for row in rows}
+    return all(current.get(message_id) == version for message_id, version in shown)
+
+
 async def _show(session: AsyncSession, message: Message, version: int, new: NewVersion) -> None:
     """Put ``version`` in the message row, and forget what was derived from the text it
-    replaces: the summaries that folded it and its passages in the history index. The
-    next turn folds and indexes the version shown (summaries follow the version)."""
+    replaces: the summaries that folded it, its passages in the history index, and the
+    memory items learned from its exchange (the question, or the question an answer
+    answers). The next turn folds and indexes the version shown (summaries follow the
+    version); memory is learned again from the exchange now shown once its answer is."""
     await session.execute(
         update(Message)
         .where(Message.id == message.id)
@@ -160,3 +181,6 @@ async def _show(session: AsyncSession, message: Message, version: int, new: NewV
             Chunk.session_id == message.session_id, Chunk.message_seq == message.seq
         )
     )
+    question_id = message.id if message.role == "user" else message.reply_to
+    if question_id is not None:
+        await delete_learned_from(session, question_id)

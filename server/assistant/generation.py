@@ -52,7 +52,7 @@ from server.assistant.turn_cache import turn_of
 from server.config import Settings
 from server.metrics import Metrics
 from server.services.accounts import Principal
-from server.services.memory import MemoryService
+from server.services.memory import LearnedFrom, MemoryService
 
 log = logging.getLogger("parley.assistant")
 
@@ -487,8 +487,12 @@ class Assistant:
                 answer.session_id, turn_of(written.message), written.history_revision, None
             )
             return
-        # A new version of a stored answer: the history changed under the copy.
+        # A new version of a stored answer: the history changed under the copy, and
+        # what was learned from the answer it replaced is gone (learned again next).
         self._context.turns.drop(answer.session_id)
+        if written.new_version and self._memory is not None:
+            author = generation.reply_to.get("user_id") or generation.user_id
+            await self._memory.forgotten(uuid.UUID(author))
         if written.new_version and self.on_version is not None:
             try:
                 await self.on_version(generation.session_id, written.message)
@@ -603,7 +607,29 @@ class Assistant:
             self._metrics.breaker_state.labels(name).set(1 if state == "open" else 0)
 
     def _learn_later(self, generation: Generation, stored: dict[str, Any]) -> None:
-        """Memory extraction runs off the hot path, after the answer is out.
+        """Memory extraction runs off the hot path, after the answer is out."""
+        self._learn(generation.reply_to, stored, fallback_user=generation.user_id)
+
+    def relearn(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        question: dict[str, Any],
+        answer: dict[str, Any],
+    ) -> None:
+        """Another version of an exchange is shown (``VersionService.select``): what was
+        learned from the version it replaces went with the change; learn from this one.
+        Paid by the member who switched, like an answer they asked for."""
+        if answer.get("status") != "complete" or not answer.get("content"):
+            return
+        with paid_by(Payer(principal.user_id, session_id)):
+            self._learn(question, answer, fallback_user=str(principal.user_id))
+
+    def _learn(
+        self, question: dict[str, Any], answer: dict[str, Any], *, fallback_user: str
+    ) -> None:
+        """Learn about the question's author from the exchange as shown, in the
+        background; stored only while those versions are still shown (``LearnedFrom``).
 
         Not with the offline model: its rule-based "extraction" would be stored as if a
         model had learned it ("Name: Ada and I prefer short answers" as one fact).
@@ -611,17 +637,27 @@ class Assistant:
         memory = self._memory
         if memory is None or self._settings.offline_model:
             return
-        task = asyncio.create_task(
+        question_id = uuid.UUID(question["id"])
+        source = LearnedFrom(
+            question_id,
+            (
+                (question_id, int(question.get("version") or 1)),
+                (uuid.UUID(answer["id"]), int(answer.get("version") or 1)),
+            ),
+        )
+        # The author: a member who regenerates another's answer learns nothing about
+        # themselves from someone else's question.
+        author = question.get("user_id") or fallback_user
+        self._in_background(
             memory.learn_from_turn(
-                uuid.UUID(generation.user_id),
-                generation.reply_to["content"],
-                stored["content"],
-                model=stored.get("model") or self._settings.model_for(None),
+                uuid.UUID(author),
+                question["content"],
+                answer["content"],
+                model=answer.get("model") or self._settings.model_for(None),
                 complete=self._provider.complete,
+                source=source,
             )
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 class _Asked:

@@ -2,7 +2,11 @@
 
 Two writers: the user through ``/v1/me/memory`` (source ``"user"``) and extraction
 after a turn (``learn_from_turn`` → ``apply_changes``, source ``"learned"``). A
-learned item never overwrites one the user wrote. Every change invalidates the user's entry in the
+learned item never overwrites one the user wrote. A learned item remembers the
+question it came from (``source_message_id``): when the version shown of that
+question or of its answer changes, the item is deleted with the change
+(``db.repositories.versions``) and the exchange now shown is learned from again
+(memory follows the version shown). Every change invalidates the user's entry in the
 context cache, so the next turn reads the table again; a cache that is down costs a
 database read, never the request.
 """
@@ -13,6 +17,7 @@ import builtins
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,6 +25,7 @@ import orjson
 from db.engine import Database
 from db.models import MemoryItem
 from db.repositories import memories as memories_repo
+from db.repositories import versions as versions_repo
 from errors import BadRequest, NotFound, ParleyError, TooLarge
 from memory.cache import DEFAULT_TTL_S, UserContextCache
 from memory.extraction import KINDS, Complete, MemoryChanges, extract_memory
@@ -45,6 +51,16 @@ _ABOUT_THE_USER = re.compile(
 def worth_learning(user_text: str) -> bool:
     """Whether a turn may hold a preference or a fact about the user (rule above)."""
     return bool(_ABOUT_THE_USER.search(user_text))
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedFrom:
+    """The exchange a turn's extraction reads: its question, and the ``(message id,
+    version)`` of the question and the answer as they were shown then. What it learned
+    is stored only if they are still shown (a newer version is learned from instead)."""
+
+    question_id: uuid.UUID
+    shown: tuple[tuple[uuid.UUID, int], ...] = ()
 
 
 def memory_to_wire(item: MemoryItem) -> dict[str, Any]:
@@ -112,21 +128,32 @@ class MemoryService:
             for item in items
         ]
 
-    async def apply_changes(self, user_id: uuid.UUID, changes: MemoryChanges) -> int:
+    async def apply_changes(
+        self, user_id: uuid.UUID, changes: MemoryChanges, source: LearnedFrom | None = None
+    ) -> int:
         """Store what extraction learned; returns how many items were added or replaced.
 
         Candidates that fail the same checks as a user's item are skipped, not raised:
-        a model's bad guess must not fail the turn that produced it.
+        a model's bad guess must not fail the turn that produced it. With ``source``,
+        nothing is stored once another version of its exchange is shown.
         """
         if not changes:
             return 0
         applied = 0
+        source_id = source.question_id if source is not None else None
         async with self._db.transaction() as session:
+            if source is not None and not await versions_repo.shows(session, list(source.shown)):
+                return 0
             for candidate in changes.add:
                 content = self._valid_or_none(candidate.content, candidate.kind)
                 if content is not None:
                     await memories_repo.add(
-                        session, user_id, kind=candidate.kind, content=content, source="learned"
+                        session,
+                        user_id,
+                        kind=candidate.kind,
+                        content=content,
+                        source="learned",
+                        source_message_id=source_id,
                     )
                     applied += 1
             for target, candidate in changes.replace:
@@ -141,6 +168,7 @@ class MemoryService:
                     kind=candidate.kind,
                     content=content,
                     only_source="learned",
+                    source_message_id=source_id,
                 ):
                     applied += 1
         if applied:
@@ -155,6 +183,7 @@ class MemoryService:
         *,
         model: str,
         complete: Complete,
+        source: LearnedFrom | None = None,
     ) -> int:
         """Extract what a finished turn says about the user and store it as ``learned``.
 
@@ -174,7 +203,7 @@ class MemoryService:
                 existing=existing,
                 max_chars=self._max_chars,
             )
-            return await self.apply_changes(user_id, changes)
+            return await self.apply_changes(user_id, changes, source)
         except ParleyError as exc:
             log.warning("learning from a turn failed: %s", exc.message)
         except Exception:
@@ -214,6 +243,11 @@ class MemoryService:
             return self._checked(content, kind)
         except ParleyError:
             return None
+
+    async def forgotten(self, user_id: uuid.UUID) -> None:
+        """A version change deleted items learned for ``user_id`` (in its own
+        transaction): the prompt's cached view of them goes too."""
+        await self._invalidate(user_id)
 
     async def _invalidate(self, user_id: uuid.UUID) -> None:
         try:

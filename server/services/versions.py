@@ -5,6 +5,11 @@ shown, which is what history, the context of later turns, summaries and memory r
 Each change reaches every member live as ``message.version``. A regeneration or an
 edit starts a new answer to the question; the answers to it still running anywhere
 are stopped, and what they wrote is dropped: the new answer replaces them.
+
+Memory follows the version shown: a change deletes the items learned from the
+question's exchange (``db.repositories.versions``), and the exchange now shown is
+learned from again: after the new answer of a regeneration or an edit, at once after
+a switch of version (``Regenerator.relearn``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class Regenerator(Protocol):
 
     async def supersede(self, session_id: str, question_id: str, keep_stream: str) -> None: ...
 
+    def relearn(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        question: dict[str, Any],
+        answer: dict[str, Any],
+    ) -> None: ...
+
 
 @dataclass(frozen=True)
 class VersionChange:
@@ -63,6 +76,7 @@ class VersionService:
         assistant: Regenerator,
         quota: Callable[[str], Awaitable[None]] | None = None,
         history_changed: Callable[[uuid.UUID], None] | None = None,
+        memory_forgotten: Callable[[uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
         self._db = database
         self._fanout = fanout
@@ -71,6 +85,9 @@ class VersionService:
         self._quota = quota
         # Drops this node's copy of the session's turns (``TurnCache.drop``).
         self._history_changed = history_changed
+        # Drops a user's cached view of memory (``MemoryService.forgotten``): a change
+        # of version deleted what was learned from the version it replaced.
+        self._memory_forgotten = memory_forgotten
         self._assistant = assistant
 
     async def regenerate(
@@ -117,6 +134,7 @@ class VersionService:
             edited = message_to_wire(message)
             revision = chat.history_revision + 1
         await self._changed(session_id, edited)
+        await self._forgotten(principal.user_id)
         stream_id = await self._answer(
             assistant, principal, session_id, edited, chat.model, revision
         )
@@ -130,6 +148,7 @@ class VersionService:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise BadRequest("version must be a positive integer", details={"field": "version"})
         changed: list[dict[str, Any]] = []
+        exchange: tuple[Message | None, Message | None] = (None, None)
         async with self._db.transaction() as session:
             _, message = await self._target(session, principal, session_id, message_id)
             before = message.version
@@ -145,8 +164,19 @@ class VersionService:
                     if match is not None and match != answer.version:
                         await versions_repo.select_version(session, answer, match)
                         changed.append(message_to_wire(answer))
+                exchange = (message, answer)
+            elif message.role == "assistant" and message.version != before and message.reply_to:
+                question = await messages_repo.get_message(session, session_id, message.reply_to)
+                exchange = (question, message)
+            question, answer = exchange
+            asked = message_to_wire(question) if question is not None else None
+            answered = message_to_wire(answer) if answer is not None else None
         for wire in changed:
             await self._changed(session_id, wire)
+        if asked is not None:
+            await self._forgotten(uuid.UUID(asked["user_id"]) if asked["user_id"] else None)
+            if answered is not None and not asked["deleted"]:
+                self._assistant.relearn(principal, session_id, asked, answered)
         return VersionChange(shown)
 
     async def versions(
@@ -205,6 +235,10 @@ class VersionService:
         # The answers this one replaces stop (on whichever node runs them).
         await assistant.supersede(str(session_id), question["id"], stream_id)
         return stream_id
+
+    async def _forgotten(self, user_id: uuid.UUID | None) -> None:
+        if self._memory_forgotten is not None and user_id is not None:
+            await self._memory_forgotten(user_id)
 
     async def _changed(self, session_id: uuid.UUID, message: dict[str, Any]) -> None:
         if self._history_changed is not None:
