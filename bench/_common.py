@@ -176,11 +176,16 @@ def server_env(database_url: str, redis_url: str | None, **extra: str) -> dict[s
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(kind: str, workdir: Path) -> AsyncIterator[str]:
-    """A migrated, empty database: ``sqlite`` (a file) or ``postgresql`` (dropped after)."""
+async def fresh_database(
+    kind: str, workdir: Path, *, code: Path | None = None
+) -> AsyncIterator[str]:
+    """A migrated, empty database: ``sqlite`` (a file) or ``postgresql`` (dropped after).
+
+    ``code``: migrate with that checkout's migrations (an A/B baseline), not this one's:
+    a server refuses a database at a revision it does not know."""
     if kind == "sqlite":
         url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-        await _migrate(url)
+        await _migrate(url, code)
         yield url
         return
     name = f"parley_bench_{uuid.uuid4().hex[:8]}"
@@ -192,7 +197,7 @@ async def fresh_database(kind: str, workdir: Path) -> AsyncIterator[str]:
         await conn.close()
     url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
     try:
-        await _migrate(url)
+        await _migrate(url, code)
         yield url
     finally:
         conn = await asyncpg.connect(admin_url)
@@ -202,7 +207,19 @@ async def fresh_database(kind: str, workdir: Path) -> AsyncIterator[str]:
             await conn.close()
 
 
-async def _migrate(url: str) -> None:
+async def _migrate(url: str, code: Path | None = None) -> None:
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": str(code), "DATABASE_URL": url}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys; from server.cli.main import main; sys.exit(main(['migrate']))",
+            env=env,
+            cwd=code,
+        )
+        if await process.wait() != 0:
+            raise RuntimeError(f"migrating with {code} failed")
+        return
     database = Database(url, pool_size=2)
     try:
         await migrate.upgrade(database)

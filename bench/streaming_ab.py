@@ -43,10 +43,11 @@ async def compare(baseline_tree: Path, database: str, rounds: int, workdir: Path
     async with AsyncExitStack() as stack:
         fake = await stack.enter_async_context(fake_upstream())
         nodes: dict[str, tuple[ServerNode, str, str]] = {}
-        for name, extra in (("A", {"PYTHONPATH": str(baseline_tree)}), ("B", {})):
+        for name, code in (("A", baseline_tree), ("B", None)):
+            extra = {"PYTHONPATH": str(code)} if code is not None else {}
             home = workdir / name
             home.mkdir()
-            url = await stack.enter_async_context(fresh_database(database, home))
+            url = await stack.enter_async_context(fresh_database(database, home, code=code))
             room = await seed_room(url, 1)
             env = answering_env(url, fake, **extra)
             node = ServerNode(name, env, home)
