@@ -125,6 +125,11 @@ export function formatReset(iso, now = new Date()) {
   return `on ${day} at ${time}`;
 }
 
+/** A failure's text with its ISO renewal time in the reader's local time. */
+export function localiseRenewal(text) {
+  return text.replace(/renews at (\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[+-]\d\d:\d\d))/, (_, iso) => `renews ${formatReset(iso)}`);
+}
+
 /** What a refused question says, in the chat, above the composer. */
 export function refusalText(code, { message = "", resetsAt = null } = {}) {
   if (code === "too_many_answers") {
@@ -132,5 +137,8 @@ export function refusalText(code, { message = "", resetsAt = null } = {}) {
   }
   const whose = /owner/i.test(message) ? "The room owner's budget" : "Your budget";
   const when = resetsAt ? ` It renews ${formatReset(resetsAt)}.` : "";
+  if (code === "budget_overrun") {
+    return `${whose} for the assistant has too little left to answer this question, so it was not answered.${when}`;
+  }
   return `${whose} for the assistant is spent, so it can't answer now.${when} Your message is still in the box.`;
 }

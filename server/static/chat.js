@@ -295,14 +295,14 @@ export class ChatView {
     if (this.ended.has(frame.stream_id)) return;
     const mine = this.myStreams().includes(frame.stream_id);
     this.dropStream(frame.stream_id);
-    if (frame.error?.code === "budget_exceeded") {
-      // Its prompt alone would have overrun what was left: no model was asked.
-      this.showRefusal("budget_exceeded", { message: frame.error.message, resetsAt: frame.error.resets_at || this.budget?.budget?.resets_at });
-      this.budget?.refused(frame.error.resets_at);
-    } else if (mine) {
-      // What is left changed by this answer; only the notices at 80 % and 100 % say so.
-      this.budget?.refreshSoon();
+    if (mine && frame.error?.code === "budget_exceeded") {
+      // Its prompt alone would have overrun what was left (no model was asked), or the
+      // budget ran out under it: said here until the next question is sent.
+      const resetsAt = frame.error.resets_at || isoIn(frame.error.message) || this.budget?.budget?.resets_at;
+      this.showRefusal("budget_overrun", { message: frame.error.message, resetsAt });
     }
+    // What is left changed by this answer; only the notices at 80 % and 100 % say so.
+    if (mine) this.budget?.refreshSoon();
     if (mine && this.noteEl.dataset.kind === "too_many_answers") this.hideNote();
     if (frame.message) {
       this.receive({ ...frame.message, status: frame.message.status || statusOf(frame) });
@@ -525,7 +525,8 @@ export class ChatView {
 
   showRefusal(code, details) {
     this.noteEl.textContent = refusalText(code, details);
-    this.noteEl.dataset.kind = code === "too_many_answers" ? code : "budget";
+    // "budget" (spent) lasts while the budget is spent; the others until the next send.
+    this.noteEl.dataset.kind = code === "budget_exceeded" ? "budget" : code;
     this.noteEl.hidden = false;
   }
 
@@ -683,6 +684,11 @@ function nextMessage(el) {
   let next = el.nextElementSibling;
   while (next && !isMessage(next)) next = next.nextElementSibling;
   return next;
+}
+
+// The first ISO time in a text (a refusal's "it renews at 2026-12-04T00:00:00Z").
+function isoIn(text) {
+  return (text || "").match(/\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[+-]\d\d:\d\d)/)?.[0] || null;
 }
 
 function statusOf(frame) {

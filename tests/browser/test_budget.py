@@ -6,7 +6,9 @@ without a budget."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,6 +58,19 @@ async def tokens_used(server: PageServer, person: Person) -> int:
     return int(usage["data"]["budget"]["tokens"]["used"])
 
 
+async def settled_spend(server: PageServer, person: Person) -> int:
+    """The spend once nothing more comes in (work after an answer, such as memory
+    extraction, is counted too)."""
+    last = -1
+    for _ in range(20):
+        used = await tokens_used(server, person)
+        if used == last:
+            return used
+        last = used
+        await asyncio.sleep(0.5)
+    raise AssertionError("the spend did not settle")
+
+
 async def ask_and_wait(person: Person, text: str, answers: int) -> None:
     await person.send(text)
     await expect(person.messages("assistant")).to_have_count(answers)
@@ -91,7 +106,7 @@ async def test_near_the_limit_warns_and_at_the_limit_asking_tells_when_it_renews
     await set_budget(admin, ada, math.ceil(used / 0.85))
     await ada.page.reload()
     await expect(chip).to_have_attribute("data-level", "warning")
-    await expect(chip).to_have_text("Budget: 15% left")
+    await expect(chip).to_have_text(re.compile(r"^Budget: 1[45]% left$"))
     await expect(ada.tid("budget-note")).to_be_hidden()
 
     # At the limit: the question is refused in place, the text stays in the box, the
@@ -125,7 +140,7 @@ async def test_crossing_80_percent_while_the_page_is_open_warns_live(
     probe = await Person.sign_up(browser, page_server, watch, "Ada")
     await probe.create_session("Capitals")
     await ask_and_wait(probe, QUESTION, 1)
-    cost = await tokens_used(page_server, probe)
+    cost = await settled_spend(page_server, probe)
 
     ada = await Person.sign_up(browser, page_server, watch, "Ada")
     await set_budget(admin, ada, math.ceil(cost / 0.9))
@@ -170,3 +185,25 @@ async def test_too_many_answers_at_once_is_told_in_place(
     await expect(note).to_be_hidden()
     await ada.tid("send").click()
     await expect(ada.messages("assistant")).to_have_count(2)
+
+
+@pytest.mark.parametrize("server_overrides", [{"budget_tokens_per_period": 20}])
+async def test_an_answer_whose_prompt_would_overrun_what_is_left_is_told_in_place(
+    browser: Any, page_server: PageServer, watch: Watch
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    await ada.create_session("Capitals")
+    await ada.send(QUESTION)
+    note = ada.tid("budget-note")
+    await expect(note).to_contain_text("has too little left to answer this question")
+    usage = await ada.page.evaluate("fetch('/v1/me/usage').then(r => r.json())")
+    renews = await local_time(ada, usage["data"]["budget"]["resets_at"])
+    await expect(note).to_contain_text(renews)
+    # The stored failure says it in local time too, not as an ISO string.
+    failure = ada.messages("assistant").get_by_test_id("failure")
+    await expect(failure).to_contain_text(re.compile(rf"renews (tomorrow )?at {renews}"))
+    await expect(failure).not_to_contain_text("T00:00:00")
+    # Not spent (no model was asked): the top bar stays quiet, the note stays put.
+    await expect(ada.tid("budget")).to_have_attribute("data-level", "ok")
+    await ada.page.wait_for_timeout(800)  # past the chip's refresh after the answer
+    await expect(note).to_be_visible()
