@@ -3,7 +3,7 @@
 
 import { ApiError, authEvents, get, patch, post } from "./api.js";
 import { ApiKeysPanel } from "./apikeys.js";
-import { BudgetMeter } from "./budget.js";
+import { BudgetMeter, spentText } from "./budget.js";
 import { ChatView } from "./chat.js";
 import { clear, formatTime, h } from "./dom.js";
 import { DetailsPanel, MemoryPanel } from "./panels.js";
@@ -173,9 +173,8 @@ function showMain(me) {
 // the open chat shows in place, above the composer).
 function onBudgetNotice(frame) {
   ui.budget.update(frame.budget);
-  if (frame.level === "warning" && !frame.budget?.exhausted) {
-    notify(`Most of your assistant budget is used — ${ui.budget.el.textContent}.`, "warning");
-  }
+  if (ui.budget.level === "warning") notify(ui.budget.warningText(), "warning");
+  else if (ui.budget.level === "exhausted" && !state.current) notify(spentText(frame.budget.resets_at), "warning");
 }
 
 function showConnection(connection) {

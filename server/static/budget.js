@@ -41,14 +41,18 @@ export class BudgetMeter extends EventTarget {
     }
   }
 
-  /** A question was refused with budget_exceeded: spent, whatever the chip thought. */
-  refused(resetsAt) {
-    if (!this.budget) {
-      this.refresh();
-      return;
-    }
-    this.update({ ...this.budget, exhausted: true, resets_at: resetsAt || this.budget.resets_at });
+  /** A question was refused with budget_exceeded: what is left now, from the server
+   * (the refusal may be about the room owner's budget, not this user's). */
+  refused() {
     this.refresh();
+  }
+
+  /** The words of the 80 % notice. */
+  warningText() {
+    const budget = this.budget;
+    if (!budget) return "";
+    const period = PERIOD_WORDS[budget.period] || "this period";
+    return `Most of your assistant budget for ${period} is used: ${percentLeft(budget)}% left; it renews ${formatReset(budget.resets_at)}.`;
   }
 
   get level() {
@@ -125,9 +129,20 @@ export function formatReset(iso, now = new Date()) {
   return `on ${day} at ${time}`;
 }
 
+/** "Your budget for the assistant is spent, so it can't answer now. It renews at …" */
+export function spentText(resetsAt, whose = "Your budget") {
+  const when = resetsAt ? ` It renews ${formatReset(resetsAt)}.` : "";
+  return `${whose} for the assistant is spent, so it can't answer now.${when}`;
+}
+
 /** A failure's text with its ISO renewal time in the reader's local time. */
 export function localiseRenewal(text) {
   return text.replace(/renews at (\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[+-]\d\d:\d\d))/, (_, iso) => `renews ${formatReset(iso)}`);
+}
+
+/** Whether a refusal is about the room owner's budget (BUDGET_PAYER=owner), by its words. */
+export function isOwners(message) {
+  return /room owner/i.test(message || "");
 }
 
 /** What a refused question says, in the chat, above the composer. */
@@ -135,10 +150,10 @@ export function refusalText(code, { message = "", resetsAt = null } = {}) {
   if (code === "too_many_answers") {
     return "You already have as many answers being written as you may at once. Wait for one to finish (or stop one), then send again — your message is still in the box.";
   }
-  const whose = /owner/i.test(message) ? "The room owner's budget" : "Your budget";
+  const whose = isOwners(message) ? "The room owner's budget" : "Your budget";
   const when = resetsAt ? ` It renews ${formatReset(resetsAt)}.` : "";
   if (code === "budget_overrun") {
     return `${whose} for the assistant has too little left to answer this question, so it was not answered.${when}`;
   }
-  return `${whose} for the assistant is spent, so it can't answer now.${when} Your message is still in the box.`;
+  return `${spentText(resetsAt, whose)} Your message is still in the box.`;
 }

@@ -9,7 +9,7 @@
 // safe to overlap with what is already shown.
 
 import { get } from "./api.js";
-import { refusalText } from "./budget.js";
+import { isOwners, refusalText, spentText } from "./budget.js";
 import { clear, copyButton, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { failureNote, versionControls, versionNav } from "./versions.js";
@@ -510,7 +510,7 @@ export class ChatView {
       if (!this.input.value) this.input.value = content;
       if (exc.code === "budget_exceeded" || exc.code === "too_many_answers") {
         this.showRefusal(exc.code, { message: exc.message, resetsAt: exc.resetsAt });
-        if (exc.code === "budget_exceeded") this.budget?.refused(exc.resetsAt);
+        if (exc.code === "budget_exceeded") this.budget?.refused();
       } else this.notify(exc.message);
     }
   }
@@ -519,14 +519,22 @@ export class ChatView {
 
   /** The budget changed: a spent one is told in place, with when it renews. */
   showBudget(budget) {
-    if (budget?.exhausted) this.showRefusal("budget_exceeded", { resetsAt: budget.resets_at });
-    else if (this.noteEl.dataset.kind === "budget") this.hideNote();
+    if (budget?.exhausted) {
+      // Unless a refused question already said so (and that its text is kept).
+      if (this.noteEl.dataset.kind !== "budget") this.showNote("budget", spentText(budget.resets_at));
+    } else if (this.noteEl.dataset.kind === "budget") this.hideNote();
   }
 
   showRefusal(code, details) {
-    this.noteEl.textContent = refusalText(code, details);
-    // "budget" (spent) lasts while the budget is spent; the others until the next send.
-    this.noteEl.dataset.kind = code === "budget_exceeded" ? "budget" : code;
+    // "budget" (your own, spent) lasts while it is spent; the others (the room owner's
+    // budget among them) until the next send.
+    const own = code === "budget_exceeded" && !isOwners(details.message);
+    this.showNote(own ? "budget" : code, refusalText(code, details));
+  }
+
+  showNote(kind, text) {
+    this.noteEl.textContent = text;
+    this.noteEl.dataset.kind = kind;
     this.noteEl.hidden = false;
   }
 

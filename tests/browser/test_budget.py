@@ -149,7 +149,9 @@ async def test_crossing_80_percent_while_the_page_is_open_warns_live(
     await ada.create_session("Capitals")
     await ask_and_wait(ada, QUESTION, 1)
     await expect(ada.tid("budget")).to_have_attribute("data-level", "warning")
-    await expect(ada.tid("notice")).to_contain_text("Most of your assistant budget is used")
+    await expect(ada.tid("notice")).to_contain_text(
+        re.compile(r"Most of your assistant budget for today is used: \d+% left; it renews")
+    )
     await expect(ada.tid("budget-note")).to_be_hidden()
 
 
@@ -206,4 +208,29 @@ async def test_an_answer_whose_prompt_would_overrun_what_is_left_is_told_in_plac
     # Not spent (no model was asked): the top bar stays quiet, the note stays put.
     await expect(ada.tid("budget")).to_have_attribute("data-level", "ok")
     await ada.page.wait_for_timeout(800)  # past the chip's refresh after the answer
+    await expect(note).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    "server_overrides", [{"budget_tokens_per_period": LOTS, "budget_payer": "owner"}]
+)
+async def test_a_member_refused_for_the_room_owners_budget_is_told_whose_it_is(
+    browser: Any, page_server: PageServer, watch: Watch, admin: Any
+) -> None:
+    ada = await Person.sign_up(browser, page_server, watch, "Ada")
+    bob = await Person.sign_up(browser, page_server, watch, "Bob")
+    session_id = await ada.create_session("Capitals")
+    await ada.add_member(bob)
+    await bob.open_session(session_id)
+    await ask_and_wait(ada, QUESTION, 1)
+    await set_budget(admin, ada, await tokens_used(page_server, ada))
+
+    await bob.send("And of Chile?")
+    note = bob.tid("budget-note")
+    await expect(note).to_contain_text("The room owner's budget for the assistant is spent")
+    await expect(note).to_contain_text("renews")
+    await expect(bob.tid("composer-input")).to_have_value("And of Chile?")
+    # Bob's own budget is untouched: his top bar stays quiet, and the note stays.
+    await bob.page.wait_for_timeout(800)
+    await expect(bob.tid("budget")).to_have_attribute("data-level", "ok")
     await expect(note).to_be_visible()
