@@ -3,6 +3,7 @@
 
 import { ApiError, authEvents, get, patch, post } from "./api.js";
 import { ApiKeysPanel } from "./apikeys.js";
+import { BudgetMeter, spentText } from "./budget.js";
 import { ChatView } from "./chat.js";
 import { clear, formatTime, h } from "./dom.js";
 import { DetailsPanel, MemoryPanel } from "./panels.js";
@@ -126,6 +127,7 @@ function showMain(me) {
   ui.chatPane = h("section", { class: "chat-pane", testid: "chat-view" }, emptyChat());
   ui.memory = new MemoryPanel({ notify, onClose: () => (ui.memory.el.hidden = true) });
   ui.apiKeys = new ApiKeysPanel({ notify, onClose: () => (ui.apiKeys.el.hidden = true) });
+  ui.budget = new BudgetMeter();
   ui.layout = h(
     "div",
     { class: "layout" },
@@ -145,6 +147,7 @@ function showMain(me) {
     h("span", { class: "brand", text: "Parley" }),
     ui.connection,
     h("span", { class: "spacer" }),
+    ui.budget.el,
     h("span", { class: "me", testid: "me-name", text: me.name }),
     h("button", { type: "button", class: "link", testid: "memory-open", onclick: openMemory }, "Memory"),
     h("button", { type: "button", class: "link", testid: "api-keys-open", onclick: openApiKeys }, "API keys"),
@@ -155,6 +158,8 @@ function showMain(me) {
   const socket = new ParleySocket();
   state.socket = socket;
   socket.addEventListener("state", (event) => showConnection(event.detail));
+  socket.addEventListener("welcome", (event) => ui.budget.update(event.detail.budget));
+  socket.addEventListener("frame", (event) => event.detail.type === "budget" && onBudgetNotice(event.detail));
   socket.addEventListener("unauthorized", () => showAuth("Your sign-in expired. Please log in again."));
   socket.start();
   loadSessions().then(() => {
@@ -162,6 +167,14 @@ function showMain(me) {
     const found = wanted && state.sessions.find((s) => s.id === wanted[1]);
     if (found) openSession(found);
   });
+}
+
+// The server's budget notice: at 80 % spent once a period, and once it is spent (which
+// the open chat shows in place, above the composer).
+function onBudgetNotice(frame) {
+  ui.budget.update(frame.budget);
+  if (ui.budget.level === "warning") notify(ui.budget.warningText(), "warning");
+  else if (ui.budget.level === "exhausted" && !state.current) notify(spentText(frame.budget.resets_at), "warning");
 }
 
 function showConnection(connection) {
@@ -277,7 +290,7 @@ function closeCurrent() {
 function openSession(session) {
   closeCurrent();
   history.replaceState(null, "", `#/s/${session.id}`);
-  const chat = new ChatView({ socket: state.socket, me: state.me, session, notify, onLeft: backToList, onMembers: () => state.current?.details.loadMembers() });
+  const chat = new ChatView({ socket: state.socket, me: state.me, session, notify, budget: ui.budget, onLeft: backToList, onMembers: () => state.current?.details.loadMembers() });
   const details = new DetailsPanel({ session, isOwner: session.owner_id === state.me.id, notify });
   state.current = { session, chat, details };
   details.el.hidden = !window.matchMedia("(min-width: 1100px)").matches;

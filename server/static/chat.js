@@ -9,6 +9,7 @@
 // safe to overlap with what is already shown.
 
 import { get } from "./api.js";
+import { isOwners, refusalText, spentText } from "./budget.js";
 import { clear, copyButton, debounce, formatDay, formatTime, h, sameDay } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { failureNote, versionControls, versionNav } from "./versions.js";
@@ -28,7 +29,7 @@ const JOIN_WAIT_MS = 10000;
 const GROUP_WITHIN_MS = 5 * 60 * 1000;
 
 export class ChatView {
-  constructor({ socket, me, session, notify, onLeft, onMembers = () => {} }) {
+  constructor({ socket, me, session, notify, onLeft, onMembers = () => {}, budget = null }) {
     this.socket = socket;
     this.me = me;
     this.session = session;
@@ -57,6 +58,8 @@ export class ChatView {
       this.join();
     };
     this.onFrame = (event) => this.handle(event.detail);
+    this.budget = budget; // the top bar's BudgetMeter, or null
+    this.onBudget = (event) => this.showBudget(event.detail);
     this.el = this.build();
   }
 
@@ -65,6 +68,10 @@ export class ChatView {
   async start() {
     this.socket.addEventListener("welcome", this.onWelcome);
     this.socket.addEventListener("frame", this.onFrame);
+    if (this.budget) {
+      this.budget.addEventListener("change", this.onBudget);
+      this.showBudget(this.budget.budget);
+    }
     try {
       const detail = await get(`/v1/sessions/${this.id}`);
       for (const member of detail.members || []) this.names.set(member.user_id, member.name);
@@ -83,6 +90,7 @@ export class ChatView {
   destroy() {
     this.socket.removeEventListener("welcome", this.onWelcome);
     this.socket.removeEventListener("frame", this.onFrame);
+    this.budget?.removeEventListener("change", this.onBudget);
     this.stopTyping.cancel();
     if (this.typingActive) this.sendTyping(false);
     for (const timer of this.typers.values()) clearTimeout(timer);
@@ -285,7 +293,17 @@ export class ChatView {
 
   onEnd(frame) {
     if (this.ended.has(frame.stream_id)) return;
+    const mine = this.myStreams().includes(frame.stream_id);
     this.dropStream(frame.stream_id);
+    if (mine && frame.error?.code === "budget_exceeded") {
+      // Its prompt alone would have overrun what was left (no model was asked), or the
+      // budget ran out under it: said here until the next question is sent.
+      const resetsAt = frame.error.resets_at || isoIn(frame.error.message) || this.budget?.budget?.resets_at;
+      this.showRefusal("budget_overrun", { message: frame.error.message, resetsAt });
+    }
+    // What is left changed by this answer; only the notices at 80 % and 100 % say so.
+    if (mine) this.budget?.refreshSoon();
+    if (mine && this.noteEl.dataset.kind === "too_many_answers") this.hideNote();
     if (frame.message) {
       this.receive({ ...frame.message, status: frame.message.status || statusOf(frame) });
     }
@@ -484,13 +502,45 @@ export class ChatView {
         content,
         client_msg_id: newId(),
       });
+      if (this.noteEl.dataset.kind !== "budget") this.hideNote();
       if (ack.message) this.addMessage(ack.message);
       if (ack.stream_id) this.ensureStream(ack.stream_id, null, ack.message?.id);
       this.scrollToEnd(true);
     } catch (exc) {
       if (!this.input.value) this.input.value = content;
-      this.notify(exc.message);
+      if (exc.code === "budget_exceeded" || exc.code === "too_many_answers") {
+        this.showRefusal(exc.code, { message: exc.message, resetsAt: exc.resetsAt });
+        if (exc.code === "budget_exceeded") this.budget?.refused();
+      } else this.notify(exc.message);
     }
+  }
+
+  // Budget and refusals: a note above the composer, which stays usable -----------------
+
+  /** The budget changed: a spent one is told in place, with when it renews. */
+  showBudget(budget) {
+    if (budget?.exhausted) {
+      // Unless a refused question already said so (and that its text is kept).
+      if (this.noteEl.dataset.kind !== "budget") this.showNote("budget", spentText(budget.resets_at));
+    } else if (this.noteEl.dataset.kind === "budget") this.hideNote();
+  }
+
+  showRefusal(code, details) {
+    // "budget" (your own, spent) lasts while it is spent; the others (the room owner's
+    // budget among them) until the next send.
+    const own = code === "budget_exceeded" && !isOwners(details.message);
+    this.showNote(own ? "budget" : code, refusalText(code, details));
+  }
+
+  showNote(kind, text) {
+    this.noteEl.textContent = text;
+    this.noteEl.dataset.kind = kind;
+    this.noteEl.hidden = false;
+  }
+
+  hideNote() {
+    this.noteEl.hidden = true;
+    delete this.noteEl.dataset.kind;
   }
 
   // True once the room is joined on this connection (at once if it is), false if that
@@ -598,6 +648,7 @@ export class ChatView {
         }
       },
     });
+    this.noteEl = h("div", { class: "budget-note", testid: "budget-note", role: "alert", hidden: true });
     this.stopButton = h("button", { class: "stop", testid: "stop", type: "button", hidden: true, title: "Stop the answers to your questions", onclick: () => this.stopMine() }, "Stop");
     const form = h(
       "form",
@@ -606,7 +657,7 @@ export class ChatView {
       this.stopButton,
       h("button", { class: "primary", testid: "send", type: "submit" }, "Send"),
     );
-    return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), h("div", { class: "timeline-wrap" }, this.timelineEl, this.newMessagesEl), form);
+    return h("div", { class: "chat-main" }, h("div", { class: "presence-bar" }, this.presenceEl, this.typingEl), h("div", { class: "timeline-wrap" }, this.timelineEl, this.newMessagesEl), this.noteEl, form);
   }
 }
 
@@ -641,6 +692,11 @@ function nextMessage(el) {
   let next = el.nextElementSibling;
   while (next && !isMessage(next)) next = next.nextElementSibling;
   return next;
+}
+
+// The first ISO time in a text (a refusal's "it renews at 2026-12-04T00:00:00Z").
+function isoIn(text) {
+  return (text || "").match(/\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[+-]\d\d:\d\d)/)?.[0] || null;
 }
 
 function statusOf(frame) {

@@ -20,11 +20,12 @@ const MAX_DELAY_MS = 15000;
 const REQUEST_TIMEOUT_MS = 15000;
 
 export class SocketError extends Error {
-  constructor(code, message, retryAfter = null) {
+  constructor(code, message, retryAfter = null, resetsAt = null) {
     super(message);
     this.name = "SocketError";
     this.code = code;
     this.retryAfter = retryAfter;
+    this.resetsAt = resetsAt; // budget_exceeded: when the budget renews (ISO time)
   }
 }
 
@@ -89,7 +90,7 @@ export class ParleySocket extends EventTarget {
       const { resolve, reject, timer } = this.pending.get(frame.id);
       this.pending.delete(frame.id);
       clearTimeout(timer);
-      if (frame.type === "error") reject(new SocketError(frame.code, frame.message, frame.retry_after));
+      if (frame.type === "error") reject(new SocketError(frame.code, frame.message, frame.retry_after, frame.resets_at));
       else resolve(frame);
     }
     this.dispatchEvent(new CustomEvent("frame", { detail: frame }));

@@ -3,6 +3,7 @@
 // changes reaches every member as `message.version`, and the chat view redraws the
 // message in place (`ChatView.addMessage` replaces a message whose version changed).
 
+import { localiseRenewal } from "./budget.js";
 import { h } from "./dom.js";
 
 /** The ‹ 2/3 › arrows of a message with more than one version, else null. */
@@ -41,7 +42,7 @@ export function versionControls(view, message) {
 /** What a failed answer shows in place of its text. */
 export function failureNote(message) {
   if (message.status !== "error") return null;
-  const why = message.error?.message || "the assistant failed";
+  const why = localiseRenewal(message.error?.message || "the assistant failed");
   return h("p", { class: "failure", testid: "failure", role: "note" }, `The answer failed: ${why}.`);
 }
 
