@@ -37,7 +37,7 @@ VERIFIED_TTL_S = 60.0
 DEVICE_AUDIENCE = "parley-device"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claims:
     # None for an external token: its (issuer, subject) is mapped to a local user.
     user_id: uuid.UUID | None
@@ -86,7 +86,9 @@ class TokenService:
         self.leeway_s = leeway_s
         self._public_key = public_key
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
-        self._verified: TTLCache[str, Claims] = TTLCache(VERIFIED_TOKENS, VERIFIED_TTL_S)
+        # Keyed by a 16-byte digest of the token, not the token (~300 characters): with
+        # one entry per connected user, the key is most of an entry's memory.
+        self._verified: TTLCache[bytes, Claims] = TTLCache(VERIFIED_TOKENS, VERIFIED_TTL_S)
 
     def issue_access_token(
         self,
@@ -148,11 +150,12 @@ class TokenService:
 
     async def verify(self, token: str) -> Claims:
         """Check signature, algorithm, time claims (with leeway), issuer and audience."""
-        claims = self._verified.get(token)
+        key = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        claims = self._verified.get(key)
         if claims is not None and time.time() < claims.expires_at.timestamp() + self._leeway:
             return claims
         claims = await self._verify(token)
-        self._verified[token] = claims
+        self._verified[key] = claims
         return claims
 
     async def _verify(self, token: str) -> Claims:

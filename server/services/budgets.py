@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
+
 from db.engine import Database
 from db.repositories import sessions as sessions_repo
 from db.repositories import spend as spend_repo
@@ -46,6 +48,9 @@ SPEND_TTL_S = 2.0
 MIN_COMPLETION_TOKENS = 16
 # Rooms whose owner this node remembers (BUDGET_PAYER=owner); an owner never changes.
 OWNERS_CACHED = 10_000
+# Users whose limits and spend are kept between reads: bounded, or every user who ever
+# connected would stay in memory (the welcome frame reads each one's budget).
+BUDGETS_CACHED = 4096
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -148,7 +153,9 @@ class BudgetService:
         self._settings = settings
         self._metrics = metrics
         self.notify: Notify | None = None
-        self._limits: dict[uuid.UUID, tuple[float, Limits]] = {}
+        self._limits: TTLCache[uuid.UUID, tuple[float, Limits]] = TTLCache(
+            BUDGETS_CACHED, LIMITS_TTL_S
+        )
         self._pending: dict[uuid.UUID, list[int]] = {}
         self._queue: list[spend_repo.SpendRow] = []
         self._wake = asyncio.Event()
@@ -158,7 +165,9 @@ class BudgetService:
         self._writer: asyncio.Task[None] | None = None
         self._owners: dict[uuid.UUID, uuid.UUID] = {}
         # Per payer: (read again after, period start, [tokens, nano_usd] stored).
-        self._spent: dict[uuid.UUID, tuple[float, datetime, list[int]]] = {}
+        self._spent: TTLCache[uuid.UUID, tuple[float, datetime, list[int]]] = TTLCache(
+            BUDGETS_CACHED, SPEND_TTL_S
+        )
 
     # Who pays -----------------------------------------------------------------------------
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from llm.tokens import count_messages
+from server.services import budgets as budgets_module
 from tests.budgets.conftest import make_admin, usage
 from tests.context.answers import Answers, StartAnswers
 from tests.fakes.openrouter import Stream
@@ -244,3 +247,22 @@ async def test_max_tokens_is_lowered_to_what_the_money_left_buys(
     # What is left (300 000 nano-dollars) less the prompt, at the completion price.
     expected = int((300_000 - 0.00000015 * prompt * 1e9) / (0.0000006 * 1e9))
     assert sent["max_tokens"] == expected < 1024
+
+
+async def test_the_budgets_kept_in_memory_are_bounded_however_many_users_connect(
+    start_answers: StartAnswers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every welcome frame reads its user's budget; with one cache entry per user ever
+    # connected, a node's memory grew with its user count (0.4 KiB each at 10,000).
+    monkeypatch.setattr(budgets_module, "BUDGETS_CACHED", 3)
+    async with start_answers(budget_tokens_per_period=LOTS) as answers:
+        welcomes = []
+        for n in range(6):
+            user = await answers.user(f"User{n}")
+            client, welcome = await WSClient.connect(answers.server.ws_url, user.access_token)
+            welcomes.append(welcome)
+            await client.close()
+        service = answers.server.container.budgets
+
+        assert all(w["budget"]["tokens"]["limit"] == LOTS for w in welcomes)
+        assert len(service._limits) <= 3 and len(service._spent) <= 3
