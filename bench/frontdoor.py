@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -139,9 +140,9 @@ def render(report: dict[str, Any]) -> str:
         f" `python -m bench.frontdoor --rounds {report['runs'][0]['rounds']}`: one"
         " `parley serve` (memory bus), the fake OpenRouter (`bench.fake_upstream`,"
         f" `Fast({TTFT_TOKENS})`) in a process of its own, httpx and websockets clients in"
-        " the benchmark's process. **The machine was loaded** (2 cores shared with other"
-        " test and benchmark runs): read the differences between paths of the same run,"
-        " not the absolute numbers.",
+        f" the benchmark's process. Load average at the end: {report.get('load', 'not recorded')}"
+        " (2 cores shared by everything): read the differences between paths of the same"
+        " run, not the absolute numbers.",
     ]
     for result in report["runs"]:
         ttft = result["ttft"]
@@ -173,7 +174,9 @@ def render(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--databases", default="sqlite", help="comma-separated: sqlite, postgresql")
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the section from the last results"
@@ -189,6 +192,7 @@ def main() -> None:
                 runs.append(asyncio.run(run(args.rounds, Path(tmp), database)))
         result = {"runs": runs, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}
         result["machine"] = machine()
+        result["load"] = " ".join(f"{n:.2f}" for n in os.getloadavg())
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=1))
     body = render(result)
