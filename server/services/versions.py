@@ -45,7 +45,12 @@ class Regenerator(Protocol):
         force_search: bool,
         versioned: bool = False,
         reply_version: int | None = None,
+        slot: str | None = None,
     ) -> PendingAnswer: ...
+
+    async def reserve(self, principal: Principal) -> str | None: ...
+
+    def release(self, principal: Principal, slot: str | None) -> None: ...
 
     async def supersede(self, session_id: str, question_id: str, keep_stream: str) -> None: ...
 
@@ -223,14 +228,22 @@ class VersionService:
         model: str | None,
         revision: int,
     ) -> str:
-        pending = assistant.prepare(
-            principal,
-            session_id,
-            question,
-            force_search=False,
-            versioned=True,
-            reply_version=question["version"],
-        )
+        # A regeneration is an answer like any other: it takes one of the user's
+        # concurrent answers (``too_many_answers`` when none is free).
+        slot = await assistant.reserve(principal)
+        try:
+            pending = assistant.prepare(
+                principal,
+                session_id,
+                question,
+                force_search=False,
+                versioned=True,
+                reply_version=question["version"],
+                slot=slot,
+            )
+        except BaseException:
+            assistant.release(principal, slot)
+            raise
         stream_id = pending.confirm(question, model, revision)
         # The answers this one replaces stop (on whichever node runs them).
         await assistant.supersede(str(session_id), question["id"], stream_id)

@@ -266,3 +266,31 @@ async def test_the_budgets_kept_in_memory_are_bounded_however_many_users_connect
 
         assert all(w["budget"]["tokens"]["limit"] == LOTS for w in welcomes)
         assert len(service._limits) <= 3 and len(service._spent) <= 3
+
+
+async def test_a_regeneration_takes_one_of_the_concurrent_answers_too(
+    start_answers: StartAnswers,
+) -> None:
+    # Regenerate and edit start answers without a new message: they went round the cap.
+    async with start_answers(max_concurrent_answers=1) as answers:
+        ada = await answers.user()
+        session_id = await answers.session(ada)
+        client, _ = await WSClient.connect(answers.server.ws_url, ada.access_token)
+        answers.sockets[ada.id] = client
+        await client.request({"type": "join", "session_id": session_id})
+        first = await client.request(
+            {"type": "message", "session_id": session_id, "content": "A short one"}
+        )
+        end = await client.next("stream.end", timeout=10)
+        await answers.settled(first["stream_id"])
+        answers.fake.enqueue(Stream(["slow "] * 20, delay_s=0.05))
+        running = await client.request(
+            {"type": "message", "session_id": session_id, "content": "Tell me a long story"}
+        )
+        again = await client.request(
+            {"type": "regenerate", "session_id": session_id, "message_id": end["message"]["id"]}
+        )
+        await answers.settled(running["stream_id"])
+
+    assert running["type"] == "ack"
+    assert again["type"] == "error" and again["code"] == "too_many_answers"
