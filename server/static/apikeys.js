@@ -1,29 +1,16 @@
 // API keys for the OpenAI-compatible front door (/v1/chat/completions): create one
 // (its secret is shown this once), see when each was last used, revoke one.
 
-import { del, get, post } from "./api.js";
-import { clear, formatTime, h } from "./dom.js";
+import { post } from "./api.js";
+import { formatTime, h } from "./dom.js";
+import { ListPanel } from "./list_panel.js";
 
-export class ApiKeysPanel {
+export class ApiKeysPanel extends ListPanel {
   constructor({ notify, onClose }) {
-    this.notify = notify;
-    this.el = this.build(onClose);
+    super({ notify, onClose, url: "/v1/me/api-keys", key: "api_keys" });
   }
 
-  async load() {
-    const generation = (this.generation = (this.generation || 0) + 1);
-    try {
-      const data = await get("/v1/me/api-keys");
-      if (generation !== this.generation) return;
-      clear(this.listEl);
-      for (const key of data.api_keys || []) this.listEl.append(this.keyEl(key));
-      this.emptyEl.hidden = this.listEl.childElementCount > 0;
-    } catch (exc) {
-      this.notify(exc.message);
-    }
-  }
-
-  keyEl(key) {
+  itemEl(key) {
     const used = key.last_used_at ? `used ${formatTime(key.last_used_at)}` : "never used";
     return h(
       "li",
@@ -31,21 +18,7 @@ export class ApiKeysPanel {
       h("code", { text: `${key.prefix}…` }),
       h("span", { class: "grow", text: key.name }),
       h("span", { class: "muted", title: key.created_at, text: used }),
-      h("button", {
-        class: "link danger",
-        type: "button",
-        testid: "api-key-revoke",
-        "aria-label": `Revoke ${key.name}`,
-        text: "Revoke",
-        onclick: async () => {
-          try {
-            await del(`/v1/me/api-keys/${key.id}`);
-            await this.load();
-          } catch (exc) {
-            this.notify(exc.message);
-          }
-        },
-      }),
+      this.removeButton({ url: `/v1/me/api-keys/${key.id}`, text: "Revoke", testid: "api-key-revoke", label: `Revoke ${key.name}` }),
     );
   }
 

@@ -2,6 +2,7 @@
 
 import { del, get, post } from "./api.js";
 import { clear, h } from "./dom.js";
+import { ListPanel } from "./list_panel.js";
 
 /** Members of a session (and adding one by email), plus its documents. */
 export class DetailsPanel {
@@ -147,25 +148,13 @@ export class DetailsPanel {
 }
 
 /** What the assistant keeps about you: list, add, forget one, forget all. */
-export class MemoryPanel {
+export class MemoryPanel extends ListPanel {
   constructor({ notify, onClose }) {
-    this.notify = notify;
-    this.el = this.build(onClose);
+    super({ notify, onClose, url: "/v1/me/memory", key: "items" });
   }
 
-  async load() {
-    // Two quick changes start two loads; only the newest may draw the list.
-    const generation = (this.generation = (this.generation || 0) + 1);
-    try {
-      const data = await get("/v1/me/memory");
-      if (generation !== this.generation) return;
-      clear(this.listEl);
-      for (const item of data.items || []) this.listEl.append(this.itemEl(item));
-      this.emptyEl.hidden = this.listEl.childElementCount > 0;
-      this.clearButton.disabled = this.listEl.childElementCount === 0;
-    } catch (exc) {
-      this.notify(exc.message);
-    }
+  loaded(count) {
+    this.clearButton.disabled = count === 0;
   }
 
   itemEl(item) {
@@ -175,20 +164,7 @@ export class MemoryPanel {
       h("span", { class: `tag ${item.kind}`, text: item.kind }),
       h("span", { class: "grow", text: item.content }),
       h("span", { class: "muted", title: item.created_at, text: item.source === "learned" ? "learned" : "added by you" }),
-      h("button", {
-        class: "link danger",
-        type: "button",
-        testid: "memory-delete",
-        text: "Forget",
-        onclick: async () => {
-          try {
-            await del(`/v1/me/memory/${item.id}`);
-            await this.load();
-          } catch (exc) {
-            this.notify(exc.message);
-          }
-        },
-      }),
+      this.removeButton({ url: `/v1/me/memory/${item.id}`, text: "Forget", testid: "memory-delete", label: `Forget ${item.content}` }),
     );
   }
 
