@@ -26,14 +26,12 @@ or an exhausted plan says nothing about whether Tavily is up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import orjson
-import pybreaker
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -44,6 +42,8 @@ from tenacity import (
 )
 
 from errors import BadRequest, Unavailable
+from llm.breaker import Clock, UpstreamBreaker
+from llm.provider import UpstreamUnavailable
 
 Depth = Literal["basic", "advanced"]
 MAX_QUERY_CHARS = 400  # Tavily rejects longer queries with a 400
@@ -84,26 +84,13 @@ class _TooLarge(Exception):
     pass
 
 
-class _OpenUntil(pybreaker.CircuitBreakerListener):
-    """Remembers when an opened circuit will let a trial call through."""
-
-    def __init__(self, reset_s: float) -> None:
-        self.reset_s = reset_s
-        self.until = 0.0
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
-            self.until = time.monotonic() + self.reset_s
-
-
 class TavilyClient:
     """One Tavily account, shared by every session of this process.
 
-    The breaker is driven from synchronous calls only (``breaker.call`` with a function
-    that returns or raises at once), so its lock is never held across an ``await``; the
-    request itself runs outside it. While the circuit is open, calls fail at once
-    without touching the network. Concurrent calls after the reset timeout may all act
-    as trial calls; the first result decides the state.
+    Its circuit breaker is the one the model provider uses (``llm.breaker``): while
+    the circuit is open, calls fail at once without touching the network; after the
+    reset timeout one call is the trial and the others fail fast until it answers
+    (a search is an extra for a turn, not worth waiting for).
     """
 
     def __init__(
@@ -119,6 +106,7 @@ class TavilyClient:
         backoff_s: float = 0.25,
         breaker_fail_max: int = 5,
         breaker_reset_s: float = 30.0,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._client = client
         self._url = base_url.rstrip("/") + "/search"
@@ -128,18 +116,12 @@ class TavilyClient:
         self._max_body_bytes = max_body_bytes
         self._max_retries = max_retries
         self._backoff_s = backoff_s
-        self._open_until = _OpenUntil(breaker_reset_s)
-        self._breaker = pybreaker.CircuitBreaker(
-            fail_max=breaker_fail_max,
-            reset_timeout=breaker_reset_s,
-            listeners=[self._open_until],
-            name="tavily",
-        )
+        self._breaker = UpstreamBreaker("tavily", breaker_fail_max, breaker_reset_s, clock=clock)
 
     @property
     def breaker_state(self) -> str:
         """``"closed"``, ``"open"`` or ``"half-open"`` (pybreaker's names)."""
-        return str(self._breaker.current_state)
+        return self._breaker.state
 
     async def search(
         self, query: str, *, max_results: int = 5, depth: Depth = "basic"
@@ -148,7 +130,7 @@ class TavilyClient:
         if not query:
             raise BadRequest("search query is empty")
         query = query[:MAX_QUERY_CHARS]
-        self._admit()
+        trial = await self._admit()
         body = {
             "query": query,
             "search_depth": depth,
@@ -167,37 +149,27 @@ class TavilyClient:
                     "timeout", f"Tavily did not answer within {self._deadline_s:g} s"
                 ) from exc
         except _Transient as exc:
-            self._record_failure(exc)
+            self._breaker.record_failure(exc)
             raise Unavailable(
                 f"web search is unavailable: {exc.message}",
                 details={"upstream": "tavily", "reason": exc.reason},
             ) from exc
-        except Unavailable:
+        except BaseException:
+            # A 4xx or a cancellation says nothing about Tavily's health.
+            self._breaker.release(trial)
             raise
-        self._record_success()
+        self._breaker.record_success()
         return _parse_results(payload)
 
-    def _admit(self) -> None:
-        if self._breaker.current_state != pybreaker.STATE_OPEN:
-            return
-        left = self._open_until.until - time.monotonic()
-        if left > 0:
+    async def _admit(self) -> object | None:
+        try:
+            return await self._breaker.admit()
+        except UpstreamUnavailable as exc:
             raise Unavailable(
                 "web search is unavailable: circuit open",
                 details={"upstream": "tavily", "reason": "circuit_open"},
-                retry_after=left,
-            )
-
-    def _record_success(self) -> None:
-        with contextlib.suppress(pybreaker.CircuitBreakerError):
-            self._breaker.call(lambda: None)
-
-    def _record_failure(self, exc: Exception) -> None:
-        def fail() -> None:
-            raise exc
-
-        with contextlib.suppress(type(exc), pybreaker.CircuitBreakerError):
-            self._breaker.call(fail)
+                retry_after=exc.retry_after,
+            ) from exc
 
     async def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

@@ -179,6 +179,38 @@ async def test_the_breaker_closes_after_a_successful_trial_call(
     assert results and client.breaker_state == "closed"
 
 
+async def test_an_open_breaker_waits_out_its_reset_time_on_its_clock_then_lets_one_trial_through(
+    http: httpx.AsyncClient, fake_tavily: FakeTavily
+) -> None:
+    now = [1000.0]
+    fake_tavily.mode = "down"
+    client = TavilyClient(
+        http,
+        fake_tavily.base_url,
+        API_KEY,
+        max_retries=0,
+        backoff_s=0.0,
+        breaker_fail_max=1,
+        breaker_reset_s=30.0,
+        clock=lambda: now[0],
+    )
+    with pytest.raises(Unavailable):
+        await client.search("outage")
+    fake_tavily.mode = "ok"
+
+    now[0] += 29.0
+    with pytest.raises(Unavailable) as caught:
+        await client.search("still open")
+    assert caught.value.details["reason"] == "circuit_open"
+    assert caught.value.retry_after == pytest.approx(1.0)
+    assert len(fake_tavily.requests) == 1
+
+    now[0] += 1.0
+    assert await client.search("recovered")
+    assert client.breaker_state == "closed"
+    assert len(fake_tavily.requests) == 2
+
+
 async def test_client_errors_do_not_trip_the_breaker(
     http: httpx.AsyncClient, fake_tavily: FakeTavily
 ) -> None:
