@@ -1,9 +1,14 @@
 // Lean WebSocket load client for Parley's realtime benchmarks.
 //
 // Driven by JSON lines on stdin, answers one JSON line on stdout per command:
-//   {"cmd":"connect","urls":[...],"tokens":[...],"session_id":"…"|null,"concurrency":100}
+//   {"cmd":"connect","urls":[...],"tokens":[...],"session_id":"…"|null,"concurrency":100,
+//    "protocol":"parley"|"socketio"}
 //     open one socket per token (Authorization: Bearer), spread over urls round-robin;
 //     with a session_id each socket joins it. -> {"connected":N,"failed":F,"ms":…}
+//     protocol "socketio" drives bench/node/sio_server.js (our Socket.IO + Redis peer)
+//     instead of Parley: urls are http://host:port, a token is the user id, and the
+//     same frames travel as Socket.IO events (acks as Socket.IO acks). Everything
+//     below (steps, rates, latency) is the same code for both.
 //   {"cmd":"run","kind":"typing"|"message","rate":events_per_s,"seconds":s,"senders":k}
 //     the first k sockets (of those on urls[senders_on], if given) send `kind` frames
 //     at `rate` events/s in total; every socket
@@ -19,6 +24,7 @@
 
 const WebSocket = require("ws");
 const readline = require("readline");
+let sioClient = null; // socket.io-client, loaded only when a run asks for it
 
 const BUCKET_MS = 0.05; // latency histogram resolution
 const BUCKETS = 200000; // up to 10 s
@@ -35,13 +41,31 @@ function reply(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
-function openOne(url, token, join) {
+// A slot is one member's socket: {user, index, node, send(kind, t), isOpen(), close()}.
+function openOne(url, token, join, protocol) {
+  return protocol === "socketio" ? openSocketIo(url, token, join) : openParley(url, token, join);
+}
+
+function openParley(url, token, join) {
   return new Promise((resolve) => {
     const ws = new WebSocket(url, {
       headers: { Authorization: "Bearer " + token },
       perMessageDeflate: false,
     });
-    const slot = { ws, user: null, index: -1 };
+    const slot = {
+      ws,
+      user: null,
+      index: -1,
+      send(kind, t) {
+        if (kind === "typing") {
+          ws.send('{"type":"typing","session_id":"' + sessionId + '","active":true}');
+        } else {
+          ws.send(JSON.stringify({ type: "message", session_id: sessionId, content: "t:" + t, reply: "none" }));
+        }
+      },
+      isOpen: () => ws.readyState === WebSocket.OPEN,
+      close: () => ws.terminate(),
+    };
     let settled = false;
     const done = (ok) => {
       if (!settled) {
@@ -79,6 +103,57 @@ function openOne(url, token, join) {
   });
 }
 
+function openSocketIo(url, user, join) {
+  if (sioClient === null) sioClient = require("socket.io-client");
+  return new Promise((resolve) => {
+    const socket = sioClient.io(url, {
+      transports: ["websocket"],
+      auth: { user },
+      forceNew: true, // one connection per member, as with Parley
+      reconnection: false,
+      timeout: 20000,
+    });
+    const onAck = (reply) => {
+      if (run !== null) {
+        if (reply && reply.type === "error") run.errors++;
+        else run.acks++;
+      }
+    };
+    const slot = {
+      sio: socket,
+      user,
+      index: -1,
+      send(kind, t) {
+        if (kind === "typing") socket.emit("typing", { session_id: sessionId, active: true }, onAck);
+        else socket.emit("message", { session_id: sessionId, content: "t:" + t, reply: "none" }, onAck);
+      },
+      isOpen: () => socket.connected,
+      close: () => socket.disconnect(),
+    };
+    const deliver = (frame) => {
+      if (run !== null && slot.index >= 0) onEvent(slot, frame);
+    };
+    socket.on("typing", deliver);
+    socket.on("message", deliver);
+    let settled = false;
+    const done = (ok) => {
+      if (!settled) {
+        settled = true;
+        resolve(ok ? slot : null);
+      }
+    };
+    socket.on("connect", () => {
+      if (!join) return done(true);
+      socket.emit("join", { session_id: sessionId }, (reply) => done(reply && reply.type === "joined"));
+    });
+    socket.on("connect_error", (err) => {
+      process.stderr.write("socket.io connect error: " + err.message + "\n");
+      done(false);
+    });
+    socket.on("disconnect", () => done(false));
+  });
+}
+
 async function connect(cmd) {
   const started = now();
   sessionId = cmd.session_id || null;
@@ -90,7 +165,7 @@ async function connect(cmd) {
   async function worker() {
     while (next < cmd.tokens.length) {
       const i = next++;
-      const slot = await openOne(cmd.urls[i % cmd.urls.length], cmd.tokens[i], join);
+      const slot = await openOne(cmd.urls[i % cmd.urls.length], cmd.tokens[i], join, cmd.protocol);
       if (slot === null) failed++;
       else slot.node = i % cmd.urls.length; // which of the urls it is connected to
       opened[i] = slot;
@@ -114,7 +189,11 @@ function onFrame(slot, text) {
     r.acks++;
     return;
   }
-  const frame = JSON.parse(text);
+  onEvent(slot, JSON.parse(text));
+}
+
+function onEvent(slot, frame) {
+  const r = run;
   const t = now();
   let sentAt;
   if (frame.type === "typing" && r.kind === "typing") {
@@ -172,14 +251,8 @@ function startRun(cmd) {
       while (r.sent < due) {
         const slot = senders[turn++ % senders.length];
         const t = now();
-        if (cmd.kind === "typing") {
-          r.sendTimes.get(slot.user).push(t);
-          slot.ws.send('{"type":"typing","session_id":"' + sessionId + '","active":true}');
-        } else {
-          slot.ws.send(
-            JSON.stringify({ type: "message", session_id: sessionId, content: "t:" + t, reply: "none" })
-          );
-        }
+        if (cmd.kind === "typing") r.sendTimes.get(slot.user).push(t);
+        slot.send(cmd.kind, t);
         r.sent++;
       }
       if (elapsed < durationMs) {
@@ -225,9 +298,9 @@ async function handle(cmd) {
     case "run":
       return startRun(cmd);
     case "count":
-      return { open: sockets.filter((s) => s.ws.readyState === WebSocket.OPEN).length };
+      return { open: sockets.filter((s) => s.isOpen()).length };
     case "quit":
-      for (const s of sockets) s.ws.terminate();
+      for (const s of sockets) s.close();
       reply({ bye: true });
       process.exit(0);
       return null;
