@@ -5,6 +5,7 @@ git), so that either benchmark can be re-run alone and the section stays whole."
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,139 @@ def _idle(results: dict[str, Any]) -> str:
             f"Target < 30 KiB per connection: {verdict}.",
         ]
     )
+
+
+# Scaling across nodes and the Socket.IO peer (bench.fanout --nodes/--peer) ------------
+
+SCALING_TITLE = "## Fan-out across nodes, and a Socket.IO + Redis peer (issue 19)"
+SCALING_RESULTS = ROOT / "bench" / "results" / "fanout_scaling.json"
+SYSTEMS = {"parley": "Parley", "socketio": "Socket.IO + Redis (our peer)"}
+
+
+def render_scaling_and_write(
+    results: dict[str, Any] | None = None, *, report: Path = REPORT
+) -> str:
+    """The section of ``bench.fanout_scaling``, from ``results`` or the last run's."""
+    results = results or _load(SCALING_RESULTS)
+    if results is None:
+        raise SystemExit(f"no results in {SCALING_RESULTS}: run bench.fanout --nodes 1,2 first")
+    body = _scaling(results)
+    write_section(SCALING_TITLE, body, report)
+    print(body)
+    return body
+
+
+def _scaling(results: dict[str, Any]) -> str:
+    before, after = results["load"]
+    cores = os.cpu_count() or 1
+    loaded = max(before[0], after[0]) > 0.5 * cores
+    lines = [
+        f"Machine: {machine()}. Run {results['date']}; load average (1, 5, 15 min)"
+        f" {_load_text(before)} before, {_load_text(after)} after"
+        + (
+            ": **a loaded machine** (other engineers' runs shared the cores), so these"
+            " figures are rough; compare rows of this one run only."
+            if loaded
+            else "."
+        ),
+        "",
+        f"`.venv/bin/python -m bench.fanout --nodes {_counts(results['parley'])}"
+        + (" --peer socketio" if results["socketio"] else "")
+        + f" --seconds {results['seconds']:g}` (`bench/fanout_scaling.py`). A room of"
+        f" {results['members']}, members round-robin over the nodes, all 20 senders on node 1"
+        " (as `--placement`), the same rate steps and the same Node.js load generator"
+        " (`bench/node/client.js`) for every server. Parley: `parley serve` nodes with"
+        " `REDIS_URL` set and one PostgreSQL database, one node included (its events go"
+        " through Redis too). The peer: `bench/node/sio_server.js`, Socket.IO 4 with"
+        " `@socket.io/redis-adapter`, the same frames as Socket.IO events (typing to the"
+        " others in the room, a message to all, each acked; the message is not stored and"
+        " the peer checks no token). CPU: utime + stime from `/proc/<pid>/stat` over each"
+        " step, in cores (1.00 = one core busy for the whole step); every server process"
+        " and the load generator, and the shared Redis (which also serves anything else"
+        " running). Efficiency: deliveries per server CPU-second, the servers summed."
+        f" A step is held when all is delivered, p99 < {results['held_p99_ms']:g} ms and"
+        " at least 90 % of the target rate; steps stop after two in a row not held.",
+    ]
+    for kind in results["kinds"]:
+        lines += ["", f"**{kind}: the best held step per setup**", ""]
+        lines += [
+            "| setup | best held step | delivered/s | p99 ms | cores: each server | client"
+            " | Redis | deliveries per server CPU-s |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
+        for system, label in SYSTEMS.items():
+            for nodes, runs in results[system].items():
+                best = _best(runs.get(kind, []))
+                name = f"{label}, {nodes} node{'s' if nodes != '1' else ''}"
+                if best is None:
+                    lines.append(f"| {name} | none held | | | | | | |")
+                    continue
+                c = best["cores"]
+                servers = " + ".join(f"{v:.2f}" for k, v in c.items() if k.startswith("server"))
+                lines.append(
+                    f"| {name} | {best['target_deliveries']:,}/s | {best['delivery_rate']:,.0f}"
+                    f" | {best['p99_ms']:.1f} | {servers} | {c['client']:.2f}"
+                    f" | {c.get('redis', float('nan')):.2f} | {best['efficiency']:,.0f} |"
+                )
+        lines += ["", _scaling_bars(results["summary"].get(kind, {}), results, kind)]
+    lines += ["", "<details><summary>every step</summary>", ""]
+    lines += [
+        "| setup | frame | target/s | delivered/s | delivered/expected | p50 ms | p99 ms"
+        " | cores: servers | client | Redis | efficiency | held |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for system, label in SYSTEMS.items():
+        for nodes, runs in results[system].items():
+            for kind in results["kinds"]:
+                for s in runs.get(kind, []):
+                    c = s["cores"]
+                    servers = " + ".join(f"{v:.2f}" for k, v in c.items() if k.startswith("server"))
+                    lines.append(
+                        f"| {label} x{nodes} | {kind} | {s['target_deliveries']:,}"
+                        f" | {s['delivery_rate']:,.0f} | {s['delivered']:,}/{s['expected']:,}"
+                        f" | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {servers}"
+                        f" | {c['client']:.2f} | {c.get('redis', float('nan')):.2f}"
+                        f" | {s['efficiency']:,.0f} | {'yes' if s['held'] else 'no'} |"
+                    )
+    lines += ["", "</details>"]
+    if results.get("skipped"):
+        lines += ["", "Cut by the run's time bound: " + "; ".join(results["skipped"]) + "."]
+    return "\n".join(lines)
+
+
+def _scaling_bars(row: dict[str, Any], results: dict[str, Any], kind: str) -> str:
+    """The issue's bars: two nodes' efficiency at least 0.8 of one node's; two Parley
+    nodes' maximum at least the Socket.IO peer's."""
+    out = []
+    ratio = row.get("two_over_one_efficiency")
+    if ratio is not None:
+        out.append(
+            f"Two Parley nodes' efficiency over one node's, at their best held steps:"
+            f" {ratio:.2f} (bar 0.8: {'met' if ratio >= 0.8 else 'NOT met'} in this run)."
+        )
+    if "parley_two_over_socketio" in row:
+        ratio = row["parley_two_over_socketio"]
+        ceiling = (
+            " Parley held the highest step, so its ceiling was not found."
+            if row["parley_two_rate"] >= 0.9 * results["top_step"][kind]
+            else ""
+        )
+        out.append(
+            f"Two Parley nodes' highest held rate {row['parley_two_rate']:,.0f}/s against the"
+            f" Socket.IO peer's best {row['socketio_best_rate']:,.0f}/s (either node count):"
+            f" {ratio:.2f} (bar 1.0: {'met' if ratio >= 1.0 else 'NOT met'} in this run)." + ceiling
+        )
+    return " ".join(out) if out else "Not enough held steps to compare."
+
+
+def _best(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    held = [s for s in steps if s["held"]]
+    return max(held, key=lambda s: s["delivery_rate"]) if held else None
+
+
+def _counts(setups: dict[str, Any]) -> str:
+    return ",".join(setups) or "1,2"
+
+
+def _load_text(load: list[float]) -> str:
+    return ", ".join(f"{n:.1f}" for n in load)

@@ -18,6 +18,10 @@ members are spread round-robin over both, so half of every delivery crosses Redi
 Each step reports its efficiency, deliveries per second of server CPU (summed over
 the server processes), and the run ends with one node's best held efficiency against
 two nodes', measured in the same run.
+
+``--nodes 1,2,4`` and ``--peer socketio`` (issue 19): Parley on 1, 2 and 4 nodes on Redis
+beside our own Socket.IO + Redis peer, in ``bench/fanout_scaling.py``, which writes its
+own section.
 """
 
 from __future__ import annotations
@@ -235,6 +239,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from bench import fanout_scaling  # imports this module: here, not at the top
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each rate step")
@@ -252,7 +258,12 @@ def main() -> None:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the section from the last results"
     )
+    # Issue 19: --nodes 1,2,4 (Parley on Redis) and --peer socketio, in their own module.
+    fanout_scaling.add_arguments(parser)
     args = parser.parse_args()
+    if args.nodes or args.peer:
+        fanout_scaling.main_with(args)
+        return
     if args.render_only:
         render_and_write(report=args.report)
         return
