@@ -353,13 +353,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_with(args: argparse.Namespace) -> None:
     """Run what ``--nodes``/``--peer`` asked for; write the report unless ``--no-report``."""
-    if args.peer and not sio_available():
-        raise SystemExit("the Socket.IO peer needs `npm ci` in bench/node")
+    if args.peer and not sio_available():  # node_modules from before the peer's packages
+        subprocess.run(["npm", "ci", "--silent"], cwd=NODE_DIR, check=True)
     args.nodes = args.nodes or [1, 2]
     args.peer_nodes = args.peer_nodes if args.peer else []
     args.kinds = args.kinds.split(",") if isinstance(args.kinds, str) else args.kinds
     args.budget = Budget(args.budget_s)
-    signal.signal(signal.SIGTERM, _interrupt)  # unwinds the finally blocks, as Ctrl-C does
+    # Ctrl-C cancels the run and its finally blocks stop every process, even when the
+    # shell started this in the background with SIGINT ignored; SIGTERM does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = asyncio.run(run(args))
     finally:
