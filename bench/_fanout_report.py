@@ -212,7 +212,12 @@ def _scaling(results: dict[str, Any]) -> str:
                     f" | {best['p99_ms']:.1f} | {servers} | {c['client']:.2f}"
                     f" | {c.get('redis', float('nan')):.2f} | {best['efficiency']:,.0f} |"
                 )
-        lines += ["", _scaling_bars(results["summary"].get(kind, {}), results, kind)]
+        bars = _scaling_bars(results["summary"].get(kind, {}), results, kind)
+        if loaded:
+            bars += (
+                " On a loaded machine: these say the comparison runs, not whether the bars are met."
+            )
+        lines += ["", bars]
         lines += ["", *_efficiency_by_step(results, kind)]
     lines += ["", "<details><summary>every step</summary>", ""]
     lines += [

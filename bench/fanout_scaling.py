@@ -353,6 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_with(args: argparse.Namespace) -> None:
     """Run what ``--nodes``/``--peer`` asked for; write the report unless ``--no-report``."""
+    if args.render_only:
+        render_scaling_and_write(report=args.report)
+        return
     if args.peer and not sio_available():  # node_modules from before the peer's packages
         subprocess.run(["npm", "ci", "--silent"], cwd=NODE_DIR, check=True)
     args.nodes = args.nodes or [1, 2]
@@ -385,6 +388,9 @@ def main() -> None:
     parser.add_argument("--kinds", default="typing", help="typing, message or both")
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
     parser.add_argument("--no-report", action="store_true", help="print the results only")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the section from the last results"
+    )
     add_arguments(parser)
     main_with(parser.parse_args())
 
