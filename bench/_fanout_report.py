@@ -222,8 +222,8 @@ def _scaling(results: dict[str, Any]) -> str:
     lines += ["", "<details><summary>every step</summary>", ""]
     lines += [
         "| setup | frame | target/s | delivered/s | delivered/expected | p50 ms | p99 ms"
-        " | cores: servers | client | Redis | efficiency | held |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+        " | cores: servers | client | Redis | efficiency | held | client stall max ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for system, label in SYSTEMS.items():
         for nodes, runs in results[system].items():
@@ -236,7 +236,8 @@ def _scaling(results: dict[str, Any]) -> str:
                         f" | {s['delivery_rate']:,.0f} | {s['delivered']:,}/{s['expected']:,}"
                         f" | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {servers}"
                         f" | {c['client']:.2f} | {c.get('redis', float('nan')):.2f}"
-                        f" | {s['efficiency']:,.0f} | {'yes' if s['held'] else 'no'} |"
+                        f" | {s['efficiency']:,.0f} | {'yes' if s['held'] else 'no'}"
+                        f" | {s.get('client_stall_max_ms', float('nan')):.0f} |"
                     )
     lines += ["", "</details>"]
     if results.get("skipped"):

@@ -24,6 +24,7 @@
 
 const WebSocket = require("ws");
 const readline = require("readline");
+const { monitorEventLoopDelay } = require("perf_hooks");
 let sioClient = null; // socket.io-client, loaded only when a run asks for it
 
 const BUCKET_MS = 0.05; // latency histogram resolution
@@ -32,6 +33,9 @@ let sockets = [];
 let userOf = []; // socket index -> user id (from welcome)
 let sessionId = null;
 let run = null; // state of the current run, or null
+// This process's own event-loop stalls during a run: a latency spike that shows here
+// was the load generator's (GC, the machine taking its core), not the server's.
+const loopDelay = monitorEventLoopDelay({ resolution: 5 });
 
 function now() {
   return performance.now();
@@ -237,6 +241,8 @@ function startRun(cmd) {
       lastDelivery: 0,
     };
     const r = run;
+    loopDelay.reset();
+    loopDelay.enable();
     const perEvent = cmd.kind === "typing" ? sockets.length - 1 : sockets.length;
     const started = now();
     const durationMs = cmd.seconds * 1000;
@@ -265,6 +271,7 @@ function startRun(cmd) {
         }
         const total = r.delivered;
         const span = Math.max(r.lastDelivery - started, 1) / 1000;
+        loopDelay.disable();
         run = null;
         resolve({
           kind: r.kind,
@@ -279,6 +286,9 @@ function startRun(cmd) {
           p50_ms: percentile(r.hist, total, 0.5),
           p99_ms: percentile(r.hist, total, 0.99),
           max_ms: percentile(r.hist, total, 1.0),
+          // the loop's delay beyond its 5 ms sampling timer, in ms
+          client_stall_p99_ms: Math.max(0, loopDelay.percentile(99) / 1e6 - 5),
+          client_stall_max_ms: Math.max(0, loopDelay.max / 1e6 - 5),
         });
       };
       finish();
