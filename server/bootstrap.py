@@ -153,6 +153,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             assistant=assistant,
             # The one message quota: a regeneration or an edit asks the model as a post does.
             quota=partial(limiter.hit, message_limit, message="too many messages, slow down"),
+            answer_gate=budgets.check,
             history_changed=turns.drop,
             memory_forgotten=context.memory.forgotten,
         )

@@ -80,6 +80,7 @@ class VersionService:
         validate: Callable[[object], str],
         assistant: Regenerator,
         quota: Callable[[str], Awaitable[None]] | None = None,
+        answer_gate: Callable[[uuid.UUID, uuid.UUID], Awaitable[None]] | None = None,
         history_changed: Callable[[uuid.UUID], None] | None = None,
         memory_forgotten: Callable[[uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
@@ -88,6 +89,10 @@ class VersionService:
         # ``MessageService``'s content rules, so an edit is held to what a post is.
         self._validate = validate
         self._quota = quota
+        # The budget check a new message gets (``BudgetService.check``): a new answer
+        # is refused before a version is stored or the model is asked, not left to
+        # fail at the meter with a failed version stored.
+        self._answer_gate = answer_gate
         # Drops this node's copy of the session's turns (``TurnCache.drop``).
         self._history_changed = history_changed
         # Drops a user's cached view of memory (``MemoryService.forgotten``): a change
@@ -101,8 +106,7 @@ class VersionService:
         """A new answer to the question ``message_id`` answers (or is): stored as the
         answer's next version and shown. Also the retry of a failed answer."""
         assistant = self._require_assistant()
-        if self._quota is not None:
-            await self._quota(str(principal.user_id))
+        await self._admit(principal, session_id)
         async with self._db.transaction() as session:
             chat, message = await self._target(session, principal, session_id, message_id)
             question: Message | None = message
@@ -125,8 +129,7 @@ class VersionService:
         """The author's question, changed: its next version, shown, and a new answer."""
         assistant = self._require_assistant()
         text = self._validate(content)
-        if self._quota is not None:
-            await self._quota(str(principal.user_id))
+        await self._admit(principal, session_id)
         async with self._db.transaction() as session:
             chat, message = await self._target(session, principal, session_id, message_id)
             if message.role != "user":
@@ -205,6 +208,14 @@ class VersionService:
 
     def _require_assistant(self) -> Regenerator:
         return self._assistant
+
+    async def _admit(self, principal: Principal, session_id: uuid.UUID) -> None:
+        """What a new message is held to before anything is stored: the message quota,
+        then the budget (``budget_exceeded`` with its reset time)."""
+        if self._quota is not None:
+            await self._quota(str(principal.user_id))
+        if self._answer_gate is not None:
+            await self._answer_gate(principal.user_id, session_id)
 
     async def _target(
         self, session: Any, principal: Principal, session_id: uuid.UUID, message_id: uuid.UUID
