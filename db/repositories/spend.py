@@ -103,6 +103,12 @@ async def get_budget(session: AsyncSession, user_id: uuid.UUID) -> UserBudget | 
     return await session.get(UserBudget, user_id)
 
 
+async def budget_owners(session: AsyncSession, limit: int) -> set[uuid.UUID] | None:
+    """The users with a budget of their own, or None when there are more than ``limit``."""
+    rows = (await session.execute(select(UserBudget.user_id).limit(limit + 1))).scalars().all()
+    return None if len(rows) > limit else set(rows)
+
+
 async def set_budget(
     session: AsyncSession,
     user_id: uuid.UUID,

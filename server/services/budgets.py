@@ -51,6 +51,9 @@ OWNERS_CACHED = 10_000
 # Users whose limits and spend are kept between reads: bounded, or every user who ever
 # connected would stay in memory (the welcome frame reads each one's budget).
 BUDGETS_CACHED = 4096
+# Users with a budget of their own that this node lists (so that everyone else's
+# limits are the defaults without a read); with more, each user's row is read.
+OVERRIDES_LISTED = 10_000
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -164,6 +167,11 @@ class BudgetService:
         self._warned: dict[uuid.UUID, tuple[datetime, str]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._owners: dict[uuid.UUID, uuid.UUID] = {}
+        # (read again after, the users with a budget of their own, None: too many to
+        # list). A user not among them has the defaults without a read of their row;
+        # with unlimited defaults, no budget applies and neither limits nor spend is
+        # read (every welcome frame read both).
+        self._overridden: tuple[float, set[uuid.UUID] | None] = (0.0, None)
         # Per payer: (read again after, period start, [tokens, nano_usd] stored).
         self._spent: TTLCache[uuid.UUID, tuple[float, datetime, list[int]]] = TTLCache(
             BUDGETS_CACHED, SPEND_TTL_S
@@ -213,15 +221,31 @@ class BudgetService:
         cached = self._limits.get(user_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        defaults = self.defaults()
+        overridden = await self._overridden_users()
+        if overridden is not None and user_id not in overridden:
+            return defaults  # the set is the cache: nothing kept per user
         async with self._db.read() as session:
             row = await spend_repo.get_budget(session, user_id)
         limits = (
-            self.defaults()
+            defaults
             if row is None
             else Limits(row.tokens_per_period, row.nano_usd_per_period, row.period, True)
         )
         self._limits[user_id] = (time.monotonic() + LIMITS_TTL_S, limits)
         return limits
+
+    async def _overridden_users(self) -> set[uuid.UUID] | None:
+        """The users with a budget of their own: one read per node every
+        ``LIMITS_TTL_S``, so an override made on another node (or by ``parley
+        budget``) applies here as late as a changed one already did."""
+        until, known = self._overridden
+        if until > time.monotonic():
+            return known
+        async with self._db.read() as session:
+            known = await spend_repo.budget_owners(session, OVERRIDES_LISTED)
+        self._overridden = (time.monotonic() + LIMITS_TTL_S, known)
+        return known
 
     async def status(
         self, user_id: uuid.UUID, limits: Limits | None = None, *, fresh: bool = False
@@ -482,6 +506,9 @@ class BudgetService:
                 nano_usd_per_period=nano,
                 period=period,
             )
+        listed = self._overridden[1]
+        if listed is not None:
+            listed.add(user_id)  # this node knows at once; others within LIMITS_TTL_S
         self._limits.pop(user_id, None)
         self._warned.pop(user_id, None)
         return await self.describe(principal, user_id)
