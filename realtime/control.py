@@ -26,6 +26,8 @@ one during a rolling deploy.
                                                 ``keep`` (a regeneration replaces them)
     caller_changed    server/services/          ``user_id``: drop the cached caller row
                       hub_links.py
+    api_key_revoked   server/services/          ``key_id``: drop the verified API key
+                      hub_links.py
     ================= ========================= ===========================================
 """
 
@@ -42,3 +44,4 @@ class ControlOp(StrEnum):
     CANCEL_STREAM = "cancel_stream"
     SUPERSEDE_ANSWERS = "supersede_answers"
     CALLER_CHANGED = "caller_changed"
+    API_KEY_REVOKED = "api_key_revoked"

@@ -61,10 +61,10 @@ from server.security.ratelimit import Limit, RateLimiter
 from server.security.tickets import make_ticket_store
 from server.security.tokens import TokenService
 from server.services.accounts import AccountService, LoginLimits
-from server.services.api_keys import ApiKeyService
+from server.services.api_keys import ApiKeyService, VerifiedKeys
 from server.services.budgets import BudgetService
 from server.services.documents import DocumentService
-from server.services.hub_links import CallerNotices, HubFanout
+from server.services.hub_links import ApiKeyNotices, CallerNotices, HubFanout
 from server.services.memory import MemoryService
 from server.services.messages import MessageService
 from server.services.sessions import SessionService
@@ -168,7 +168,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             accounts=accounts,
             sessions=sessions,
             messages=messages,
-            api_keys=ApiKeyService(database, accounts),
+            api_keys=_build_api_keys(database, accounts, hub),
             budgets=budgets,
             redis=redis,
             node_id=node_id,
@@ -329,6 +329,13 @@ class _Context:
     memory: MemoryService
     documents: DocumentService
     retriever: Retriever
+
+
+def _build_api_keys(database: Database, accounts: AccountService, hub: Hub) -> ApiKeyService:
+    """Verified keys are cached per node; a revocation reaches every node's cache."""
+    verified = VerifiedKeys()
+    notices = ApiKeyNotices(hub, verified)
+    return ApiKeyService(database, accounts, verified=verified, revoked=notices.key_revoked)
 
 
 def _build_context(

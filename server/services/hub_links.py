@@ -14,6 +14,7 @@ from realtime.close_codes import CloseCode
 from realtime.control import ControlOp
 from realtime.hub import Hub
 from server.security.callers import CallerCache
+from server.services.api_keys import VerifiedKeys
 
 
 class HubFanout:
@@ -55,3 +56,27 @@ class CallerNotices:
             self._callers.clear()
             return
         self._callers.drop(user_id)
+
+
+class ApiKeyNotices:
+    """A revoked API key is announced on the control channel, and each node drops it
+    from its verified keys when the notice arrives (the revoking node already has).
+    While the bus is down, other nodes' entries expire within ``VERIFIED_TTL_S``.
+
+    Give ``key_revoked`` to ``ApiKeyService``."""
+
+    def __init__(self, hub: Hub, verified: VerifiedKeys) -> None:
+        self._hub = hub
+        self._verified = verified
+        hub.control_handlers[ControlOp.API_KEY_REVOKED] = self._on_notice
+
+    async def key_revoked(self, key_id: uuid.UUID) -> None:
+        await self._hub.send_control({"op": ControlOp.API_KEY_REVOKED, "key_id": str(key_id)})
+
+    def _on_notice(self, action: dict[str, Any]) -> None:
+        try:
+            key_id = uuid.UUID(str(action.get("key_id")))
+        except ValueError:
+            self._verified.clear()  # a notice we cannot read: forgetting all is safe
+            return
+        self._verified.drop(key_id)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import uuid
+from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from db.models import ApiKey
+from db.repositories import api_keys as keys_repo
+from realtime.control import ControlOp
 from tests.conftest import register_user
 
 
@@ -67,3 +73,49 @@ async def test_keys_are_managed_with_a_session_token_only(client: httpx.AsyncCli
     assert response.status_code == 401
     assert anonymous.status_code == 401
     assert empty_name.status_code == 400
+
+
+async def test_a_verified_key_is_read_once_and_a_revocation_stops_it_at_once(
+    client: httpx.AsyncClient, app: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = app.state.container  # type: ignore[attr-defined]
+    ada = await register_user(client, "Ada")
+    made = [
+        (await client.post("/v1/me/api-keys", json={"name": n}, headers=ada.headers)).json()["data"]
+        for n in ("laptop", "ci")
+    ]
+    reads: list[str] = []
+    original = keys_repo.find_live
+
+    async def counted(session: Any, key_hash: str) -> Any:
+        reads.append(key_hash)
+        return await original(session, key_hash)
+
+    monkeypatch.setattr(keys_repo, "find_live", counted)
+    client.cookies.clear()  # the login's jwt cookie would authenticate otherwise
+    laptop, ci = ({"Authorization": f"Bearer {k['key']}"} for k in made)
+
+    served = [(await client.get("/v1/models", headers=laptop)).status_code for _ in range(3)]
+    await client.get("/v1/models", headers=ci)
+    # This node revokes "laptop": it is dropped here at once.
+    revoked = await client.delete(f"/v1/me/api-keys/{made[0]['id']}", headers=ada.headers)
+    after_revoke = await client.get("/v1/models", headers=laptop)
+    # Another node revokes "ci" (the row, then the notice on the bus): dropped here too.
+    async with container.database.transaction() as session:
+        assert await keys_repo.revoke(session, uuid.UUID(ada.id), uuid.UUID(made[1]["id"]))
+    await container.hub.send_control({"op": ControlOp.API_KEY_REVOKED, "key_id": made[1]["id"]})
+    for _ in range(100):  # the notice comes back through the bus
+        if not len(container.api_keys.verified):
+            break
+        await asyncio.sleep(0.01)
+    after_notice = await client.get("/v1/models", headers=ci)
+
+    assert (
+        after_revoke.status_code,
+        after_notice.status_code,
+        len(container.api_keys.verified),
+    ) == (401, 401, 0)
+    assert served == [200, 200, 200]
+    assert len(reads) == 4  # laptop once, ci once, then each once more after its revocation
+    assert revoked.status_code == 200
+    assert after_revoke.status_code == 401 and after_notice.status_code == 401
