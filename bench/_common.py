@@ -8,8 +8,10 @@ carry a per-run prefix, so runs never see each other's data.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import re
@@ -19,10 +21,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,9 +237,12 @@ class Room:
     tokens: list[str]  # one access token per member, the owner first
 
 
-async def seed_room(database_url: str, members: int, *, extra_users: int = 0) -> Room:
+async def seed_room(
+    database_url: str, members: int, *, extra_users: int = 0, prefix: str = "u"
+) -> Room:
     """One session with ``members`` members (each its own user), plus ``extra_users``
-    users who are in no room (idle connections). Tokens last an hour."""
+    users who are in no room (idle connections). Tokens last an hour. Users are named
+    ``{prefix}{n}``: another ``prefix`` seeds another room in the same database."""
     tokens = TokenService(
         secret=SECRET, issuer="parley", audience="parley", access_ttl_s=3600, leeway_s=10
     )
@@ -247,7 +254,10 @@ async def seed_room(database_url: str, members: int, *, extra_users: int = 0) ->
             for n in range(members + extra_users):
                 users.append(
                     await users_repo.create_user(
-                        session, email=f"u{n}@bench.example", name=f"u{n}", password_hash=None
+                        session,
+                        email=f"{prefix}{n}@bench.example",
+                        name=f"{prefix}{n}",
+                        password_hash=None,
                     )
                 )
             chat = await sessions_repo.create_session(
@@ -348,3 +358,50 @@ def write_section(title: str, body: str, report: Path = REPORT) -> None:
     else:
         updated = existing.rstrip("\n") + "\n\n" + section
     report.write_text(updated.rstrip("\n") + "\n")
+
+
+# The command line every room benchmark shares ---------------------------------------
+
+
+def bench_main(
+    doc: str,
+    *,
+    title: str,
+    results: Path,
+    notes: Path,
+    render: Callable[[dict[str, Any]], str],
+    run: Callable[[argparse.Namespace, str, Path], Coroutine[Any, Any, dict[str, Any]]],
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None,
+) -> None:
+    """Parse the common options (``--databases``, ``--report``, ``--render-only``
+    and the benchmark's own), ``run`` it once per database in a scratch directory,
+    keep the results as JSON and rewrite the report's section with ``render`` and
+    the notes file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    arguments(parser)
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
+    parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the section from the last results"
+    )
+    args = parser.parse_args()
+    result: dict[str, Any]
+    if args.render_only:
+        result = json.loads(results.read_text())
+    else:
+        runs = []
+        for database in args.databases.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"parley-{results.stem}-") as tmp:
+                runs.append(asyncio.run(run(args, database, Path(tmp))))
+        result = {"runs": runs, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}
+        result["machine"] = machine()
+        result["load"] = " ".join(f"{n:.2f}" for n in os.getloadavg())
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(result, indent=1))
+    body = render(result)
+    if notes.exists():
+        body += "\n\n" + notes.read_text().strip()
+    write_section(title, body, args.report)
+    print(body)

@@ -4,7 +4,7 @@
 
 The set-up of ``bench.streaming``: a loopback fake OpenRouter (``Fast(20)``) in a
 process of its own and one ``parley serve`` (memory bus) against it. In the same run,
-interleaved round by round:
+round by round, the paths in a shuffled order:
 
 * direct: a client POSTs ``/chat/completions`` to the fake and reads the stream;
 * WebSocket: a member sends a ``message`` frame and reads the first ``stream.delta``;
@@ -13,9 +13,17 @@ interleaved round by round:
 * front door: ``POST /v1/chat/completions`` (``stream: true``, the room named by
   ``X-Parley-Session``) and the first chunk with ``content``.
 
+SSE and the front door are each read twice: with httpx (what most Python callers
+use) and with a bare HTTP/1.1 client (``bench._rawhttp``) that costs the benchmark's
+process about what the WebSocket client does, so that the difference to the WebSocket
+path is the server's. The WebSocket member is in one room and the HTTP callers in
+another: each answer is delivered to one receiver, and the benchmark's process reads
+one stream at a time.
+
 Time to first token is from the request leaving the client to the first token
-arriving; "added" is each path's percentile minus the direct one. Writes the
-``## OpenAI-compatible front door (issue 18)`` section of docs/benchmarks.md.
+arriving; "added" is each path's percentile minus the direct one, and the front door
+against the WebSocket path is also the median of the per-round differences. Writes
+the ``## OpenAI-compatible front door (issue 18)`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,26 +31,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import os
-import tempfile
+import random
+import statistics
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from bench._common import (
-    REPORT,
-    ROOT,
-    ServerNode,
-    fresh_database,
-    machine,
-    seed_room,
-    write_section,
-)
+from bench._common import ROOT, ServerNode, bench_main, fresh_database, seed_room
+from bench._rawhttp import RawHTTP
 from bench.streaming import (
     TTFT_TOKENS,
     answering_env,
@@ -50,88 +51,192 @@ from bench.streaming import (
     fake_upstream,
     pct,
     read_stream,
-    sse_round,
     ws_member,
-    ws_round,
 )
 
 TITLE = "## OpenAI-compatible front door (issue 18)"
 RESULTS = ROOT / "bench" / "results" / "frontdoor.json"
 
 
-async def frontdoor_round(
-    http: httpx.AsyncClient, token: str, sid: str, turn: int
-) -> tuple[float, float]:
-    """(sent, first token) of one streamed completion, read to ``[DONE]``."""
-    body = {
+async def ws_turn(asker: Any, sid: str, turn: int) -> float:
+    reading = asyncio.create_task(read_stream(asker))
+    frame = {"type": "message", "session_id": sid, "content": f"go {turn}"}
+    sent = time.perf_counter()
+    await asker.send(orjson.dumps(frame).decode())
+    first, _, _ = await reading
+    return first - sent
+
+
+async def sse_turn(http: httpx.AsyncClient, token: str, sid: str, turn: int) -> float:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    first = end = 0.0
+    event = ""
+    sent = time.perf_counter()
+    async with http.stream(
+        "POST", f"/v1/sessions/{sid}/messages", json={"content": f"go {turn}"}, headers=headers
+    ) as response:
+        assert response.status_code == 201, await response.aread()
+        async for line in response.aiter_lines():  # to the body's end, as a client does
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "stream.delta" and not first:
+                first = time.perf_counter()
+            elif line.startswith("data: ") and event == "stream.end":
+                end = time.perf_counter()
+    assert first and end, "the SSE response ended without stream.end"
+    return first - sent
+
+
+def completion_body(turn: int) -> dict[str, Any]:
+    return {
         "model": "parley",
         "stream": True,
         # A new question each round: the same messages would be a retry of the last.
         "messages": [{"role": "user", "content": f"go {turn}"}],
     }
+
+
+def has_content(data: bytes | str) -> bool:
+    choices = orjson.loads(data).get("choices") or []
+    return bool(choices and choices[0]["delta"].get("content"))
+
+
+async def frontdoor_round(http: httpx.AsyncClient, token: str, sid: str, turn: int) -> float:
+    """Time to the first chunk with content, the stream read to ``[DONE]``."""
     headers = {"Authorization": f"Bearer {token}", "X-Parley-Session": sid}
     first = 0.0
     done = False
     sent = time.perf_counter()
-    async with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+    async with http.stream(
+        "POST", "/v1/chat/completions", json=completion_body(turn), headers=headers
+    ) as response:
         assert response.status_code == 200, await response.aread()
         async for line in response.aiter_lines():  # to the body's end, as an SDK does
             if line == "data: [DONE]":
                 done = True
-            elif line.startswith("data: ") and not first:
-                choices = orjson.loads(line[6:]).get("choices") or []
-                if choices and choices[0]["delta"].get("content"):
-                    first = time.perf_counter()
+            elif line.startswith("data: ") and not first and has_content(line[6:]):
+                first = time.perf_counter()
     assert first and done, "the front door's stream ended early"
-    return sent, first
+    return first - sent
 
 
-async def run(rounds: int, workdir: Path, database: str) -> dict[str, Any]:
+async def frontdoor_raw_round(raw: RawHTTP, token: str, sid: str, turn: int) -> float:
+    headers = {"Authorization": f"Bearer {token}", "X-Parley-Session": sid}
+    first = 0.0
+    done = False
+    sent = time.perf_counter()
+    async with raw.post("/v1/chat/completions", completion_body(turn), headers) as response:
+        assert response.status == 200
+        async for line in response.lines():
+            if line == b"data: [DONE]":
+                done = True
+            elif line.startswith(b"data: ") and not first and has_content(line[6:]):
+                first = time.perf_counter()
+    assert first and done, "the front door's stream ended early"
+    return first - sent
+
+
+async def sse_raw_round(raw: RawHTTP, token: str, sid: str, turn: int) -> float:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    first = end = 0.0
+    event = b""
+    sent = time.perf_counter()
+    body = {"content": f"go {turn}"}
+    async with raw.post(f"/v1/sessions/{sid}/messages", body, headers) as response:
+        assert response.status == 201
+        async for line in response.lines():
+            if line.startswith(b"event: "):
+                event = line[7:]
+            elif line.startswith(b"data: ") and event == b"stream.delta" and not first:
+                first = time.perf_counter()
+            elif line.startswith(b"data: ") and event == b"stream.end":
+                end = time.perf_counter()
+    assert first and end, "the SSE response ended without stream.end"
+    return first - sent
+
+
+PATHS = ("direct", "ws", "sse", "frontdoor", "sse_raw", "frontdoor_raw")
+
+
+async def run(
+    rounds: int, workdir: Path, database: str, server_code: Path | None = None
+) -> dict[str, Any]:
     async with fake_upstream() as fake, fresh_database(database, workdir) as url:
-        room = await seed_room(url, 1)
-        server = ServerNode("frontdoor", answering_env(url, fake), workdir)
+        # A room per path, each asked the same questions: every path's history grows
+        # alike (the context is built from it), and each answer has one receiver.
+        rooms = {name: await seed_room(url, 1, prefix=f"{name}-") for name in PATHS[1:]}
+        env = answering_env(url, fake)
+        if server_code is not None:  # another revision's server, for a before and after
+            env["PYTHONPATH"] = str(server_code)
+        server = ServerNode("frontdoor", env, workdir)
         await server.start()
+        address = urlsplit(server.http_url)
+        raw = RawHTTP(address.hostname or "127.0.0.1", address.port or 80)
         try:
             async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as http:
                 await fake.fast(http, TTFT_TOKENS)
-                sid, token = room.session_id, room.tokens[0]
-                asker = await ws_member(server.ws_url, token, sid)
-                ttft: dict[str, list[float]] = {"direct": [], "ws": [], "sse": [], "frontdoor": []}
+                sid = {name: room.session_id for name, room in rooms.items()}
+                token = {name: room.tokens[0] for name, room in rooms.items()}
+                asker = await ws_member(server.ws_url, token["ws"], sid["ws"])
                 turn = 0
+
+                async def direct() -> float:
+                    sent, first, _, _ = await direct_round(http, fake.base_url)
+                    return float(first - sent)
+
+                paths: dict[str, Callable[[], Awaitable[float]]] = {
+                    "direct": direct,
+                    "ws": lambda: ws_turn(asker, sid["ws"], turn),
+                    "sse": lambda: sse_turn(http, token["sse"], sid["sse"], turn),
+                    "frontdoor": lambda: frontdoor_round(
+                        http, token["frontdoor"], sid["frontdoor"], turn
+                    ),
+                    "sse_raw": lambda: sse_raw_round(raw, token["sse_raw"], sid["sse_raw"], turn),
+                    "frontdoor_raw": lambda: frontdoor_raw_round(
+                        raw, token["frontdoor_raw"], sid["frontdoor_raw"], turn
+                    ),
+                }
                 for _ in range(3):  # warm: connections, caches, the model catalogue
-                    await direct_round(http, fake.base_url)
-                    await ws_round(asker, [], sid)
                     turn += 1
-                    await frontdoor_round(http, token, sid, turn)
-                    await read_stream(asker)
-                    await sse_round(http, token, sid)
-                    await read_stream(asker)
+                    for path in paths.values():
+                        await path()
                 gc.collect()
                 gc.freeze()
+                ttft: dict[str, list[float]] = {name: [] for name in PATHS}
+                # A fresh order each round: what one path leaves running (the last
+                # answer's store, its spend) falls on each of the others alike.
+                order = random.Random(18)
                 for _ in range(rounds):
-                    sent, first, _, _ = await direct_round(http, fake.base_url)
-                    ttft["direct"].append(first - sent)
-                    sent, ((first, _, _),) = await ws_round(asker, [], sid)
-                    ttft["ws"].append(first - sent)
-                    turn += 1
-                    sent, first = await frontdoor_round(http, token, sid, turn)
-                    ttft["frontdoor"].append(first - sent)
-                    await read_stream(asker)  # a member: it saw the front door's turn too
-                    sent, first, _, _ = await sse_round(http, token, sid)
-                    ttft["sse"].append(first - sent)
-                    await read_stream(asker)
+                    turn += 1  # the same new question on every path
+                    for name in order.sample(PATHS, len(PATHS)):
+                        ttft[name].append(await paths[name]())
                 await asker.close()
         finally:
+            await raw.aclose()
             server.stop()
     return {"database": database, "rounds": rounds, "ttft": ttft}
 
 
 NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
-PATHS = (
+ROWS = (
     ("ws", "WebSocket `message` → first `stream.delta`"),
-    ("sse", "SSE `POST /v1/sessions/{id}/messages` → first `stream.delta`"),
-    ("frontdoor", "front door `POST /v1/chat/completions` → first content chunk"),
+    ("sse_raw", "SSE `POST /v1/sessions/{id}/messages` → first `stream.delta` (bare client)"),
+    ("frontdoor_raw", "front door `POST /v1/chat/completions` → first content (bare client)"),
+    ("sse", "SSE, read with httpx"),
+    ("frontdoor", "front door, read with httpx"),
 )
+
+
+DIFFERENCES = {
+    "front door over WebSocket (target: at most +1)": ("frontdoor", "ws"),
+    "SSE over WebSocket": ("sse", "ws"),
+    "front door over SSE": ("frontdoor", "sse"),
+}
+
+
+def paired(ttft: dict[str, list[float]], path: str, against: str) -> float:
+    """The median of the per-round differences, in ms."""
+    return statistics.median(a - b for a, b in zip(ttft[path], ttft[against], strict=True)) * 1e3
 
 
 def render(report: dict[str, Any]) -> str:
@@ -139,68 +244,69 @@ def render(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}. Run {report['date']} with"
         f" `python -m bench.frontdoor --rounds {report['runs'][0]['rounds']}`: one"
         " `parley serve` (memory bus), the fake OpenRouter (`bench.fake_upstream`,"
-        f" `Fast({TTFT_TOKENS})`) in a process of its own, httpx and websockets clients in"
-        f" the benchmark's process. Load average at the end: {report.get('load', 'not recorded')}"
-        " (2 cores shared by everything): read the differences between paths of the same"
-        " run, not the absolute numbers.",
+        f" `Fast({TTFT_TOKENS})`) in a process of its own, the clients in the"
+        " benchmark's process (websockets; httpx and a bare HTTP/1.1 client for the HTTP"
+        " paths, `bench/_rawhttp.py`). Load average at the end:"
+        f" {report.get('load', 'not recorded')} (2 cores shared by everything): read the"
+        " differences between paths of the same run, not the absolute numbers.",
     ]
     for result in report["runs"]:
         ttft = result["ttft"]
         direct50, direct99 = pct(ttft["direct"], 50), pct(ttft["direct"], 99)
-        ws50 = pct(ttft["ws"], 50)
         lines += [
             "",
             f"### {NAMES.get(result['database'], result['database'])}: time to first token"
-            f" ({result['rounds']} rounds per path, interleaved)",
+            f" ({result['rounds']} rounds per path, in a shuffled order each round)",
             "",
             "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |",
             "| --- | ---: | ---: | ---: | ---: |",
-            f"| upstream read directly | {direct50:.2f} | {direct99:.2f} | | |",
+            f"| upstream read directly (httpx) | {direct50:.2f} | {direct99:.2f} | | |",
         ]
-        for key, name in PATHS:
+        for key, name in ROWS:
             p50, p99 = pct(ttft[key], 50), pct(ttft[key], 99)
             lines.append(
                 f"| {name} | {p50:.2f} | {p99:.2f} | {p50 - direct50:.2f} | {p99 - direct99:.2f} |"
             )
-        front50 = pct(ttft["frontdoor"], 50)
         lines += [
             "",
-            f"Front door against the WebSocket path, p50: {front50 - ws50:+.2f} ms"
-            " (target: within 1 ms).",
+            "Median of the per-round differences, ms (each round ran every path once):",
+            "",
+            "| | bare client | httpx |",
+            "| --- | ---: | ---: |",
         ]
+        for name, (path, against) in DIFFERENCES.items():
+            bare = paired(ttft, path + "_raw", against + "_raw" if against != "ws" else "ws")
+            lines.append(f"| {name} | {bare:+.2f} | {paired(ttft, path, against):+.2f} |")
+        lines.append(
+            "| httpx over the bare client, front door |"
+            f" {paired(ttft, 'frontdoor', 'frontdoor_raw'):+.2f} | |"
+        )
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument(
-        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+        "--server-code",
+        type=Path,
+        help="run the server from this checkout (e.g. a worktree of main), not this one",
     )
-    parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the section from the last results"
+
+
+async def _run(args: argparse.Namespace, database: str, workdir: Path) -> dict[str, Any]:
+    return await run(args.rounds, workdir, database, args.server_code)
+
+
+def main() -> None:
+    bench_main(
+        __doc__ or "",
+        title=TITLE,
+        results=RESULTS,
+        notes=Path(__file__).with_name("_frontdoor_notes.md"),
+        render=render,
+        run=_run,
+        arguments=_arguments,
     )
-    args = parser.parse_args()
-    result: dict[str, Any]
-    if args.render_only:
-        result = json.loads(RESULTS.read_text())
-    else:
-        runs = []
-        for database in args.databases.split(","):
-            with tempfile.TemporaryDirectory(prefix="parley-frontdoor-") as tmp:
-                runs.append(asyncio.run(run(args.rounds, Path(tmp), database)))
-        result = {"runs": runs, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}
-        result["machine"] = machine()
-        result["load"] = " ".join(f"{n:.2f}" for n in os.getloadavg())
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1))
-    body = render(result)
-    notes = Path(__file__).with_name("_frontdoor_notes.md")
-    if notes.exists():
-        body += "\n\n" + notes.read_text().strip()
-    write_section(TITLE, body, args.report)
-    print(body)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +36,12 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench._common import (
-    REPORT,
     ROOT,
     ServerNode,
+    bench_main,
     fresh_database,
-    machine,
     seed_room,
     server_env,
-    write_section,
 )
 
 TITLE = "## Assistant streaming (issue 4)"
@@ -309,40 +304,26 @@ def render_run(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--tokens", type=int, default=20_000)
     parser.add_argument("--members", type=int, default=50)
-    parser.add_argument(
-        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+
+
+async def _run(args: argparse.Namespace, database: str, workdir: Path) -> dict[str, Any]:
+    return await run(args.rounds, args.tokens, args.members, workdir, database)
+
+
+def main() -> None:
+    bench_main(
+        __doc__ or "",
+        title=TITLE,
+        results=RESULTS,
+        notes=Path(__file__).with_name("_streaming_notes.md"),
+        render=render,
+        run=_run,
+        arguments=_arguments,
     )
-    parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the section from the last results"
-    )
-    args = parser.parse_args()
-    result: dict[str, Any]
-    if args.render_only:
-        result = json.loads(RESULTS.read_text())
-    else:
-        runs = []
-        for database in args.databases.split(","):
-            with tempfile.TemporaryDirectory(prefix="parley-stream-") as tmp:
-                runs.append(
-                    asyncio.run(run(args.rounds, args.tokens, args.members, Path(tmp), database))
-                )
-        result = {"runs": runs}
-        result["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-        result["machine"] = machine()
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1))
-    body = render(result)
-    notes = Path(__file__).with_name("_streaming_notes.md")
-    if notes.exists():
-        body += "\n\n" + notes.read_text().strip()
-    write_section(TITLE, body, args.report)
-    print(body)
 
 
 if __name__ == "__main__":

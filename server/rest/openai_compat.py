@@ -94,53 +94,65 @@ class _Reply(Response):
     def __init__(self, answer: _Answer, headers: dict[str, str]) -> None:
         self._answer = answer
         self._extra = headers
+        # Set once the answer is let go of otherwise (its events, its end, its error):
+        # from then on a disconnect has nothing to abandon.
+        self._streaming = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer, me = self._answer, asyncio.current_task()
+        me = asyncio.current_task()
         assert me is not None
-        gone = False
+        gone = finished = False
 
         async def watch() -> None:
             nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone = True
-            me.cancel()
+            if not finished:  # a cancel after the last send would hit uvicorn's code
+                gone = True
+                me.cancel()
 
         watcher = asyncio.create_task(watch())
-        streaming = False
         try:
-            try:
-                await answer.begin()
-                whole = None if answer.streamed else await answer.whole()
-            except ParleyError as exc:
-                await answer.close()
-                response: Response = fmt.error_response(exc)
-                response.headers.update(self._extra)
-                await response(scope, receive, send)
-                return
-            if whole is not None:
-                await JSONResponse(whole, headers=self._extra)(scope, receive, send)
-                return
-            streaming = True
-            await send({"type": "http.response.start", "status": 200, "headers": self._head()})
-            async with aclosing(answer.events()) as chunks:
-                async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._respond(scope, receive, send)
+            finished = True  # no await since the last send: the watcher cancels no more
         except asyncio.CancelledError:
             if not gone:
-                raise  # the server's, not the caller's: a shutdown
+                if not self._streaming:
+                    self._answer.abandon()  # a shutdown: leave the room all the same
+                raise
             me.uncancel()
-            if not streaming:
-                answer.abandon()  # once streaming, ``events`` let go of the answer
+            if not self._streaming:
+                self._answer.abandon()  # once streaming, ``events`` let go of the answer
                 await Response(status_code=499)(scope, receive, send)  # nobody reads it
         except BaseException:
-            if not streaming:
-                answer.abandon()  # a bug: the listener must not stay in the room
+            if not self._streaming:
+                self._answer.abandon()  # a bug: the listener must not stay in the room
             raise
         finally:
             watcher.cancel()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = self._answer
+        try:
+            await answer.begin()
+            whole = None if answer.streamed else await answer.whole()
+        except ParleyError as exc:
+            await answer.close()
+            self._streaming = True  # nothing left to abandon
+            response: Response = fmt.error_response(exc)
+            response.headers.update(self._extra)
+            await response(scope, receive, send)
+            return
+        self._streaming = True
+        if whole is not None:
+            await answer.close()  # a stored answer's retry had not left the room yet
+            await JSONResponse(whole, headers=self._extra)(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": self._head()})
+        async with aclosing(answer.events()) as chunks:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _head(self) -> list[tuple[bytes, bytes]]:
         fields = {

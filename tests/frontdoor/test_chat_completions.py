@@ -240,3 +240,27 @@ async def test_metadata_or_user_can_name_the_room_and_a_closed_room_is_a_409(
         await live_client.get(f"/v1/sessions/{session_id}/messages", headers=ada.headers)
     ).json()["data"]["messages"]
     assert [m["content"] for m in history] == ["one", "by metadata", "two", "by user"]
+
+
+async def test_a_retry_answered_from_the_store_leaves_no_listener_in_the_room(
+    live_server: LiveServer,
+    room: tuple[TestUser, TestUser, str],
+    openai_for: OpenAIFor,
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Stream(["Kept"]))
+    client = openai_for(ada.access_token)
+    request = {
+        "model": "parley",
+        "messages": [{"role": "user", "content": "keep it"}],
+        "extra_headers": {"X-Parley-Session": session_id},
+    }
+    hub = live_server.container.hub
+
+    await client.chat.completions.create(**request)  # type: ignore[call-overload]
+    again = await client.chat.completions.create(**request)  # type: ignore[call-overload]
+    room_now = hub.rooms.get(session_id)
+
+    assert again.choices[0].message.content == "Kept"
+    assert room_now is None or not room_now.connections  # each request left the room
