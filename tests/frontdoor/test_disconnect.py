@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
-from tests.conftest import TestUser
-from tests.fakes.openrouter import FakeOpenRouter, Stream
+from tests.conftest import LiveServer, TestUser
+from tests.fakes.openrouter import FakeOpenRouter, Hang, Stream
 from tests.stream.conftest import collect_stream
 from tests.ws.conftest import Connect
 
@@ -87,3 +88,33 @@ async def test_leaving_an_answer_members_watch_lets_it_finish_for_the_room(
     assert seen.text == "one two three four"
     answer = await _answer(live_client, ada, session_id)
     assert (answer["status"], answer["content"]) == ("complete", "one two three four")
+
+
+async def test_leaving_before_any_text_stops_the_answer_and_leaves_the_room(
+    live_server: LiveServer,
+    live_client: httpx.AsyncClient,
+    room: tuple[TestUser, TestUser, str],
+    fake_openrouter: FakeOpenRouter,
+) -> None:
+    # The response is held until the first text: the caller leaves while it is held.
+    ada, _, session_id = room
+    fake_openrouter.enqueue(Hang())
+    body = {"model": "parley", "messages": [{"role": "user", "content": "hm?"}], "stream": True}
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            live_client.post(
+                "/v1/chat/completions",
+                json=body,
+                headers={**ada.headers, "X-Parley-Session": session_id},
+            ),
+            0.5,
+        )
+
+    assert await fake_openrouter.wait_disconnect(5.0)  # the upstream request was closed
+    hub_room = live_server.container.hub.rooms.get(session_id)
+    for _ in range(100):
+        if hub_room is None or not hub_room.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert hub_room is None or not hub_room.connections  # the listener left the room
