@@ -217,16 +217,21 @@ class BudgetService:
             overridden=False,
         )
 
-    async def limits(self, user_id: uuid.UUID) -> Limits:
-        cached = self._limits.get(user_id)
+    async def limits(self, user_id: uuid.UUID, *, fresh: bool = False) -> Limits:
+        """The user's limits; ``fresh`` reads their row whatever this node knows (an
+        admin's view, a change)."""
+        cached = None if fresh else self._limits.get(user_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         defaults = self.defaults()
-        overridden = await self._overridden_users()
+        overridden = None if fresh else await self._overridden_users()
         if overridden is not None and user_id not in overridden:
             return defaults  # the set is the cache: nothing kept per user
         async with self._db.read() as session:
             row = await spend_repo.get_budget(session, user_id)
+        listed = self._overridden[1]
+        if row is not None and listed is not None:
+            listed.add(user_id)  # made elsewhere since this node listed them
         limits = (
             defaults
             if row is None
@@ -475,8 +480,7 @@ class BudgetService:
     async def describe(self, principal: Principal | None, user_id: uuid.UUID) -> dict[str, Any]:
         """An admin's view (``principal`` None: the CLI, an operator on the host)."""
         await self._known_user(principal, user_id)
-        self._limits.pop(user_id, None)
-        limits = await self.limits(user_id)
+        limits = await self.limits(user_id, fresh=True)
         status = await self.status(user_id, limits, fresh=True)
         return {"user_id": str(user_id), "limits": limits.to_wire(), "budget": status.to_wire()}
 
@@ -488,8 +492,7 @@ class BudgetService:
     ) -> dict[str, Any]:
         """Override the user's budget; fields not given keep their current value."""
         await self._known_user(principal, user_id)
-        self._limits.pop(user_id, None)
-        current = await self.limits(user_id)
+        current = await self.limits(user_id, fresh=True)
         tokens = changes.get("tokens_per_period", current.tokens)
         usd = changes.get("usd_per_period")
         nano = round(usd * NANO) if "usd_per_period" in changes and usd is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -60,3 +61,30 @@ async def test_a_users_own_budget_is_in_the_welcome_without_default_budgets(
     assert adas["budget"]["tokens"] == {"limit": 5000, "used": 0, "left": 5000}
     assert bobs.get("budget") is None
     assert reads["get_budget"] == 1  # Ada's; Bob has none of his own: the defaults, unread
+
+
+async def test_a_budget_set_elsewhere_shows_at_once_to_an_admin_and_then_to_the_user(
+    start_answers: StartAnswers,
+) -> None:
+    # Set by another node or by ``parley budget``: this node's list of users with a
+    # budget of their own does not have it yet.
+    async with start_answers() as answers:
+        admin, ada = await make_admin(answers), await answers.user()
+        client, before = await WSClient.connect(answers.server.ws_url, ada.access_token)
+        await client.close()
+        async with answers.server.container.database.transaction() as session:
+            await spend_repo.set_budget(
+                session,
+                uuid.UUID(ada.id),
+                tokens_per_period=7000,
+                nano_usd_per_period=None,
+                period="day",
+            )
+        seen = await answers.http.get(f"/v1/users/{ada.id}/budget", headers=admin.headers)
+        client, after = await WSClient.connect(answers.server.ws_url, ada.access_token)
+        await client.close()
+
+    assert before.get("budget") is None
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["data"]["limits"]["tokens_per_period"] == 7000
+    assert after["budget"]["tokens"]["limit"] == 7000  # the admin's read told this node
