@@ -1,5 +1,5 @@
-"""Each node caches callers; a revocation on one node reaches the others' caches over the
-bus's control channel, long before their entries would expire."""
+"""Each node caches callers and verified API keys; a revocation on one node reaches the
+others' caches over the bus's control channel, long before their entries would expire."""
 
 from __future__ import annotations
 
@@ -41,3 +41,34 @@ async def test_logout_all_on_one_node_revokes_the_token_on_another_at_once(
             await asyncio.sleep(0.02)
         assert refused.status_code == 401
         assert refused.json()["error"]["message"] == "token revoked"
+
+
+async def test_an_api_key_revoked_on_one_node_stops_working_on_another_at_once(
+    cluster: Callable[..., Any],
+) -> None:
+    # Node B keeps the key it verified for 30 s: only the control channel can explain
+    # it refusing the key within two seconds.
+    node_a = await cluster("a")
+    node_b = await cluster("b")
+    async with (
+        httpx.AsyncClient(base_url=node_a.http_url) as on_a,
+        httpx.AsyncClient(base_url=node_b.http_url) as on_b,
+    ):
+        ada = await register_user(on_a, "Ada")
+        made = await on_a.post("/v1/me/api-keys", json={"name": "ide"}, headers=ada.headers)
+        key = made.json()["data"]
+        on_b.cookies.clear()
+        with_key = {"Authorization": f"Bearer {key['key']}"}
+        for _ in range(2):  # the second one is answered from B's verified keys
+            assert (await on_b.get("/v1/models", headers=with_key)).status_code == 200
+
+        revoked = await on_a.delete(f"/v1/me/api-keys/{key['id']}", headers=ada.headers)
+        assert revoked.status_code == 200
+
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while True:
+            refused = await on_b.get("/v1/models", headers=with_key)
+            if refused.status_code == 401 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        assert refused.status_code == 401
