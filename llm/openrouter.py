@@ -31,13 +31,11 @@ from typing import Any
 import httpx
 import orjson
 
-# The decoders behind httpx-sse's aiter_sse, used a batch at a time (see _event_batches).
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
-
 from errors import ParleyError
 from llm.catalog import ModelCatalog
 from llm.deadline import MovingDeadline
 from llm.metering import Price
+from llm.openrouter_chunks import TextChunkShape
 from llm.openrouter_errors import (
     body_error,
     deadline_error,
@@ -56,6 +54,7 @@ from llm.provider import (
     UpstreamUnavailable,
     Usage,
 )
+from llm.sse_batch import EventSplitter
 
 log = logging.getLogger(__name__)
 
@@ -416,9 +415,17 @@ class _StreamState:
         self.usage: Usage | None = None
         self.error: ParleyError | None = None
         self._calls: dict[int, dict[str, str]] = {}
+        self._shape = TextChunkShape()
 
     def feed(self, data: str) -> str:
         """The text in one SSE event's ``data`` (empty if none); notes everything else."""
+        text = self._shape.text(data)
+        if text is not None:
+            # The previous plain text chunk with other text (llm/openrouter_chunks.py).
+            self.content_at_last_feed = bool(text)
+            if text:
+                self.text_seen = True
+            return text
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -443,6 +450,8 @@ class _StreamState:
             if delta and choice.get("finish_reason") is None and not delta.get("tool_calls"):
                 text = delta.get("content")
                 self.content_at_last_feed = bool(text)
+                if text and isinstance(text, str):
+                    self._shape.learn(data, chunk, text)
                 if text:
                     self.text_seen = True
                     return text
@@ -506,22 +515,15 @@ class _StreamState:
 
 
 async def _event_batches(response: httpx.Response) -> AsyncGenerator[list[str], None]:
-    """The ``data`` of the events in each piece of the body as it arrives, in order.
-
-    httpx-sse's own decoders split the lines and assemble the events (comments are
-    dropped there); its ``aiter_sse`` would hand them over one at a time, through two
-    generators per line.
-    """
-    lines = SSELineDecoder()
-    events = SSEDecoder()
+    """The ``data`` of the events in each piece of the body as it arrives, in order
+    (``llm/sse_batch.py``: one pass per piece, each event read as httpx-sse reads it;
+    comments are dropped there)."""
+    events = EventSplitter()
     async for text in response.aiter_text():
-        batch = [
-            sse.data for line in lines.decode(text) if (sse := events.decode(line)) is not None
-        ]
+        batch = events.decode(text)
         if batch:
             yield batch
-    # An event the body ended in the middle of is dropped, as the SSE standard says.
-    tail = [sse.data for line in lines.flush() if (sse := events.decode(line)) is not None]
+    tail = events.flush()
     if tail:
         yield tail
 
