@@ -42,6 +42,8 @@ class StreamPublisher:
         self._flusher: asyncio.Task[None] | None = None
         self._stopping = False
         self._flushing = False  # a frame is on its way to the log and the bus
+        # Resolved to cut the flusher's pause short (``drain``).
+        self._pause: asyncio.Future[None] | None = None
         self.frames = 0  # deltas published so far: the next delta's index
         self.text_parts: list[str] = []
 
@@ -102,7 +104,19 @@ class StreamPublisher:
             if self._stopping:
                 return
             if self._coalesce_s:
-                await asyncio.sleep(self._coalesce_s)
+                await self._pause_between_frames()
+
+    async def _pause_between_frames(self) -> None:
+        """What arrives in the next ``coalesce_s`` goes out as one frame; ``drain`` ends
+        the pause at once (the stream's end must not wait it out)."""
+        loop = asyncio.get_running_loop()
+        self._pause = pause = loop.create_future()
+        timer = loop.call_later(self._coalesce_s, _resolve, pause)
+        try:
+            await pause
+        finally:
+            timer.cancel()
+            self._pause = None
 
     async def _flush(self) -> None:
         self._ready.clear()
@@ -157,6 +171,8 @@ class StreamPublisher:
         stores is exactly what the log holds)."""
         self._stopping = True
         self._ready.set()
+        if self._pause is not None:
+            _resolve(self._pause)
         if self._flusher is not None:
             # Let the flusher finish its frame rather than cancel it half way through.
             await asyncio.gather(self._flusher, return_exceptions=True)
@@ -174,3 +190,8 @@ class StreamPublisher:
         await self._hub.publish_stream(
             self.session_id, self.stream_id, frame, index=self.frames, end_seq=seq, is_end=True
         )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
