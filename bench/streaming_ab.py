@@ -166,8 +166,7 @@ async def compare_relay(
         )
     for receivers in (1, members):
         paired = [
-            b - a
-            for a, b in zip(shares[f"A-{receivers}"], shares[f"B-{receivers}"], strict=True)
+            b - a for a, b in zip(shares[f"A-{receivers}"], shares[f"B-{receivers}"], strict=True)
         ]
         print(f"B - A, {receivers} member(s): {statistics.median(paired):+.3f} of direct (median)")
 
@@ -194,9 +193,7 @@ def main() -> None:
             work.mkdir()
             if args.relay:
                 asyncio.run(
-                    compare_relay(
-                        tree, args.database, args.rounds, args.tokens, args.members, work
-                    )
+                    compare_relay(tree, args.database, args.rounds, args.tokens, args.members, work)
                 )
             else:
                 asyncio.run(compare(tree, args.database, args.rounds, work))

@@ -39,24 +39,26 @@ class EventSplitter:
         for piece in pieces:
             if piece.startswith(_DATA) and "\n" not in piece:
                 batch.append(piece[6:])
-            elif piece:
-                data = self._decode_event(piece)
-                if data is not None:
-                    batch.append(data)
+            else:
+                batch += self._decode_event(piece)
         return batch
 
     def flush(self) -> list[str]:
         """At the body's end. An event it ended in the middle of is dropped, as the
         SSE standard says (and as httpx-sse does)."""
         if self._lines is None:
-            return []
+            # The held-back text's whole lines: only a blank one first can end an event
+            # (the empty one httpx-sse makes after an ``id:``).
+            rest, self._rest = self._rest, ""
+            return self._dispatch(rest.split("\n")[:-1])
         return self._dispatch(self._lines.flush())
 
-    def _decode_event(self, piece: str) -> str | None:
-        for line in piece.split("\n"):
-            self._events.decode(line)  # an event ends only at the blank line below
-        event = self._events.decode("")
-        return event.data if event is not None else None
+    def _decode_event(self, piece: str) -> list[str]:
+        """Any other event: its lines, then the blank line that ended it. (An empty
+        piece is two blank lines: after an ``id:``, httpx-sse makes an event of each.)"""
+        lines = piece.split("\n")
+        lines.append("")
+        return self._dispatch(lines)
 
     def _decode_lines(self, text: str) -> list[str]:
         if self._lines is None:
