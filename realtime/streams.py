@@ -4,6 +4,13 @@ Deltas that arrive while the previous frame is being published are coalesced int
 the next frame, so a fast upstream costs one frame (one bus publish, one log append)
 per batch rather than per token, while a slow one still gets each token out at once:
 the first delta of a quiet period is flushed without waiting.
+
+The pause between frames adapts: ``coalesce_s`` after a frame that held one upstream
+read (a stream no faster than the pause: its tokens are not held longer than they
+were), ``busy_coalesce_s`` after a frame that held several (the upstream outruns the
+frames). Each frame costs every member a write and a read; fan out a fast stream to
+fifty and those, not the tokens, were the relay's cost. One frame per display frame
+(16 ms) is as smooth as the text can be shown.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class StreamPublisher:
         stream_id: str,
         *,
         coalesce_s: float = 0.004,
+        busy_coalesce_s: float = 0.016,
         on_taken_over: Callable[[], None] | None = None,
     ) -> None:
         self._hub = hub
@@ -37,6 +45,8 @@ class StreamPublisher:
         self.session_id = session_id
         self.stream_id = stream_id
         self._coalesce_s = coalesce_s
+        self._busy_coalesce_s = busy_coalesce_s
+        self._last_parts = 0  # upstream reads (``add`` calls) in the last frame
         self._buffer: list[str] = []
         self._ready = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -103,15 +113,18 @@ class StreamPublisher:
             await self._flush()
             if self._stopping:
                 return
-            if self._coalesce_s:
-                await self._pause_between_frames()
+            pause_s = self._coalesce_s  # 0: no pause at all, busy or not
+            if pause_s and self._last_parts > 1:
+                pause_s = self._busy_coalesce_s
+            if pause_s:
+                await self._pause_between_frames(pause_s)
 
-    async def _pause_between_frames(self) -> None:
-        """What arrives in the next ``coalesce_s`` goes out as one frame; ``drain`` ends
+    async def _pause_between_frames(self, pause_s: float) -> None:
+        """What arrives in the next ``pause_s`` goes out as one frame; ``drain`` ends
         the pause at once (the stream's end must not wait it out)."""
         loop = asyncio.get_running_loop()
         self._pause = pause = loop.create_future()
-        timer = loop.call_later(self._coalesce_s, _resolve, pause)
+        timer = loop.call_later(pause_s, _resolve, pause)
         try:
             await pause
         finally:
@@ -123,6 +136,7 @@ class StreamPublisher:
         if not self._buffer:
             return
         text = "".join(self._buffer)
+        self._last_parts = len(self._buffer)
         self._buffer.clear()
         index = self.frames
         self.frames += 1

@@ -73,3 +73,28 @@ async def test_a_resume_brings_coalesced_deltas_with_their_indices(room: Room) -
     whole = await frames(again, "stream.end")
     assert deltas(resumed) == [1] and texts(resumed) == [" two three four"]
     assert deltas(whole) == [0, 1] and "".join(texts(whole)) == "one two three four"
+
+
+async def test_the_pause_grows_only_while_the_upstream_outruns_the_frames(room: Room) -> None:
+    conn = await room.member()
+    publisher = StreamPublisher(
+        room.hub, room.log, SESSION, "st-p3", coalesce_s=0.001, busy_coalesce_s=LONG_PAUSE_S
+    )
+    await publisher.start("m", "q1")
+
+    # One read per frame: a slow stream. Each delta goes out after the short pause.
+    for text in ("a", "b", "c"):
+        publisher.add(text)
+        assert texts(await frames(conn, "stream.delta")) == [text]
+    # Two reads before the flusher ran: the upstream outruns the frames, so what
+    # follows waits for the long pause (here: for the end, which cuts it short).
+    publisher.add("d")
+    publisher.add("e")
+    assert texts(await frames(conn, "stream.delta")) == ["de"]
+    publisher.add("f")
+    await asyncio.sleep(0.05)
+    assert conn.queued == 0
+    await asyncio.wait_for(publisher.end(end_frame("st-p3"), None), 5)
+    rest = await frames(conn, "stream.end")
+
+    assert deltas(rest) == [4] and texts(rest) == ["f"]
