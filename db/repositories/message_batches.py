@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,12 +43,22 @@ class BatchAppended(NamedTuple):
     history_revision: int  # what the session said as the batch took its seqs
 
 
-_STATUS = select(ChatSession.status, ChatSession.model, ChatSession.history_revision).where(
-    ChatSession.id == bindparam("sid")
-)
-_MEMBERS = select(SessionMember.user_id).where(
-    SessionMember.session_id == bindparam("sid"),
-    SessionMember.user_id.in_(bindparam("uids", expanding=True)),
+# The session's state and which of the authors are members, in one read.
+_STATUS_AND_MEMBERS = (
+    select(
+        ChatSession.status,
+        ChatSession.model,
+        ChatSession.history_revision,
+        SessionMember.user_id,
+    )
+    .outerjoin(
+        SessionMember,
+        and_(
+            SessionMember.session_id == ChatSession.id,
+            SessionMember.user_id.in_(bindparam("uids", expanding=True)),
+        ),
+    )
+    .where(ChatSession.id == bindparam("sid"))
 )
 _HELD = select(Message).where(
     Message.session_id == bindparam("sid"),
@@ -83,16 +93,17 @@ async def append_member_batch(
     """
     connection = await session.connection()
     sid = {"sid": session_id}
-    header = (await connection.execute(_STATUS, sid)).first()
-    if header is None or header.status == "closed":
-        return BatchAppended([Outcome(None, False)] * len(items), None, 0)
     uids = sorted({item.user_id for item in items})
-    members = set((await connection.execute(_MEMBERS, {**sid, "uids": uids})).scalars())
+    rows = (await connection.execute(_STATUS_AND_MEMBERS, {**sid, "uids": uids})).all()
+    if not rows or rows[0].status == "closed":
+        return BatchAppended([Outcome(None, False)] * len(items), None, 0)
+    header = rows[0]
+    members = {row.user_id for row in rows if row.user_id is not None}
     keys = sorted({i.client_msg_id for i in items if i.client_msg_id is not None})
     held: dict[str, Message] = {}
     if keys:
-        rows = await session.execute(_HELD, {**sid, "keys": keys})
-        held = {m.client_msg_id: m for m in rows.scalars() if m.client_msg_id is not None}
+        found = (await session.execute(_HELD, {**sid, "keys": keys})).scalars()
+        held = {m.client_msg_id: m for m in found if m.client_msg_id is not None}
     outcomes: list[Outcome] = []
     new: list[tuple[int, BatchItem]] = []
     for item in items:

@@ -86,6 +86,11 @@ class RoomCommits:
         self._rooms: dict[uuid.UUID, _Room] = {}
         self.stats = CommitStats()
 
+    def queued(self, session_id: uuid.UUID) -> int:
+        """Messages of the room waiting behind the commit in flight."""
+        room = self._rooms.get(session_id)
+        return len(room.queue) if room is not None else 0
+
     async def store(self, session_id: uuid.UUID, item: BatchItem) -> Stored:
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         room = self._rooms.get(session_id)
