@@ -107,7 +107,14 @@ class RoomCommits:
             while room.queue:
                 count = min(len(room.queue), self._max_batch)
                 batch = [room.queue.popleft() for _ in range(count)]
-                await self._commit(session_id, batch)
+                try:
+                    await self._commit(session_id, batch)
+                except BaseException as exc:
+                    # A bug or a cancellation: no poster of the batch may wait forever.
+                    failure = exc if isinstance(exc, Exception) else Unavailable("cancelled")
+                    for _, future in batch:
+                        _settle(future, error=failure)
+                    raise
         finally:
             room.leader = None
             if room.queue:  # cancelled (shutdown): nobody will commit these
