@@ -34,6 +34,15 @@ async def _room(node: Node, people: int) -> tuple[list[TestUser], str]:
     return users, session_id
 
 
+async def _commits(node: Node) -> tuple[float, float]:
+    """The node's units of work that stored members' messages, and the messages."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(node.http_url + "/metrics")).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    name = "parley_message_commit_batch_size"
+    return float(values[f"{name}_count"]), float(values[f"{name}_sum"])
+
+
 async def test_batches_from_two_nodes_into_one_room_keep_seq_gapless_and_ordered(
     cluster: Callable[..., Any],
 ) -> None:
@@ -71,6 +80,10 @@ async def test_batches_from_two_nodes_into_one_room_keep_seq_gapless_and_ordered
         for ws in sockets:
             frames = [await ws.next("message", timeout=30) for _ in range(total)]
             assert [f["message"]["seq"] for f in frames] == list(range(1, total + 1))
+        # Both nodes committed them in fewer units of work than messages.
+        commits = [await _commits(node) for node in (node_a, node_b)]
+        assert [stored for _, stored in commits] == [PER_NODE * EACH] * 2
+        assert all(units < stored for units, stored in commits), commits
     finally:
         for ws in sockets:
             await ws.close()
