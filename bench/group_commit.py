@@ -1,7 +1,7 @@
 """Stored messages into one busy room, through ``MessageService.post`` (issue 19).
 
     .venv/bin/python -m bench.group_commit [--database sqlite,postgresql]
-        [--senders 20] [--rate 1000] [--seconds 5]
+        [--senders 20] [--rate 1000] [--seconds 5] [--nodes 1]
 
 The store path alone, in one process, without sockets or fan-out: ``--senders``
 members of one session post at ``--rate`` messages per second in all (open loop: each
@@ -32,10 +32,13 @@ from server.services.accounts import Principal
 from server.services.messages import MessageService
 
 
-async def run(url: str, senders: int, rate: float, seconds: float) -> dict[str, Any]:
+async def run(url: str, senders: int, rate: float, seconds: float, nodes: int) -> dict[str, Any]:
     room = await seed_room(url, senders)
     session_id = uuid.UUID(room.session_id)
-    database = Database(url, pool_size=10)
+    # "Nodes": engines and services of their own (their own pools and group commits),
+    # the senders dealt round-robin; their batches meet on the session row.
+    databases = [Database(url, pool_size=10) for _ in range(nodes)]
+    database = databases[0]
     try:
         async with database.read() as db:
             members = list(
@@ -45,7 +48,7 @@ async def run(url: str, senders: int, rate: float, seconds: float) -> dict[str, 
                     )
                 ).scalars()
             )
-        service = MessageService(database, max_content_chars=4000)
+        services = [MessageService(d, max_content_chars=4000) for d in databases]
         per_sender = rate / senders
         count = int(per_sender * seconds)
         latencies: list[float] = []
@@ -60,6 +63,7 @@ async def run(url: str, senders: int, rate: float, seconds: float) -> dict[str, 
                 if delay > 0:
                     await asyncio.sleep(delay)
                 began = time.perf_counter()
+                service = services[n % nodes]
                 await service.post(principal, session_id, content=f"{n}:{k}", reply="none")
                 # From when it was due: a post that waited for the previous one counts.
                 latencies.append(time.perf_counter() - began + max(0.0, -delay))
@@ -76,10 +80,12 @@ async def run(url: str, senders: int, rate: float, seconds: float) -> dict[str, 
                 )
             ).scalar_one()
     finally:
-        await database.dispose()
+        for engine in databases:
+            await engine.dispose()
     latencies.sort()
     stored = len(latencies)
     return {
+        "nodes": nodes,
         "offered_per_s": rate,
         "stored": stored,
         "stored_per_s": round(stored / took, 1),
@@ -93,7 +99,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="parley-gc-") as tmp:
         for kind in args.database.split(","):
             async with fresh_database(kind, Path(tmp)) as url:
-                result = await run(url, args.senders, args.rate, args.seconds)
+                result = await run(url, args.senders, args.rate, args.seconds, args.nodes)
             print(json.dumps({"database": kind, **result}), flush=True)
 
 
@@ -103,6 +109,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s into the room")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--nodes", type=int, default=1, help="services with their own engines")
     asyncio.run(main_async(parser.parse_args()))
 
 
