@@ -255,3 +255,45 @@ async def test_a_batch_that_collides_with_another_writer_stores_one_by_one(
     history = await live_client.get(f"/v1/sessions/{session_id}/messages", headers=cy.headers)
     assert [m["content"] for m in history.json()["data"]["messages"]] == ["mine", "head", "plain"]
     del ada, bob
+
+
+async def test_questions_in_one_batch_are_each_answered_after_them_in_order(
+    connect: Connect,
+    live_client: httpx.AsyncClient,
+    live_server: LiveServer,
+    database_url: str,
+) -> None:
+    """``reply: auto`` inside a batch: each question is confirmed to its answer once
+    stored, and the answers take the seqs after the questions."""
+    users, session_id = await _room_of(live_client, 3)
+    sockets = [await _joined(connect, user, session_id) for user in users]
+    commits = live_server.container.messages.commits
+    room = uuid.UUID(session_id)
+
+    async with _holding_the_room(database_url, session_id):
+        head = asyncio.ensure_future(sockets[2].request(_message(session_id, "head")))
+        await _until(lambda: commits.stats.batches == 1)
+        asked = []
+        for n, ws in enumerate(sockets[:2]):
+            question = {**_message(session_id, f"question {n}"), "reply": "auto"}
+            asked.append(asyncio.ensure_future(ws.request(question, timeout=20)))
+            await _until(lambda n=n: commits.queued(room) == n + 1)  # type: ignore[misc]
+
+    assert (await head)["message"]["seq"] == 1
+    acks = [await a for a in asked]
+    assert commits.stats.sizes[-1] == 2
+    assert [a["message"]["seq"] for a in acks] == [2, 3]
+    ends = {}
+    for ack in acks:
+        assert ack["stream_id"]
+        end = await sockets[2].next("stream.end", where=_stream(ack["stream_id"]), timeout=30)
+        ends[ack["message"]["id"]] = end["message"]
+    for ack in acks:
+        answer = ends[ack["message"]["id"]]
+        assert answer["reply_to"] == ack["message"]["id"]
+        assert answer["status"] == "complete"
+    assert sorted(a["seq"] for a in ends.values()) == [4, 5]
+
+
+def _stream(stream_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame.get("stream_id") == stream_id
