@@ -118,10 +118,14 @@ async def test_a_lone_message_goes_at_once_without_waiting_for_company(
 
 
 @contextlib.asynccontextmanager
-async def _holding_the_room(database_url: str, session_id: str) -> AsyncIterator[None]:
+async def _holding_the_room(
+    database_url: str, session_id: str, *, then_close: bool = False
+) -> AsyncIterator[None]:
     """Hold the room's write lock from outside the app (the session row on
     PostgreSQL, the database's write lock on SQLite), as a slow commit would: the
-    room's first message stays in flight and what comes next queues behind it."""
+    room's first message stays in flight and what comes next queues behind it. With
+    ``then_close``, the holder closes the session as it lets go."""
+    close = "UPDATE chat_sessions SET status = 'closed' WHERE id = "
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
         async with aiosqlite.connect(path, isolation_level=None) as db:
@@ -129,7 +133,11 @@ async def _holding_the_room(database_url: str, session_id: str) -> AsyncIterator
             try:
                 yield
             finally:
-                await db.execute("ROLLBACK")
+                if then_close:
+                    await db.execute(close + "?", (uuid.UUID(session_id).hex,))
+                    await db.execute("COMMIT")
+                else:
+                    await db.execute("ROLLBACK")
         return
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -141,7 +149,11 @@ async def _holding_the_room(database_url: str, session_id: str) -> AsyncIterator
         try:
             yield
         finally:
-            await transaction.rollback()
+            if then_close:
+                await conn.execute(close + "$1", uuid.UUID(session_id))
+                await transaction.commit()
+            else:
+                await transaction.rollback()
     finally:
         await conn.close()
 
@@ -297,3 +309,33 @@ async def test_questions_in_one_batch_are_each_answered_after_them_in_order(
 
 def _stream(stream_id: str) -> Callable[[dict[str, Any]], bool]:
     return lambda frame: frame.get("stream_id") == stream_id
+
+
+async def test_a_batch_into_a_closed_session_refuses_each_as_alone(
+    live_client: httpx.AsyncClient, live_server: LiveServer, database_url: str
+) -> None:
+    users, session_id = await _room_of(live_client, 3)
+    eve = await register_user(live_client, "Eve")  # not a member
+    commits = live_server.container.messages.commits
+    room = uuid.UUID(session_id)
+
+    async def rest_post(user: TestUser, content: str) -> httpx.Response:
+        return await live_client.post(
+            f"/v1/sessions/{session_id}/messages",
+            json={"content": content, "reply": "none"},
+            headers=user.headers,
+        )
+
+    # The session is closed while its messages queue.
+    async with _holding_the_room(database_url, session_id, then_close=True):
+        head = asyncio.ensure_future(rest_post(users[2], "head"))
+        await _until(lambda: commits.stats.batches == 1)
+        posts = []
+        for n, user in enumerate([users[0], eve, users[1]]):
+            posts.append(asyncio.ensure_future(rest_post(user, f"in batch {n}")))
+            await _until(lambda n=n: commits.queued(room) == n + 1)  # type: ignore[misc]
+
+    replies = [await head] + [await p for p in posts]
+    assert commits.stats.sizes[-1] == 3
+    codes = [(r.status_code, r.json()["error"]["code"]) for r in replies]
+    assert codes == [(409, "conflict"), (409, "conflict"), (404, "not_found"), (409, "conflict")]
