@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,11 +78,48 @@ _BUMP = (
 )
 
 
+# PostgreSQL: the bump and the insert as one statement (data-modifying CTEs, the rows
+# as arrays), run outside a transaction after the reads: three round trips became one,
+# and the session row is locked for one statement instead of until a COMMIT. What the
+# reads found is checked again inside it (not closed; every new row's author still a
+# member); if that no longer holds, no row comes back and the batch goes one by one.
+_AT_ONCE_PG = text(
+    """
+    WITH bumped AS (
+        UPDATE chat_sessions
+        SET last_seq = last_seq + CAST(:n AS integer),
+            last_activity_at = CAST(:now AS timestamptz),
+            status = CASE WHEN status = 'expired' THEN 'active' ELSE status END
+        WHERE id = CAST(:sid AS uuid) AND status != 'closed'
+          AND (SELECT count(*) FROM session_members
+               WHERE session_id = CAST(:sid AS uuid)
+                 AND user_id = ANY(CAST(:authors AS uuid[]))) = CAST(:author_count AS bigint)
+        RETURNING last_seq, model, history_revision
+    ), inserted AS (
+        INSERT INTO messages
+            (id, session_id, seq, role, user_id, content, client_msg_id, status, created_at)
+        SELECT v.id, CAST(:sid AS uuid), bumped.last_seq - CAST(:n AS integer) + v.ord,
+               'user', v.user_id, v.content, v.client_msg_id, 'complete',
+               CAST(:now AS timestamptz)
+        FROM bumped, unnest(
+            CAST(:ids AS uuid[]), CAST(:user_ids AS uuid[]),
+            CAST(:contents AS text[]), CAST(:keys AS varchar[])
+        ) WITH ORDINALITY AS v(id, user_id, content, client_msg_id, ord)
+        RETURNING 1
+    )
+    SELECT last_seq, model, history_revision FROM bumped
+    """
+)
+
+
 async def append_member_batch(
     session: AsyncSession, session_id: uuid.UUID, items: list[BatchItem]
-) -> BatchAppended:
-    """Store ``items`` in their order with consecutive seqs, inside the caller's
-    transaction.
+) -> BatchAppended | None:
+    """Store ``items`` in their order with consecutive seqs: on SQLite inside the
+    caller's transaction; on PostgreSQL in a session of single statements
+    (``Database.single_statement``), the write being one of them. None when the
+    session changed between the reads and the write (PostgreSQL): store them one by
+    one.
 
     Each item is judged as ``append_member_message`` judges one: refused if its author
     is not a member or the session is closed; a ``client_msg_id`` already stored (or
@@ -119,9 +156,27 @@ async def append_member_batch(
     if not new:
         return BatchAppended(outcomes, header.model, header.history_revision)
     now = utcnow()
-    bumped = (await connection.execute(_BUMP, {**sid, "n": len(new), "now": now})).first()
-    if bumped is None:  # closed since the first read
-        return BatchAppended([Outcome(None, False)] * len(items), None, 0)
+    try:
+        if connection.dialect.name == "postgresql":
+            authors = sorted({item.user_id for _, item in new})
+            arguments = {
+                **sid,
+                "n": len(new),
+                "now": now,
+                "authors": authors,
+                "author_count": len(authors),
+                "ids": [item.message_id for _, item in new],
+                "user_ids": [item.user_id for _, item in new],
+                "contents": [item.content for _, item in new],
+                "keys": [item.client_msg_id for _, item in new],
+            }
+            bumped = (await connection.execute(_AT_ONCE_PG, arguments)).first()
+        else:
+            bumped = (await connection.execute(_BUMP, {**sid, "n": len(new), "now": now})).first()
+    except IntegrityError as exc:
+        raise ClientMsgIdTaken("a client_msg_id of the batch") from exc
+    if bumped is None:  # closed, or an author removed, since the reads
+        return None
     last_seq, model, revision = bumped
     first = last_seq - len(new) + 1
     rows_out: list[dict[str, Any]] = []
@@ -136,10 +191,11 @@ async def append_member_batch(
         if not outcomes[at].created and outcomes[at].message is not None:
             assert item.client_msg_id is not None
             outcomes[at] = Outcome(held[item.client_msg_id], False)
-    try:
-        await connection.execute(insert(Message), rows_out)
-    except IntegrityError as exc:
-        raise ClientMsgIdTaken("a client_msg_id of the batch") from exc
+    if connection.dialect.name != "postgresql":
+        try:
+            await connection.execute(insert(Message), rows_out)
+        except IntegrityError as exc:
+            raise ClientMsgIdTaken("a client_msg_id of the batch") from exc
     return BatchAppended(outcomes, model, revision)
 
 

@@ -134,8 +134,11 @@ class RoomCommits:
         if len(batch) == 1:
             await self._one_by_one(session_id, batch)
             return
+        # SQLite: one transaction (it holds the write lock from BEGIN). PostgreSQL:
+        # single statements, the write one of them (see ``append_member_batch``).
+        unit = self._db.transaction() if self._db.in_process else self._db.single_statement()
         try:
-            async with self._db.transaction() as session:
+            async with unit as session:
                 appended = await message_batches.append_member_batch(
                     session, session_id, [item for item, _ in batch]
                 )
@@ -148,6 +151,10 @@ class RoomCommits:
             # One bad row (a client_msg_id another node stored meanwhile, say) rolled
             # the whole batch back: each alone, so that only the offender fails.
             log.info("a batch of %d failed (%s); storing one by one", len(batch), exc)
+            self.stats.fallbacks += 1
+            await self._one_by_one(session_id, batch)
+            return
+        if appended is None:  # the session changed between the reads and the write
             self.stats.fallbacks += 1
             await self._one_by_one(session_id, batch)
             return

@@ -1,6 +1,8 @@
 """Group commit (issue 19) when PostgreSQL's connection is cut while a batch of a
-room's messages is in its transaction: no sender of the batch is acked, nothing of it
-is stored, and the room's seq goes on without a gap."""
+room's messages is on its way: no sender of the batch is acked, and the room's seq
+goes on without a gap. Cut before its write, nothing of it is stored; cut while its
+one write statement runs, it may be (as a lone message's statement may be): then every
+member still gets it, in order, from the database."""
 
 from __future__ import annotations
 
@@ -32,28 +34,21 @@ async def server(postgres_database: str, pg_proxy: TcpProxy) -> AsyncIterator[Li
         yield live
 
 
-async def _until_the_batch_bumped_seq(database_url: str, session_id: str) -> None:
-    """Until the session row is locked by a writer (the batch's seq bump is done and
-    its transaction still open): a lock taken without waiting fails."""
+async def _until_committed(database_url: str, session_id: str, last_seq: int) -> None:
+    """Until the session's ``last_seq`` (committed) reaches ``last_seq``."""
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    query = "SELECT last_seq FROM chat_sessions WHERE id = $1"
     try:
         async with asyncio.timeout(BOUND_S):
-            while True:
-                try:
-                    async with conn.transaction():
-                        await conn.execute(
-                            "SELECT 1 FROM chat_sessions WHERE id = $1 FOR UPDATE NOWAIT",
-                            uuid.UUID(session_id),
-                        )
-                except asyncpg.LockNotAvailableError:
-                    return
+            while await conn.fetchval(query, uuid.UUID(session_id)) < last_seq:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
     finally:
         await conn.close()
 
 
-async def test_a_batch_cut_in_its_transaction_acks_nobody_and_leaves_no_gap(
-    server: LiveServer, pg_proxy: TcpProxy, postgres_database: str
+@pytest.mark.parametrize("cut_in", ["reads", "write"])
+async def test_a_batch_cut_on_its_way_acks_nobody_and_leaves_no_gap(
+    server: LiveServer, pg_proxy: TcpProxy, postgres_database: str, cut_in: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         users = [await register_user(http, name) for name in ("Ada", "Bob", "Cy")]
@@ -82,24 +77,29 @@ async def test_a_batch_cut_in_its_transaction_acks_nobody_and_leaves_no_gap(
                     batch.append(asyncio.ensure_future(reply))
                     await _until(lambda n=n: commits.queued(room) == n + 1)  # type: ignore[misc]
                 pg_proxy.latency_s = LATENCY_S
-            # The head commits; the batch begins its transaction, slowed, and is cut.
+            # The head commits; the batch goes, slowed, and is cut.
             assert (await head)["message"]["seq"] == 1
             await _until(lambda: commits.stats.batches == 2)
-            await _until_the_batch_bumped_seq(postgres_database, session_id)
-            pg_proxy.cut()  # after the bump, before the commit
+            if cut_in == "write":
+                # Its one statement has run (and committed); the reply is on its way.
+                await _until_committed(postgres_database, session_id, 3)
+            pg_proxy.cut()
             replies = [await reply for reply in batch]
             assert [(r["type"], r["code"]) for r in replies] == [("error", "unavailable")] * 2
             pg_proxy.latency_s = 0.0
 
             after = await sockets[0].request(_message(session_id, "after"), timeout=BOUND_S)
-            assert after["message"]["seq"] == 2  # no seq was taken by the batch
             history = await http.get(
                 f"/v1/sessions/{session_id}/messages", headers=users[0].headers
             )
-            stored = history.json()["data"]["messages"]
-            assert [(m["seq"], m["content"]) for m in stored] == [(1, "head"), (2, "after")]
-            frames = [await sockets[1].next("message") for _ in range(2)]
-            assert [f["message"]["seq"] for f in frames] == [1, 2]
+            stored = [(m["seq"], m["content"]) for m in history.json()["data"]["messages"]]
+            if cut_in == "reads":
+                assert stored == [(1, "head"), (2, "after")]  # no seq taken by the batch
+            else:  # stored though its senders heard "unavailable" (they may retry)
+                assert stored == [(1, "head"), (2, "batch 0"), (3, "batch 1"), (4, "after")]
+            assert after["message"]["seq"] == len(stored)
+            frames = [await sockets[1].next("message", timeout=BOUND_S) for _ in stored]
+            assert [(f["message"]["seq"], f["message"]["content"]) for f in frames] == stored
             assert sockets[1].unread("message") == []
         finally:
             pg_proxy.latency_s = 0.0
