@@ -98,6 +98,8 @@ async def run_steps(
         result["cpu"] = cpu
         result["efficiency"] = efficiency(result)
         result["held"] = held(result)
+        if kind == "message":  # stored messages per second into the room (issue 19)
+            result["messages_per_s"] = result["delivery_rate"] / per_event
         steps.append(result)
         print(json.dumps(result), flush=True)
         if result["delivered"] < 0.5 * result["expected"]:
@@ -141,6 +143,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             row["two_over_one_by_target"] = by_target
         if row:
             summary[kind] = row
+    # Issue 19: stored fan-out against ephemeral fan-out, each setup in the same run.
+    for setup in ("one", "two"):
+        typing = summary.get("typing", {}).get(setup)
+        message = summary.get("message", {}).get(setup)
+        if typing and message and typing["rate"]:
+            summary.setdefault("stored_over_ephemeral", {})[setup] = (
+                message["rate"] / typing["rate"]
+            )
     return summary
 
 
@@ -152,8 +162,10 @@ def held(result: dict[str, Any]) -> bool:
     )
 
 
-async def one_node(members: int, seconds: float, workdir: Path, kinds: list[str]) -> dict[str, Any]:
-    async with fresh_database("sqlite", workdir) as url:
+async def one_node(
+    members: int, seconds: float, workdir: Path, kinds: list[str], database: str = "sqlite"
+) -> dict[str, Any]:
+    async with fresh_database(database, workdir) as url:
         room = await seed_room(url, members)
         server = ServerNode("one", server_env(url, None, **LIMITS), workdir)
         await server.start()
@@ -176,7 +188,8 @@ async def one_node(members: int, seconds: float, workdir: Path, kinds: list[str]
         finally:
             await client.stop()
             server.stop()
-    return {"setup": "one node, memory bus, SQLite", "typing": typing, "message": messages}
+    name = "SQLite" if database == "sqlite" else "PostgreSQL"
+    return {"setup": f"one node, memory bus, {name}", "typing": typing, "message": messages}
 
 
 async def two_nodes(
@@ -226,7 +239,9 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="parley-fanout-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "one"):
-            results["one"] = await one_node(args.members, args.seconds, workdir, kinds)
+            results["one"] = await one_node(
+                args.members, args.seconds, workdir, kinds, args.database
+            )
         if args.only in (None, "two"):
             results["two"] = await two_nodes(
                 args.members, args.seconds, workdir, kinds, args.placement
@@ -251,6 +266,17 @@ def main() -> None:
         help="two nodes: every sender on node 1, members spread over both (issue 19)",
     )
     parser.add_argument("--kinds", default="typing,message", help="typing, message or both")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="one node's database (issue 19; two nodes always share PostgreSQL)",
+    )
+    parser.add_argument(
+        "--message-targets",
+        help="stored-message steps, deliveries/s, comma-separated (issue 19: 200000 in a "
+        "room of 200 is 1,000 messages/s)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT, help="the file to update")
     parser.add_argument(
         "--no-report", action="store_true", help="print the results only (short runs)"
@@ -261,6 +287,8 @@ def main() -> None:
     # Issue 19: --nodes 1,2,4 (Parley on Redis) and --peer socketio, in their own module.
     fanout_scaling.add_arguments(parser)
     args = parser.parse_args()
+    if args.message_targets:
+        MESSAGE_TARGETS[:] = [int(t) for t in args.message_targets.split(",")]
     if args.nodes or args.peer:
         fanout_scaling.main_with(args)
         return

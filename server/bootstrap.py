@@ -145,6 +145,7 @@ async def build_container(settings: Settings, metrics: Metrics) -> AsyncIterator
             assistant=assistant,
             turns=turns,
             answer_gate=budgets.check,
+            on_batch=metrics.message_batch_size.observe,
         )
         versions = VersionService(
             database,

@@ -36,6 +36,13 @@ class Metrics:
         self.messages_stored = Counter(
             "parley_messages_stored", "Messages stored", ["role"], registry=r
         )
+        # Group commit (issue 19): messages per unit of work that stored a room's messages.
+        self.message_batch_size = Histogram(
+            "parley_message_commit_batch_size",
+            "Members' messages stored per commit (one room)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.fanout_latency = Histogram(
             "parley_fanout_seconds",
             "From publish to local delivery queue",

@@ -15,9 +15,11 @@ from typing import Any, Literal, Protocol
 from db.engine import Database
 from db.repositories import messages as messages_repo
 from db.repositories import sessions as sessions_repo
+from db.repositories.message_batches import BatchItem
 from errors import BadRequest, ClientMsgIdTaken, Conflict, NotFound
 from server.assistant.turn_cache import TurnCache, turn_of
 from server.services.accounts import Principal
+from server.services.message_commits import RoomCommits, Stored
 from server.services.wire import message_to_wire
 
 log = logging.getLogger("parley.messages")
@@ -68,6 +70,7 @@ class MessageService:
         assistant: AssistantTrigger | None = None,
         turns: TurnCache | None = None,
         answer_gate: Callable[[uuid.UUID, uuid.UUID], Awaitable[None]] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._db = database
         self.max_content_chars = max_content_chars
@@ -82,6 +85,14 @@ class MessageService:
         # The assistant's copy of recent turns, told of every message stored here.
         self.turns = turns
         self._landing: set[asyncio.Future[PostedMessage]] = set()
+        self.commits = RoomCommits(
+            database,
+            store_one=self._store_alone,
+            explain=self._explain_refusal,
+            to_wire=message_to_wire,
+            replay=_replayed,
+            on_batch=on_batch,
+        )
 
     def validate(
         self, content: object, client_msg_id: object, reply: object, search: object
@@ -241,9 +252,17 @@ class MessageService:
         text: str,
         client_msg_id: str | None,
         message_id: uuid.UUID,
-    ) -> tuple[dict[str, Any], bool, str | None, int]:
+    ) -> Stored:
         """The stored message, whether it is new, the session's model (if set) and its
-        history revision (``ChatSession.history_revision``; 0 for a replay)."""
+        history revision (``ChatSession.history_revision``; 0 for a replay). Goes with
+        the room's other messages queued on this node as one commit
+        (``server/services/message_commits.py``)."""
+        item = BatchItem(message_id, principal.user_id, text, client_msg_id)
+        return await self.commits.store(session_id, item)
+
+    async def _store_alone(self, item: BatchItem, session_id: uuid.UUID) -> Stored:
+        """One message as its own unit of work: a lone message of an idle room, or each
+        of a batch whose transaction failed."""
         try:
             # One statement on PostgreSQL (``append_member_message``); the reads after
             # it only explain a refusal.
@@ -251,30 +270,38 @@ class MessageService:
                 appended = await messages_repo.append_member_message(
                     session,
                     session_id=session_id,
-                    user_id=principal.user_id,
-                    content=text,
-                    client_msg_id=client_msg_id,
-                    message_id=message_id,
+                    user_id=item.user_id,
+                    content=item.content,
+                    client_msg_id=item.client_msg_id,
+                    message_id=item.message_id,
                 )
                 if appended is None:
-                    chat = await sessions_repo.get_session_for_member(
-                        session, session_id, principal.user_id
-                    )
-                    if chat is None:
-                        raise NotFound("session not found")
-                    raise Conflict("the session is closed; restore it to write again")
+                    raise await _refusal(session, session_id, item.user_id)
                 wire = message_to_wire(appended.message)
                 return wire, True, appended.session_model, appended.history_revision
         except ClientMsgIdTaken:
-            assert client_msg_id is not None
+            assert item.client_msg_id is not None
             # A retry: this client_msg_id is stored already (perhaps by a racing copy).
             async with self._db.transaction() as session:
                 existing = await messages_repo.find_by_client_msg_id(
-                    session, session_id, client_msg_id
+                    session, session_id, item.client_msg_id
                 )
             if existing is None:
                 raise
-            return _replayed(existing, text), False, None, 0
+            return _replayed(existing, item.content), False, None, 0
+
+    async def _explain_refusal(self, session_id: uuid.UUID, user_id: uuid.UUID) -> BaseException:
+        async with self._db.read() as session:
+            return await _refusal(session, session_id, user_id)
+
+
+async def _refusal(session: Any, session_id: uuid.UUID, user_id: uuid.UUID) -> BaseException:
+    """Why a member's message was not stored: not a member (or no such session), or
+    the session is closed."""
+    chat = await sessions_repo.get_session_for_member(session, session_id, user_id)
+    if chat is None:
+        return NotFound("session not found")
+    return Conflict("the session is closed; restore it to write again")
 
 
 def _replayed(existing: Any, text: str) -> dict[str, Any]:
