@@ -34,7 +34,10 @@ async def test_a_key_is_shown_once_listed_by_prefix_and_stored_as_its_hash(
     assert listed["api_keys"][0]["last_used_at"] is None
     database = app.state.container.database  # type: ignore[attr-defined]
     async with database.read() as session:
-        row = (await session.execute(select(ApiKey))).scalar_one()
+        # The PostgreSQL database is shared by the whole run: other tests' keys are there.
+        row = (
+            await session.execute(select(ApiKey).where(ApiKey.id == uuid.UUID(key["id"])))
+        ).scalar_one()
     assert row.key_hash == hashlib.sha256(key["key"].encode()).hexdigest()
     assert key["key"] not in (row.key_hash, row.prefix)
 
