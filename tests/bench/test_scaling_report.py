@@ -4,6 +4,7 @@ No processes: the results are written here as a run would leave them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,17 @@ def test_the_section_is_added_and_the_others_stay(tmp_path: Path) -> None:
     assert "| Parley, 2 nodes | 50,000/s |" in text
     assert "0.25 + 0.25" in text  # each server's cores
     assert "a loaded machine" not in text  # load average 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="the section names Node's version")
+def test_only_the_load_before_the_run_marks_a_loaded_machine(tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n")
+    cores = float(os.cpu_count() or 1)
+    busy_after = results() | {"load": [[0.3, 0.9, 1.3], [cores, cores, 1.0]]}
+    render_scaling_and_write(busy_after, report=report)
+    assert "a loaded machine" not in report.read_text()  # its own servers and client
+
+    busy_before = results() | {"load": [[cores, cores, 1.0], [cores, cores, 1.0]]}
+    render_scaling_and_write(busy_before, report=report)
+    assert "a loaded machine" in report.read_text()
