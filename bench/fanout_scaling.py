@@ -118,9 +118,15 @@ class SioNode:
             )
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def redis_pid() -> int | None:

@@ -162,6 +162,23 @@ async def create_session(client: httpx.AsyncClient, user: TestUser, **body: Any)
     return str(response.json()["data"]["id"])
 
 
+async def shared_room(
+    client: httpx.AsyncClient, names: list[str], **body: Any
+) -> tuple[list[TestUser], str]:
+    """Users registered under ``names``, the first owning a new session that every
+    other one is added to."""
+    users = [await register_user(client, name) for name in names]
+    session_id = await create_session(client, users[0], **body)
+    for user in users[1:]:
+        response = await client.post(
+            f"/v1/sessions/{session_id}/members",
+            json={"user_id": user.id},
+            headers=users[0].headers,
+        )
+        assert response.status_code == 201, response.text
+    return users, session_id
+
+
 class LiveServer:
     """The real app served by uvicorn on a loopback port, inside the test's event loop."""
 

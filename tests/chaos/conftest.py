@@ -14,7 +14,7 @@ import pytest
 
 from tests.chaos.harness import ChaosRedis, Member, PgProxy
 from tests.cluster.conftest import Node, upstream_of
-from tests.conftest import TEST_JWT_SECRET, TestUser, create_session, register_user
+from tests.conftest import TEST_JWT_SECRET, TestUser, shared_room
 from tests.fakes.openrouter import FakeOpenRouter, Stream, fake_openrouter
 from tests.fakes.tavily import fake_tavily
 from tests.services import services_required
@@ -114,15 +114,9 @@ async def world(
         }
         started = [await nodes(chr(ord("a") + i), **settings) for i in range(n_nodes)]
         async with httpx.AsyncClient(base_url=started[0].http_url, timeout=15) as http:
-            users = [await register_user(http, f"U{i}") for i in range(members)]
-            session_id = await create_session(http, users[0], title="chaos")
-            for user in users[1:]:
-                response = await http.post(
-                    f"/v1/sessions/{session_id}/members",
-                    json={"user_id": user.id},
-                    headers=users[0].headers,
-                )
-                assert response.status_code == 201, response.text
+            users, session_id = await shared_room(
+                http, [f"U{i}" for i in range(members)], title="chaos"
+            )
         joined = [
             await Member.join(user, started[i % n_nodes], session_id)
             for i, user in enumerate(users)

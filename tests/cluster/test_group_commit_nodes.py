@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.cluster.conftest import Node, joined
-from tests.conftest import TestUser, create_session, register_user
+from tests.conftest import TestUser, shared_room
 from tests.wsclient import WSClient
 
 pytestmark = pytest.mark.slow
@@ -22,16 +22,7 @@ EACH = 10
 
 async def _room(node: Node, people: int) -> tuple[list[TestUser], str]:
     async with httpx.AsyncClient(base_url=node.http_url) as http:
-        users = [await register_user(http, f"U{n}") for n in range(people)]
-        session_id = await create_session(http, users[0], title="two nodes")
-        for user in users[1:]:
-            added = await http.post(
-                f"/v1/sessions/{session_id}/members",
-                json={"user_id": user.id},
-                headers=users[0].headers,
-            )
-            assert added.status_code == 201, added.text
-    return users, session_id
+        return await shared_room(http, [f"U{n}" for n in range(people)], title="two nodes")
 
 
 async def _commits(node: Node) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from sqlalchemy import distinct, false, func, select
 from db.models import Message
 from db.repositories import message_batches
 from server.config import Settings
-from tests.conftest import LiveServer, TestUser, create_session, make_settings, register_user
+from tests.conftest import LiveServer, TestUser, make_settings, register_user, shared_room
 from tests.ws.conftest import Connect
 from tests.wsclient import WSClient
 
@@ -33,16 +33,7 @@ def settings(database_url: str) -> Settings:
 
 
 async def _room_of(client: httpx.AsyncClient, people: int) -> tuple[list[TestUser], str]:
-    users = [await register_user(client, f"U{n}") for n in range(people)]
-    session_id = await create_session(client, users[0], title="busy")
-    for user in users[1:]:
-        response = await client.post(
-            f"/v1/sessions/{session_id}/members",
-            json={"user_id": user.id},
-            headers=users[0].headers,
-        )
-        assert response.status_code == 201, response.text
-    return users, session_id
+    return await shared_room(client, [f"U{n}" for n in range(people)], title="busy")
 
 
 async def _joined(connect: Connect, user: TestUser, session_id: str) -> WSClient:

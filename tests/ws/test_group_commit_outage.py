@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, create_session, make_settings, register_user
+from tests.conftest import LiveServer, make_settings, shared_room
 from tests.faults.postgres import BOUND_S, FAULT_TIMEOUTS, pg_proxy, serving, through
 from tests.faults.tcp_proxy import TcpProxy
 from tests.ws.test_group_commit import _holding_the_room, _message, _until
@@ -51,15 +51,7 @@ async def test_a_batch_cut_on_its_way_acks_nobody_and_leaves_no_gap(
     server: LiveServer, pg_proxy: TcpProxy, postgres_database: str, cut_in: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        users = [await register_user(http, name) for name in ("Ada", "Bob", "Cy")]
-        session_id = await create_session(http, users[0])
-        for user in users[1:]:
-            added = await http.post(
-                f"/v1/sessions/{session_id}/members",
-                json={"user_id": user.id},
-                headers=users[0].headers,
-            )
-            assert added.status_code == 201, added.text
+        users, session_id = await shared_room(http, ["Ada", "Bob", "Cy"])
         sockets = []
         for user in users:
             ws, _ = await WSClient.connect(server.ws_url, user.access_token)
