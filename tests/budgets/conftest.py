@@ -47,3 +47,12 @@ def kinds(report: dict[str, Any]) -> dict[str, int]:
     for line in report["spend"]:
         counted[line["kind"]] = counted.get(line["kind"], 0) + line["calls"]
     return counted
+
+
+async def after_one_answer(answers: Answers) -> tuple[TestUser, TestUser, str, dict[str, Any]]:
+    """An admin, and Ada with a session in which she had one answer: the four, with
+    Ada's budget as ``GET /v1/me/usage`` then reports it."""
+    admin, ada = await make_admin(answers), await answers.user()
+    session_id = await answers.session(ada)
+    await answers.ask(ada, session_id, "What is the capital of Peru?")
+    return admin, ada, session_id, (await usage(answers, ada))["budget"]

@@ -9,7 +9,7 @@ import pytest
 
 from llm.tokens import count_messages
 from server.services import budgets as budgets_module
-from tests.budgets.conftest import make_admin, usage
+from tests.budgets.conftest import after_one_answer, make_admin, usage
 from tests.context.answers import Answers, StartAnswers
 from tests.fakes.openrouter import Stream
 from tests.services import require_redis
@@ -30,10 +30,8 @@ async def test_a_user_at_the_limit_is_refused_before_any_upstream_request(
     start_answers: StartAnswers,
 ) -> None:
     async with start_answers(budget_tokens_per_period=LOTS) as answers:
-        admin, ada = await make_admin(answers), await answers.user()
-        session_id = await answers.session(ada)
-        await answers.ask(ada, session_id, "What is the capital of Peru?")
-        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        admin, ada, session_id, budget = await after_one_answer(answers)
+        used = budget["tokens"]["used"]
         assert used > 0
         await set_budget(answers, admin, ada, tokens_per_period=used)
         asked = len(answers.fake.chat_requests)
@@ -61,10 +59,8 @@ async def test_a_user_at_the_limit_is_refused_before_any_upstream_request(
 
 async def test_max_tokens_is_lowered_to_what_is_left(start_answers: StartAnswers) -> None:
     async with start_answers(budget_tokens_per_period=LOTS) as answers:
-        admin, ada = await make_admin(answers), await answers.user()
-        session_id = await answers.session(ada)
-        await answers.ask(ada, session_id, "What is the capital of Peru?")
-        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        admin, ada, session_id, budget = await after_one_answer(answers)
+        used = budget["tokens"]["used"]
         await set_budget(answers, admin, ada, tokens_per_period=used + 400)
 
         await answers.ask(ada, session_id, "And of Chile?")
@@ -146,10 +142,8 @@ async def test_budget_frames_warn_once_at_80_percent_and_once_when_spent(
     start_answers: StartAnswers,
 ) -> None:
     async with start_answers(budget_tokens_per_period=LOTS) as answers:
-        admin, ada = await make_admin(answers), await answers.user()
-        session_id = await answers.session(ada)
-        await answers.ask(ada, session_id, "What is the capital of Peru?")
-        used = (await usage(answers, ada))["budget"]["tokens"]["used"]
+        admin, ada, session_id, budget = await after_one_answer(answers)
+        used = budget["tokens"]["used"]
         await set_budget(answers, admin, ada, tokens_per_period=used + 1000)
         client = answers.sockets[ada.id]
         answers.fake.enqueue(Stream(["word "] * 750), Stream(["word "] * 200))
@@ -233,10 +227,8 @@ async def test_max_tokens_is_lowered_to_what_the_money_left_buys(
     start_answers: StartAnswers,
 ) -> None:
     async with start_answers(budget_usd_per_period=100.0) as answers:
-        admin, ada = await make_admin(answers), await answers.user()
-        session_id = await answers.session(ada)
-        await answers.ask(ada, session_id, "What is the capital of Peru?")
-        spent = (await usage(answers, ada))["budget"]["usd"]["used"]
+        admin, ada, session_id, budget = await after_one_answer(answers)
+        spent = budget["usd"]["used"]
         assert spent > 0  # at the catalogue's prices
         await set_budget(answers, admin, ada, usd_per_period=spent + 0.0003)
 
